@@ -1,0 +1,63 @@
+# The README's two commands: `make serve` and `make test`. Everything else supports them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TRITON_VENV := .venv-triton
+TORCH_VERSION := 2.13.0
+
+.PHONY: install install-runtime serve test lint typecheck unit integration triton-env triton k8s-check clean
+
+# Runtime only (no torch): what the gateway needs.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Everything: the service, training (CPU torch) and the test tools.
+$(VENV)/.installed: pyproject.toml client/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e ".[train,dev]" -e ./client
+	touch $(VENV)/.runtime $@
+
+install: $(VENV)/.installed
+
+install-runtime: $(VENV)/.runtime
+
+serve: $(VENV)/.runtime
+	$(BIN)/ich-serve
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+integration: install triton-env
+	$(BIN)/pytest -q tests/integration
+
+test: install triton-env lint
+	$(BIN)/pytest -q
+	$(MAKE) k8s-check
+
+# A real tritonserver for CPU, from the nvidia-pytriton wheel (pins numpy<2, hence its own venv).
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/pip install --quiet nvidia-pytriton==0.7.0 onnxruntime
+	touch $@
+
+triton-env: $(TRITON_VENV)/.installed
+
+triton: triton-env install-runtime
+	$(BIN)/python -m ich.triton_local --serve
+
+k8s-check:
+	@echo "k8s-check: not yet implemented" && false
+
+clean:
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .mypy_cache .ruff_cache
