@@ -1,0 +1,51 @@
+"""``ich-model``: one entry point whose subcommands live in their own modules.
+
+Each subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only
+when chosen, so ``ich-model review`` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+#: subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.train", "train the five base models and the weight model (resumable steps)"),
+    "export": ("training.export", "export trained checkpoints to ONNX and write model_repository/"),
+    "evaluate": ("training.evaluate", "run the exported ensemble on a CT-ICH folder and write a report"),
+    "review": ("training.review", "the difficult-case study: select a worklist, score expert reads"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the parser; subcommand modules are imported lazily in ``main``."""
+    parser = argparse.ArgumentParser(prog="ich-model", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_module, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to the chosen subcommand and return its exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    top = build_parser()
+    known, rest = top.parse_known_args(args_list)
+    logging.basicConfig(
+        level=logging.DEBUG if known.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    module = importlib.import_module(SUBCOMMANDS[known.command][0])
+    parser = argparse.ArgumentParser(prog=f"ich-model {known.command}")
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
