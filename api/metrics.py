@@ -1,0 +1,88 @@
+"""Prometheus metrics of the gateway (docs/ARCHITECTURE.md, issue 5).
+
+Each app owns a :class:`GatewayMetrics` with its own ``CollectorRegistry``: several apps in one test process
+(or one process serving two apps) never collide on metric names, and ``/metrics`` exposes exactly this
+app's series. Labels carry only bounded, non-patient values (outcomes, stages, reasons, route templates).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+#: Outcomes of ``ich_cases_total``: a finding (positive, negative, indeterminate), a refusal, a failure.
+OUTCOMES: Final[tuple[str, ...]] = ("positive", "negative", "indeterminate", "rejected", "error")
+#: Stages of ``ich_stage_seconds``, the same names as the result's ``timing_ms``.
+STAGES: Final[tuple[str, ...]] = ("decode", "preprocess", "inference", "aggregate")
+
+#: Latency buckets (seconds) from tens of milliseconds (aggregate) to minutes (CPU inference of a big study).
+_STAGE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_PROBABILITY_BUCKETS: Final = tuple(round(0.05 * i, 2) for i in range(1, 21))
+_SLICE_BUCKETS: Final = (1, 5, 10, 20, 30, 40, 60, 80, 120, 200, 400, 800)
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+
+class GatewayMetrics:
+    """The gateway's metrics, registered in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.cases = Counter(
+            "ich_cases_total",
+            "Cases posted to /v1/cases, by outcome (positive, negative, indeterminate, rejected, error).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "ich_stage_seconds",
+            "Time spent per pipeline stage of one case.",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.case_probability = Histogram(
+            "ich_case_probability",
+            "Case-level ICH probability of analysed cases (watch for drift).",
+            buckets=_PROBABILITY_BUCKETS,
+            registry=self.registry,
+        )
+        self.slices_per_case = Histogram(
+            "ich_slices_per_case",
+            "Slices analysed per case.",
+            buckets=_SLICE_BUCKETS,
+            registry=self.registry,
+        )
+        self.engine_errors = Counter(
+            "ich_engine_errors_total",
+            "Engine failures, by reason (unavailable, timeout, error).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "ich_inflight_cases",
+            "Cases being analysed right now.",
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "ich_http_requests_total",
+            "HTTP requests by route template and status code.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        # Zero-valued series from the start, so rate() and absent() queries work before the first case.
+        for outcome in OUTCOMES:
+            self.cases.labels(outcome=outcome)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one HTTP response (the middleware's callback; method and time are not labels)."""
+        del method, seconds
+        self.http_requests.labels(route=route, status=str(status)).inc()
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format, for ``GET /metrics``."""
+        return generate_latest(self.registry)

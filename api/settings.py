@@ -1,0 +1,84 @@
+"""Gateway settings, read from ``ICH_``-prefixed environment variables.
+
+One :class:`Settings` object is built per process through the cached :func:`get_settings`; tests pass their
+own ``Settings`` to ``create_app`` instead. Limits are settings (not constants) because studies vary: a
+0.625 mm whole-head acquisition is far larger than a 5 mm routine head CT.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ich import spec
+
+#: The repository's own ``model_repository/`` (the shipped weights), next to the ``api`` package.
+DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+
+MIB = 1024 * 1024
+
+
+def _default_threads() -> int:
+    return max(2, min(4, os.cpu_count() or 1))
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads from its environment (the README's settings table)."""
+
+    model_config = SettingsConfigDict(env_prefix="ICH_", extra="ignore", frozen=True)
+
+    #: Which engine runs the ensemble: in-process onnxruntime (``embedded``) or a Triton server.
+    engine: Literal["embedded", "triton"] = "embedded"
+    #: Triton's gRPC endpoint, ``host:port``.
+    triton_url: str = "127.0.0.1:8001"
+    #: Timeout of one Triton inference call, seconds.
+    triton_timeout_s: float = Field(default=30.0, gt=0)
+    #: Model repository read by the embedded engine (default: the shipped ``model_repository/``).
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    #: Address and port ``ich-serve`` binds.
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=1, le=65535)
+    #: Largest accepted request body in bytes (413 above), enforced while the body streams in.
+    max_upload_bytes: int = Field(default=512 * MIB, gt=0)
+    #: Largest total uncompressed size of the zip's members in bytes (413 above).
+    max_uncompressed_bytes: int = Field(default=2048 * MIB, gt=0)
+    #: Most members a zip may hold (413 above).
+    max_members: int = Field(default=5000, gt=0)
+    #: Case probability at or above which ICH is called.
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: Model input size; when set it must match the model repository (a start-up error otherwise).
+    input_size: int | None = Field(default=None, gt=0)
+    #: File of SHA-256 hex digests of the accepted API keys, one per line; unset: no authentication.
+    api_keys_file: Path | None = None
+    #: Log level of the gateway and uvicorn.
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    #: uvicorn worker processes (each loads its own engine; scale with replicas first).
+    workers: int = Field(default=1, ge=1)
+    #: Threads per process for blocking work (unzip, decode, preprocess, aggregate).
+    threads: int = Field(default_factory=_default_threads, ge=1)
+    #: onnxruntime intra-op threads of the embedded engine (unset: onnxruntime's default).
+    intra_op_threads: int | None = Field(default=None, ge=1)
+    #: Seconds announced in Retry-After when the engine is unavailable.
+    retry_after_s: int = Field(default=5, ge=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        # People write LOG_LEVEL=INFO; uvicorn and logging both take the lower-case names.
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def indeterminate_band(self) -> tuple[float, float]:
+        """The band of case probabilities flagged indeterminate (fixed by the design, not a setting)."""
+        return spec.INDETERMINATE_BAND
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()
