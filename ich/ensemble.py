@@ -1,0 +1,262 @@
+"""The ensemble run in-process: ``ich_ensemble``'s steps interpreted and executed with onnxruntime.
+
+The runner reads the very ``config.pbtxt`` Triton serves and follows its ``ensemble_scheduling`` steps and
+their input/output maps, instead of re-stating the wiring in Python. The embedded engine and
+``ich-model evaluate`` therefore measure exactly the ensemble Triton would serve, and a change of wiring in
+the repository reaches every engine at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tritonclient.grpc import model_config_pb2 as mc
+
+from ich import repository, spec
+from ich.repository import RepositoryError
+
+__all__ = ["EnsembleOutput", "EnsembleRunner", "RepositoryError", "output_from_tensors"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EnsembleOutput:
+    """What the ensemble returns for N slices (float32 arrays).
+
+    Attributes:
+        fused: ``[N, 1, S, S]`` the weighted map after the weight model's post-processing.
+        slice_prob: ``[N]`` per-slice probability (max of FUSED after post-processing).
+        weights: ``[N, 5]`` per-slice member weights, columns in ``spec.MODEL_KEYS`` order.
+        probs: member key -> ``[N, 1, S, S]`` each base model's sigmoid map.
+    """
+
+    fused: np.ndarray
+    slice_prob: np.ndarray
+    weights: np.ndarray
+    probs: dict[str, np.ndarray]
+
+    @property
+    def num_slices(self) -> int:
+        """Number of slices N."""
+        return int(self.slice_prob.shape[0])
+
+
+def output_from_tensors(tensors: Mapping[str, np.ndarray]) -> EnsembleOutput:
+    """Build an ``EnsembleOutput`` from the ensemble's output tensors named as in ``ich.spec``.
+
+    Shared by both engines so that the Triton engine and the embedded one shape their results identically.
+
+    Raises:
+        KeyError: an ensemble output is missing.
+    """
+    n = int(tensors[spec.SLICE_PROB].shape[0])
+    return EnsembleOutput(
+        fused=np.asarray(tensors[spec.FUSED], dtype=np.float32),
+        slice_prob=np.asarray(tensors[spec.SLICE_PROB], dtype=np.float32).reshape(n),
+        weights=np.asarray(tensors[spec.WEIGHTS], dtype=np.float32).reshape(n, len(spec.MODEL_KEYS)),
+        probs={
+            key: np.asarray(tensors[spec.WEIGHTING_INPUTS[key]], dtype=np.float32) for key in spec.MODEL_KEYS
+        },
+    )
+
+
+def _concat(parts: list[EnsembleOutput]) -> EnsembleOutput:
+    if len(parts) == 1:
+        return parts[0]
+    return EnsembleOutput(
+        fused=np.concatenate([p.fused for p in parts]),
+        slice_prob=np.concatenate([p.slice_prob for p in parts]),
+        weights=np.concatenate([p.weights for p in parts]),
+        probs={key: np.concatenate([p.probs[key] for p in parts]) for key in spec.MODEL_KEYS},
+    )
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One ensemble step bound to its onnxruntime session."""
+
+    model_name: str
+    session: ort.InferenceSession
+    input_map: dict[str, str]  # model input name -> ensemble tensor name
+    output_map: dict[str, str]  # model output name -> ensemble tensor name
+
+
+def _session_options(intra_op_threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    if intra_op_threads is not None:
+        if intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads must be >= 0 (0 = default), got {intra_op_threads}")
+        options.intra_op_num_threads = intra_op_threads
+    # Steps run one after another; parallelism belongs inside each operator.
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def _order_steps(config: mc.ModelConfig) -> list[mc.ModelEnsembling.Step]:
+    """Steps in an order where every input exists before it is read (Triton runs them by data readiness)."""
+    available = {tensor.name for tensor in config.input}
+    pending = list(config.ensemble_scheduling.step)
+    ordered: list[mc.ModelEnsembling.Step] = []
+    while pending:
+        ready = [s for s in pending if set(s.input_map.values()) <= available]
+        if not ready:
+            missing = sorted({v for s in pending for v in s.input_map.values()} - available)
+            raise RepositoryError(
+                f"ensemble {config.name}: steps read tensors nothing produces: {', '.join(missing)}"
+            )
+        for step in ready:
+            ordered.append(step)
+            available.update(step.output_map.values())
+            pending.remove(step)
+    absent = [t.name for t in config.output if t.name not in available]
+    if absent:
+        raise RepositoryError(f"ensemble {config.name}: no step produces output(s) {', '.join(absent)}")
+    return ordered
+
+
+class EnsembleRunner:
+    """Runs ``ich_ensemble`` from a model repository with onnxruntime on CPU.
+
+    Build it with ``from_repository``. ``run`` is thread-safe for concurrent callers (onnxruntime sessions
+    are), so one runner serves a whole gateway process.
+    """
+
+    def __init__(
+        self,
+        *,
+        ensemble: mc.ModelConfig,
+        steps: list[_Step],
+        step_configs: dict[str, mc.ModelConfig],
+        input_size: int,
+        max_batch_size: int,
+        model_version: str,
+    ) -> None:
+        self.ensemble_config = ensemble
+        self._steps = steps
+        self.step_configs = step_configs
+        self.input_size = input_size
+        self.max_batch_size = max_batch_size
+        self.model_version = model_version
+
+    @classmethod
+    def from_repository(cls, root: Path, *, intra_op_threads: int | None = None) -> EnsembleRunner:
+        """Load the ensemble of ``root`` and one onnxruntime session per model its steps call.
+
+        Args:
+            root: the model repository (``model_repository/`` layout).
+            intra_op_threads: onnxruntime threads per operator; ``None`` leaves onnxruntime's default (all
+                cores), a small number leaves cores to the gateway's decoding when both share a machine.
+
+        Raises:
+            RepositoryError: the repository lacks a config or ONNX file (all problems listed at once), or a
+                model's ONNX graph does not have the tensors its config declares.
+        """
+        root = Path(root)
+        ensemble = repository.read_config(repository.config_path(root, spec.ENSEMBLE_MODEL))
+        ordered = _order_steps(ensemble)
+        names = list(dict.fromkeys(step.model_name for step in ordered))
+        problems = repository.missing_files(root, names)
+        if problems:
+            raise RepositoryError(f"model repository {root} is incomplete: " + "; ".join(problems))
+
+        options = _session_options(intra_op_threads)
+        sessions: dict[tuple[str, int], ort.InferenceSession] = {}
+        step_configs: dict[str, mc.ModelConfig] = {}
+        steps: list[_Step] = []
+        for step in ordered:
+            config = step_configs.get(step.model_name) or repository.read_config(
+                repository.config_path(root, step.model_name)
+            )
+            step_configs[step.model_name] = config
+            key = (step.model_name, int(step.model_version))
+            if key not in sessions:
+                path = repository.step_model_file(root, step.model_name, int(step.model_version))
+                logger.info("loading %s from %s", step.model_name, path)
+                sessions[key] = ort.InferenceSession(
+                    str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                )
+            session = sessions[key]
+            _check_step(step, config, session)
+            steps.append(
+                _Step(
+                    model_name=step.model_name,
+                    session=session,
+                    input_map=dict(step.input_map),
+                    output_map=dict(step.output_map),
+                )
+            )
+
+        input_size = repository.input_size_of(ensemble)
+        batch_limits = [ensemble.max_batch_size, *(c.max_batch_size for c in step_configs.values())]
+        if min(batch_limits) <= 0:
+            raise RepositoryError("every model of the ensemble must be batched (max_batch_size > 0)")
+        return cls(
+            ensemble=ensemble,
+            steps=steps,
+            step_configs=step_configs,
+            input_size=input_size,
+            max_batch_size=min(batch_limits),
+            model_version=repository.read_version(root),
+        )
+
+    def run(self, images: np.ndarray) -> EnsembleOutput:
+        """Run the ensemble on ``images`` ``[N, 4, S, S]`` in batches of at most ``max_batch_size``.
+
+        Raises:
+            ValueError: ``images`` does not have the shape the repository's models take, or N is 0.
+        """
+        images = self._check_images(images)
+        parts = [
+            output_from_tensors(self._run_batch(images[start : start + self.max_batch_size]))
+            for start in range(0, images.shape[0], self.max_batch_size)
+        ]
+        return _concat(parts)
+
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        expected = (spec.IN_CHANNELS, self.input_size, self.input_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            dims = ", ".join(map(str, expected))
+            raise ValueError(f"images must have shape [N, {dims}], got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError("images holds no slice")
+        return np.ascontiguousarray(images, dtype=np.float32)
+
+    def _run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        tensors: dict[str, np.ndarray] = {self.ensemble_config.input[0].name: images}
+        for step in self._steps:
+            feeds = {model_in: tensors[ens] for model_in, ens in step.input_map.items()}
+            wanted = list(step.output_map)
+            results = step.session.run(wanted, feeds)
+            for model_out, value in zip(wanted, results, strict=True):
+                tensors[step.output_map[model_out]] = np.asarray(value)
+        return {t.name: tensors[t.name] for t in self.ensemble_config.output}
+
+
+def _check_step(step: mc.ModelEnsembling.Step, config: mc.ModelConfig, session: ort.InferenceSession) -> None:
+    """Fail at load time, naming the tensor, when a step, its config and its ONNX graph disagree."""
+    graph_inputs = {i.name for i in session.get_inputs()}
+    graph_outputs = {o.name for o in session.get_outputs()}
+    config_inputs = {t.name for t in config.input}
+    config_outputs = {t.name for t in config.output}
+    for name in step.input_map:
+        if name not in config_inputs or name not in graph_inputs:
+            raise RepositoryError(
+                f"model {step.model_name}: step maps input {name!r}, absent from config or ONNX"
+            )
+    for name in step.output_map:
+        if name not in config_outputs or name not in graph_outputs:
+            raise RepositoryError(
+                f"model {step.model_name}: step maps output {name!r}, absent from config or ONNX"
+            )
+    unfed = graph_inputs - set(step.input_map)
+    if unfed:
+        raise RepositoryError(
+            f"model {step.model_name}: ONNX inputs {sorted(unfed)} are not fed by the ensemble"
+        )
