@@ -157,3 +157,15 @@ def test_consensus_rejects_bad_inputs() -> None:
         majority_consensus([1], readers=3, original_labels=[2], majority=2)
     with pytest.raises(ValueError, match=r"\[0, 3\]"):
         majority_consensus([4], readers=3, original_labels=[1], majority=2)
+
+
+def test_binary_scores_agrees_with_metrics_sensitivity_specificity() -> None:
+    # ich/metrics.py (evaluate) and this module (review) must report the same figures for the model.
+    from ich.metrics import sensitivity_specificity
+
+    rng = np.random.default_rng(7)
+    truth = rng.integers(0, 2, 200)
+    probability = rng.random(200)
+    probability[:10] = 0.5  # the threshold itself counts as positive in both
+    s = binary_scores(truth, (probability >= 0.5).astype(int))
+    assert (s.sensitivity, s.specificity) == pytest.approx(sensitivity_specificity(truth, probability, 0.5))
