@@ -1,0 +1,73 @@
+"""Python SDK for the ICH (intracranial hemorrhage) detection service.
+
+>>> from ich_client import ICHClient                      # doctest: +SKIP
+>>> with ICHClient("http://localhost:8080") as client:     # doctest: +SKIP
+...     result = client.analyze("path/to/study_folder")
+...     print(result.ich_probability, result.ich_detected, result.hemorrhage_volume_ml)
+
+The package imports nothing of the service: it speaks only the HTTP contract (docs/DESIGN.md).
+"""
+
+from ich_client.client import DEFAULT_BASE_URL, AsyncICHClient, ICHClient
+from ich_client.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ICHError,
+    InternalServerError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnprocessableStudyError,
+    UnsupportedMediaTypeError,
+)
+from ich_client.models import (
+    CaseResult,
+    Health,
+    ModelInfo,
+    ModelsInfo,
+    ModelValues,
+    SeriesInfo,
+    SkippedFile,
+    SliceResult,
+    Timing,
+)
+from ich_client.retry import RetryPolicy
+from ich_client.study import PackedStudy, StudyInput, pack_study
+from ich_client.version import __version__
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncICHClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "CaseResult",
+    "Health",
+    "ICHClient",
+    "ICHError",
+    "InternalServerError",
+    "ModelInfo",
+    "ModelValues",
+    "ModelsInfo",
+    "NotFoundError",
+    "PackedStudy",
+    "PayloadTooLargeError",
+    "RateLimitError",
+    "RetryPolicy",
+    "SeriesInfo",
+    "ServiceUnavailableError",
+    "SkippedFile",
+    "SliceResult",
+    "StudyInput",
+    "Timing",
+    "UnprocessableStudyError",
+    "UnsupportedMediaTypeError",
+    "__version__",
+    "pack_study",
+]

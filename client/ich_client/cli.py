@@ -1,0 +1,288 @@
+"""The ``ich`` command line: analyse studies, check the service, list its models.
+
+Results go to stdout (a readable summary, or JSON with ``--json``); progress bars and errors go to stderr,
+so ``ich analyze ... --json > out.json`` stays clean. The exit code is 0 only when every study was analysed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ich_client.client import ICHClient
+from ich_client.errors import APIStatusError, ICHError
+from ich_client.models import CaseResult, as_dict
+from ich_client.study import pack_study
+from ich_client.version import __version__
+
+#: Exit codes: every study analysed / at least one failed (or the service is unhealthy) / bad usage.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("service")
+    group.add_argument("--url", help="gateway URL (default: $ICH_URL, else http://localhost:8080)")
+    group.add_argument("--api-key", help="API key (default: $ICH_API_KEY); sent as a Bearer token")
+    group.add_argument("--timeout", type=float, default=None, help="seconds to wait for an answer (300)")
+    group.add_argument("--max-retries", type=int, default=2, help="retries on connection errors, 429, 503")
+    group.add_argument("-v", "--verbose", action="store_true", help="log retries and requests to stderr")
+    return parent
+
+
+def _threshold(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (separate so that tests and docs can inspect it)."""
+    parent = _connection_options()
+    parser = argparse.ArgumentParser(
+        prog="ich", description="Client of the ICH (intracranial hemorrhage) detection service."
+    )
+    parser.add_argument("--version", action="version", version=f"ich-client {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    analyze = commands.add_parser(
+        "analyze",
+        parents=[parent],
+        help="analyse one or more studies",
+        description="Upload each study (a .zip, a folder of DICOM files, or a single DICOM file) and "
+        "print the findings.",
+    )
+    analyze.add_argument("paths", nargs="+", metavar="PATH", help="a study: .zip, folder or DICOM file")
+    analyze.add_argument(
+        "--json", action="store_true", help="print JSON: one object for one study, a list for several"
+    )
+    analyze.add_argument("--out", type=Path, metavar="DIR", help="also write one <study>.json per study")
+    analyze.add_argument(
+        "--threshold",
+        type=_threshold,
+        metavar="T",
+        help="re-decide ich_detected on the client as ich_probability >= T (the service's own threshold "
+        "is replaced in the output); default: keep the service's decision",
+    )
+    analyze.add_argument("--top", type=int, default=3, metavar="N", help="top slices in the summary (3)")
+    analyze.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    health = commands.add_parser(
+        "health", parents=[parent], help="is the service alive and ready", description="GET /healthz, /readyz"
+    )
+    health.add_argument("--json", action="store_true", help="print JSON")
+    models = commands.add_parser(
+        "models", parents=[parent], help="what the service runs", description="GET /v1/models"
+    )
+    models.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ich`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="ich: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.max_retries < 0:
+        parser.error("--max-retries must be >= 0")
+    try:
+        client = ICHClient(args.url, args.api_key, timeout=args.timeout, max_retries=args.max_retries)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        with client:
+            if args.command == "analyze":
+                return _analyze(client, args)
+            if args.command == "health":
+                return _health(client, args)
+            return _models(client, args)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
+    if args.top < 0:
+        _err("--top must be >= 0")
+        return EXIT_USAGE
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    # tqdm: True hides the bars; None shows them only when stderr is a terminal.
+    disable: bool | None = True if args.no_progress else None
+    results: list[CaseResult | None] = []
+    used_names: set[str] = set()
+    overall = tqdm(
+        total=len(args.paths),
+        desc="studies",
+        unit="study",
+        file=sys.stderr,
+        disable=True if disable or len(args.paths) < 2 else None,
+        position=0,
+        leave=False,
+    )
+    with overall:
+        for path in args.paths:
+            result = _analyze_one(client, path, disable, position=1 if len(args.paths) > 1 else 0)
+            if result is not None and args.threshold is not None:
+                result = result.with_threshold(args.threshold)
+            results.append(result)
+            overall.update(1)
+            if result is None:
+                continue
+            if args.out is not None:
+                target = args.out / f"{_unique_name(_stem(path), used_names)}.json"
+                target.write_text(json.dumps(as_dict(result), indent=2) + "\n", encoding="utf-8")
+            if not args.json:
+                # tqdm.write keeps the summary from tearing a progress bar that is still drawn.
+                tqdm.write(_summary(path, result, args.top), file=sys.stdout)
+    if args.json:
+        payload: Any = (
+            (as_dict(results[0]) if results[0] is not None else None)
+            if len(results) == 1
+            else [as_dict(r) if r is not None else None for r in results]
+        )
+        if len(results) > 1 or payload is not None:
+            # Several studies: a list aligned with the PATH arguments, null where a study failed.
+            sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    return EXIT_OK if all(r is not None for r in results) else EXIT_FAILED
+
+
+def _analyze_one(client: ICHClient, path: str, disable: bool | None, position: int) -> CaseResult | None:
+    label = Path(path).name or path
+    try:
+        with tqdm(
+            desc=f"zip {label}", unit="file", file=sys.stderr, disable=disable, leave=False, position=position
+        ) as zipping:
+
+            def on_file(done: int, total: int) -> None:
+                zipping.total = total
+                zipping.update(done - zipping.n)
+
+            packed = pack_study(path, on_file=on_file)
+        with (
+            packed,
+            tqdm(
+                total=packed.size,
+                desc=f"upload {label}",
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                disable=disable,
+                leave=False,
+                position=position,
+            ) as upload,
+        ):
+
+            def on_bytes(sent: int, total: int) -> None:
+                if sent < upload.n:  # a retry starts the upload again
+                    upload.reset(total=total)
+                upload.update(sent - upload.n)
+                if sent == total:
+                    upload.set_description_str(f"analyse {label}")
+
+            return client.analyze_packed(packed, progress=on_bytes)
+    except APIStatusError as exc:
+        _err(f"{path}: {exc.status_code} {exc.code}: {exc.detail}" + _request_id(exc))
+    except ICHError as exc:
+        _err(f"{path}: {exc}")
+    except (OSError, ValueError) as exc:
+        _err(f"{path}: {exc}")
+    return None
+
+
+def _summary(path: str, result: CaseResult, top: int) -> str:
+    decision = "ICH DETECTED" if result.ich_detected else "no ICH detected"
+    series = result.series
+    lines = [
+        f"{path}: {decision} (probability {result.ich_probability:.3f}, threshold {result.threshold:.2f})",
+        f"  indeterminate: {'yes' if result.indeterminate else 'no'}",
+        f"  hemorrhage volume: {result.hemorrhage_volume_ml:.1f} mL",
+        f"  series: {series.slices_used} slices, {series.slice_thickness_mm:g} mm"
+        + (f", {len(series.skipped)} files skipped" if series.skipped else ""),
+    ]
+    best = result.top_slices(top)
+    if best:
+        lines.append("  top slices: " + ", ".join(f"#{s.index} ({s.probability:.3f})" for s in best))
+    lines.append(
+        f"  model {result.model_version} on {result.engine}, {result.timing_ms.total:.0f} ms, "
+        f"case_id {result.case_id}"
+    )
+    return "\n".join(lines)
+
+
+def _health(client: ICHClient, args: argparse.Namespace) -> int:
+    try:
+        alive = client.health()
+        ready = client.ready()
+    except ICHError as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    if args.json:
+        sys.stdout.write(json.dumps({"healthz": as_dict(alive), "readyz": as_dict(ready)}, indent=2) + "\n")
+    else:
+        sys.stdout.write(f"{client.base_url}: alive, {'ready' if ready.ok else 'NOT ready'}\n")
+        if not ready.ok:
+            reason = (ready.model_extra or {}).get("detail")
+            if reason:
+                sys.stdout.write(f"  {reason}\n")
+    return EXIT_OK if alive.ok and ready.ok else EXIT_FAILED
+
+
+def _models(client: ICHClient, args: argparse.Namespace) -> int:
+    try:
+        info = client.models()
+    except ICHError as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    if args.json:
+        sys.stdout.write(json.dumps(as_dict(info), indent=2) + "\n")
+        return EXIT_OK
+    sys.stdout.write(f"model version {info.model_version or '?'} on {info.engine or '?'}\n")
+    for model in info.models:
+        extras = ", ".join(f"{k}={v}" for k, v in (model.model_extra or {}).items())
+        sys.stdout.write(f"  {model.name}" + (f"  ({extras})" if extras else "") + "\n")
+    return EXIT_OK
+
+
+def _stem(path: str) -> str:
+    name = Path(path).resolve().name
+    return name[:-4] if name.lower().endswith(".zip") else (name or "study")
+
+
+def _unique_name(stem: str, used: set[str]) -> str:
+    name, n = stem, 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}"
+    used.add(name)
+    return name
+
+
+def _request_id(exc: APIStatusError) -> str:
+    return f" (request_id {exc.request_id})" if exc.request_id else ""
+
+
+def _err(message: str) -> None:
+    tqdm.write(f"ich: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

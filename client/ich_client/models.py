@@ -1,0 +1,128 @@
+"""Typed results of the service (docs/DESIGN.md, "HTTP contract").
+
+Every model accepts fields it does not know (``extra="allow"``): the service may add fields, and an older
+client must keep working and keep those fields (they survive ``model_dump()``). A contract test compares
+these models with the service's OpenAPI schema so that the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, protected_namespaces=())
+
+
+class SkippedFile(_Model):
+    """A member of the upload that was not used, and why (not DICOM, another series, duplicate...)."""
+
+    file: str
+    reason: str
+
+
+class SeriesInfo(_Model):
+    """The CT series the service chose and analysed."""
+
+    series_instance_uid: str
+    slices_used: int
+    slice_thickness_mm: float
+    pixel_spacing_mm: list[float] = Field(description="(row, column) spacing in mm")
+    skipped: list[SkippedFile] = Field(default_factory=list)
+
+
+class ModelValues(_Model):
+    """One number per base model of the ensemble, by the contract's short keys."""
+
+    all: float
+    subtype: float
+    sdh: float
+    sah: float
+    small: float
+
+
+class SliceResult(_Model):
+    """The ensemble's output for one slice."""
+
+    index: int = Field(description="0-based position along the slice normal")
+    sop_instance_uid: str
+    probability: float
+    model_probabilities: ModelValues
+    weights: ModelValues
+
+
+class Timing(_Model):
+    """Milliseconds spent in each stage of the service's pipeline."""
+
+    decode: float
+    preprocess: float
+    inference: float
+    aggregate: float
+    total: float
+
+
+class CaseResult(_Model):
+    """The service's answer for one study."""
+
+    case_id: str
+    model_version: str
+    engine: str
+    ich_probability: float
+    ich_detected: bool
+    threshold: float
+    indeterminate: bool
+    hemorrhage_volume_ml: float
+    series: SeriesInfo
+    slices: list[SliceResult]
+    timing_ms: Timing
+
+    def top_slices(self, n: int = 3) -> list[SliceResult]:
+        """The ``n`` slices with the highest probability, highest first (ties: lower index first)."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        return sorted(self.slices, key=lambda s: (-s.probability, s.index))[:n]
+
+    def with_threshold(self, threshold: float) -> CaseResult:
+        """A copy whose decision is re-made on the client at ``threshold``.
+
+        ``ich_detected`` becomes ``ich_probability >= threshold`` and ``threshold`` is replaced. The
+        service's own decision uses its configured threshold; this lets a site apply a locally validated
+        operating point without redeploying the service. ``indeterminate`` (the fixed [0.4, 0.6] band of the
+        method) is left as the service computed it.
+        """
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        return self.model_copy(
+            update={"threshold": threshold, "ich_detected": self.ich_probability >= threshold}
+        )
+
+
+class Health(_Model):
+    """Answer of ``GET /healthz`` (liveness) or ``GET /readyz`` (readiness).
+
+    ``ok`` is filled in by the client from the HTTP status, because the bodies are informational.
+    """
+
+    ok: bool = True
+    status: str | None = None
+
+
+class ModelInfo(_Model):
+    """One model the service serves (from ``GET /v1/models``)."""
+
+    name: str
+
+
+class ModelsInfo(_Model):
+    """Answer of ``GET /v1/models``: what the service runs."""
+
+    model_version: str | None = None
+    engine: str | None = None
+    models: list[ModelInfo] = Field(default_factory=list)
+
+
+def as_dict(model: BaseModel) -> dict[str, Any]:
+    """JSON-ready dict of a result, extra fields included."""
+    return model.model_dump(mode="json")
