@@ -1,0 +1,126 @@
+"""ONNX round trip: a tiny random network set exported to a repository that EnsembleRunner serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+
+from ich import repository, spec  # noqa: E402
+from ich.ensemble import EnsembleRunner  # noqa: E402
+from training import export  # noqa: E402
+from training.networks import InceptionUNet, WeightModel, save_checkpoint  # noqa: E402
+
+SIZE = 32
+
+
+def _tiny_set(seed: int = 0) -> tuple[dict[str, nn.Module], nn.Module]:
+    torch.manual_seed(seed)
+    unets: dict[str, nn.Module] = {key: InceptionUNet(width=4, depth=2).eval() for key in spec.MODEL_KEYS}
+    weight = WeightModel(hidden=4, opening=3)
+    # WeightModel starts with a zero last layer (plain average); perturb it so the weights really vary
+    with torch.no_grad():
+        weight.fc.weight.normal_(0.0, 1.0)
+        weight.fc.bias.normal_(0.0, 1.0)
+    return unets, weight.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[export.ExportReport, dict, nn.Module]:
+    unets, weight = _tiny_set()
+    root = tmp_path_factory.mktemp("repo")
+    report = export.export_repository(unets, weight, root, SIZE, version="test-1")
+    return report, unets, weight
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[object]:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_graphs_have_spec_names_and_dynamic_batch(exported) -> None:
+    report, _, _ = exported
+    root = report.root
+    for key in spec.MODEL_KEYS:
+        graph = onnx.load(str(repository.model_file(root, spec.BASE_MODELS[key]))).graph
+        assert [i.name for i in graph.input] == [spec.IMAGE]
+        assert [o.name for o in graph.output] == [spec.PROB]
+        assert _dims(graph.input[0]) == ["batch", 4, SIZE, SIZE]
+        assert _dims(graph.output[0]) == ["batch", 1, SIZE, SIZE]
+    graph = onnx.load(str(repository.model_file(root, spec.WEIGHTING_MODEL))).graph
+    assert [i.name for i in graph.input] == [spec.WEIGHTING_INPUTS[k] for k in spec.MODEL_KEYS]
+    assert [o.name for o in graph.output] == [spec.WEIGHTS, spec.FUSED, spec.SLICE_PROB]
+    assert _dims(graph.output[0]) == ["batch", 5]
+    assert _dims(graph.output[2]) == ["batch", 1]
+
+
+def test_repository_layout_and_configs(exported) -> None:
+    report, _, _ = exported
+    root = report.root
+    assert repository.missing_files(root) == []
+    assert repository.read_version(root) == "test-1"
+    for key in spec.MODEL_KEYS:
+        config = repository.read_config(repository.config_path(root, spec.BASE_MODELS[key]))
+        assert config.platform == "onnxruntime_onnx"
+        assert config.max_batch_size == 16
+        assert config.HasField("dynamic_batching")
+        assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
+        assert repository.input_size_of(config) == SIZE
+    ensemble = repository.read_config(repository.config_path(root, spec.ENSEMBLE_MODEL))
+    assert repository.ensemble_step_models(ensemble) == repository.model_names()[:-1]
+    assert set(report.max_abs_diff) == set(repository.model_names())
+    assert all(0.0 <= d <= 1e-4 for d in report.max_abs_diff.values())
+
+
+def test_runner_matches_pytorch(exported) -> None:
+    report, unets, weight = exported
+    runner = EnsembleRunner.from_repository(report.root)
+    assert runner.input_size == SIZE and runner.model_version == "test-1"
+    rng = np.random.default_rng(5)
+    images = rng.random((20, 4, SIZE, SIZE), dtype=np.float32)  # > max_batch_size: batched internally
+    out = runner.run(images)
+    with torch.no_grad():
+        probs = {k: unets[k](torch.from_numpy(images)) for k in spec.MODEL_KEYS}
+        w, fused, slice_prob = weight(*(probs[k] for k in spec.MODEL_KEYS))
+    np.testing.assert_allclose(out.fused, fused.numpy(), atol=1e-4)
+    np.testing.assert_allclose(out.weights, w.numpy(), atol=1e-4)
+    np.testing.assert_allclose(out.slice_prob, slice_prob.numpy().reshape(-1), atol=1e-4)
+    for key in spec.MODEL_KEYS:
+        np.testing.assert_allclose(out.probs[key], probs[key].numpy(), atol=1e-4)
+    np.testing.assert_allclose(out.weights.sum(axis=1), 1.0, atol=1e-5)
+    assert np.ptp(out.weights, axis=1).min() > 0.1  # not the plain average: the weights are exercised
+
+
+def test_mismatch_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    unets, weight = _tiny_set(1)
+    real_run = export.ort.InferenceSession.run
+
+    def skewed(self, names, feeds, *a, **k):  # an ONNX graph that drifts from PyTorch by 1e-3
+        return [o + 1e-3 for o in real_run(self, names, feeds, *a, **k)]
+
+    monkeypatch.setattr(export.ort.InferenceSession, "run", skewed)
+    with pytest.raises(export.ExportError, match="differs from PyTorch"):
+        export.export_repository(unets, weight, tmp_path / "repo", SIZE, version="x")
+    assert not (tmp_path / "repo").exists()  # nothing written when a check fails
+
+
+def test_cli_exports_from_checkpoints(tmp_path: Path) -> None:
+    unets, weight = _tiny_set(2)
+    run_dir = tmp_path / "run"
+    for key, net in unets.items():
+        save_checkpoint(run_dir / key / "best.pt", "unet", net, input_size=SIZE)
+    save_checkpoint(run_dir / "weight" / "best.pt", "weight", weight, input_size=SIZE)
+    from training.cli import main
+
+    out = tmp_path / "repo"
+    assert main(["export", "--run", str(run_dir), "--out", str(out), "--version", "cli-1"]) == 0
+    assert repository.missing_files(out) == []
+    assert repository.read_version(out) == "cli-1"
+    # a missing checkpoint is a clear failure, not a traceback
+    (run_dir / "sah" / "best.pt").unlink()
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo2")]) == 1

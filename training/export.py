@@ -1,0 +1,360 @@
+"""``ich-model export``: trained checkpoints -> ONNX -> a complete ``model_repository/``.
+
+Every graph gets the tensor names of ``ich.spec`` (never the exporter's ``input.1``) and a dynamic batch axis
+with fixed H = W = S, the training input size. Each exported file is checked against PyTorch with onnxruntime
+(max abs difference at most ``tolerance``, 1e-4 by default) and the assembled repository is run once more end
+to end through :class:`ich.ensemble.EnsembleRunner` (the code the gateway's embedded engine runs) against the
+PyTorch pipeline. Everything is written to a staging folder first and copied into place only when every check
+passed, so a failed export never leaves a half-updated repository behind.
+
+The TorchScript-based exporter (``dynamo=False``) is used on purpose: these networks are plain convolutions,
+pooling and softmax, which it handles exactly, and the torch.export-based one would add ``onnxscript`` as a
+dependency for no gain.
+
+Configurations are written only through ``ich.repository`` (one writer for the whole project).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from ich import repository, spec
+from ich.ensemble import EnsembleRunner
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+DEFAULT_TOLERANCE = 1e-4
+#: Step folder of the weight model inside a training run (the base models use their ``spec.MODEL_KEYS``).
+WEIGHT_STEP = "weight"
+CHECKPOINT_NAME = "best.pt"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ExportError(RuntimeError):
+    """An exported graph disagrees with PyTorch or a checkpoint cannot be exported."""
+
+
+@dataclass
+class ExportReport:
+    """What an export produced: the repository, its version and the measured ONNX-vs-PyTorch differences."""
+
+    root: Path
+    version: str
+    input_size: int
+    max_abs_diff: dict[str, float] = field(default_factory=dict)  # model name -> max |onnx - torch|
+    file_bytes: dict[str, int] = field(default_factory=dict)  # model name -> size of model.onnx
+
+
+def _ort_session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _export(
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+) -> None:
+    """Export ``model`` with named tensors and a dynamic batch axis on every input and output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic = {name: {0: "batch"} for name in [*input_names, *output_names]}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces itself
+        torch.onnx.export(
+            model,
+            example,
+            str(path),
+            dynamo=False,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    onnx.checker.check_model(str(path))
+
+
+def _compare(
+    model: nn.Module,
+    path: Path,
+    inputs: dict[str, np.ndarray],
+    output_names: list[str],
+    tolerance: float,
+) -> float:
+    """Run PyTorch and onnxruntime on the same ``inputs``; return the max abs difference or raise."""
+    with torch.no_grad():
+        expected = model(*(torch.from_numpy(v) for v in inputs.values()))
+    if isinstance(expected, torch.Tensor):
+        expected = (expected,)
+    got = _ort_session(path).run(output_names, inputs)
+    worst = 0.0
+    for name, exp, out in zip(output_names, expected, got, strict=True):
+        exp_np = exp.detach().numpy()
+        if tuple(out.shape) != tuple(exp_np.shape):
+            raise ExportError(f"{path}: output {name} has shape {out.shape}, PyTorch gives {exp_np.shape}")
+        worst = max(worst, float(np.max(np.abs(out - exp_np))))
+    if not worst <= tolerance:
+        raise ExportError(f"{path}: ONNX differs from PyTorch by {worst:.3g} (> {tolerance:g})")
+    return worst
+
+
+def export_base_model(
+    model: nn.Module, path: Path, input_size: int, *, opset: int = DEFAULT_OPSET,
+    tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
+) -> float:
+    """Export one U-Net (IMAGE [B, 4, S, S] -> PROB [B, 1, S, S]) and check it; return the max abs diff.
+
+    The check uses a batch size different from the export example, so a batch axis frozen by mistake fails.
+    """
+    model = model.eval()
+    example = torch.rand(2, spec.IN_CHANNELS, input_size, input_size)
+    _export(model, (example,), path, [spec.IMAGE], [spec.PROB], opset)
+    rng = np.random.default_rng(seed)
+    check = {spec.IMAGE: rng.random((3, spec.IN_CHANNELS, input_size, input_size), dtype=np.float32)}
+    return _compare(model, path, check, [spec.PROB], tolerance)
+
+
+def _random_maps(rng: np.random.Generator, batch: int, input_size: int) -> dict[str, np.ndarray]:
+    """Probability-like maps: mostly low with a few bright blobs, so the opening and the max matter."""
+    maps = {}
+    for key in spec.MODEL_KEYS:
+        m = rng.random((batch, 1, input_size, input_size), dtype=np.float32) * 0.3
+        r, c = rng.integers(0, max(input_size - 6, 1), size=2)
+        m[:, :, r : r + 6, c : c + 6] += 0.6
+        maps[spec.WEIGHTING_INPUTS[key]] = np.clip(m, 0.0, 1.0)
+    return maps
+
+
+WEIGHTING_OUTPUTS = [spec.WEIGHTS, spec.FUSED, spec.SLICE_PROB]
+
+
+def export_weighting_model(
+    model: nn.Module, path: Path, input_size: int, *, opset: int = DEFAULT_OPSET,
+    tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
+) -> float:
+    """Export the weight model (five maps -> WEIGHTS [B, 5], FUSED [B, 1, S, S], SLICE_PROB [B, 1]).
+
+    Its forward takes the five maps in ``spec.MODEL_KEYS`` order and returns the three outputs in
+    ``WEIGHTING_OUTPUTS`` order; the post-processing (opening) is part of the graph.
+    """
+    model = model.eval()
+    names = [spec.WEIGHTING_INPUTS[key] for key in spec.MODEL_KEYS]
+    example = tuple(torch.rand(2, 1, input_size, input_size) for _ in names)
+    _export(model, example, path, names, WEIGHTING_OUTPUTS, opset)
+    check = _random_maps(np.random.default_rng(seed), 3, input_size)
+    return _compare(model, path, check, WEIGHTING_OUTPUTS, tolerance)
+
+
+def default_version() -> str:
+    """``YYYY.MM.DD-<git short hash>`` of the code that exported, or the date alone outside a git tree."""
+    day = dt.datetime.now(dt.UTC).strftime("%Y.%m.%d")
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=_REPO_ROOT, capture_output=True, text=True,
+            check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return day
+    return f"{day}-{sha}" if sha else day
+
+
+def _check_end_to_end(
+    root: Path,
+    unets: Mapping[str, nn.Module],
+    weight: nn.Module,
+    input_size: int,
+    tolerance: float,
+    seed: int,
+) -> float:
+    """Run the assembled repository with EnsembleRunner and compare every output with PyTorch."""
+    runner = EnsembleRunner.from_repository(root)
+    rng = np.random.default_rng(seed + 1)
+    images = rng.random((3, spec.IN_CHANNELS, input_size, input_size), dtype=np.float32)
+    out = runner.run(images)
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        probs = {key: unets[key](x) for key in spec.MODEL_KEYS}
+        weights, fused, slice_prob = weight(*(probs[key] for key in spec.MODEL_KEYS))
+    pairs = [
+        (out.fused, fused), (out.weights, weights), (out.slice_prob, slice_prob.reshape(-1)),
+        *((out.probs[key], probs[key]) for key in spec.MODEL_KEYS),
+    ]
+    worst = max(float(np.max(np.abs(a - b.numpy()))) for a, b in pairs)
+    if not worst <= tolerance:
+        raise ExportError(f"ensemble run from {root} differs from PyTorch by {worst:.3g} (> {tolerance:g})")
+    return worst
+
+
+def export_repository(
+    unets: Mapping[str, nn.Module],
+    weight: nn.Module,
+    out: Path,
+    input_size: int,
+    *,
+    version: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_batch_size: int = repository.DEFAULT_MAX_BATCH_SIZE,
+    kind: str = "KIND_GPU",
+    seed: int = 0,
+) -> ExportReport:
+    """Export the five U-Nets and the weight model, check them, and write ``out`` as a model repository.
+
+    Args:
+        unets: one network per key of ``spec.MODEL_KEYS`` (IMAGE -> PROB).
+        weight: the weight model (five maps -> WEIGHTS, FUSED, SLICE_PROB).
+        out: repository folder; existing files other than the ones written here are left alone.
+        input_size: S, the training input size; fixed in the graphs and in every config.
+        version: model version written to ``VERSION`` (default: :func:`default_version`).
+
+    Raises:
+        ExportError: a graph or the assembled ensemble differs from PyTorch by more than ``tolerance``.
+        ValueError: a base model is missing or the sizes are invalid.
+    """
+    missing = [key for key in spec.MODEL_KEYS if key not in unets]
+    if missing:
+        raise ValueError(f"missing base model(s): {', '.join(missing)}")
+    if input_size <= 0 or input_size % 2:
+        raise ValueError(f"input_size must be a positive even number, got {input_size}")
+    version = version or default_version()
+    out = Path(out)
+    report = ExportReport(root=out, version=version, input_size=input_size)
+    for net in (*unets.values(), weight):
+        net.eval()
+    with tempfile.TemporaryDirectory(prefix="ich-export-") as tmp:
+        stage = Path(tmp)
+        for key in spec.MODEL_KEYS:
+            name = spec.BASE_MODELS[key]
+            path = repository.model_file(stage, name)
+            report.max_abs_diff[name] = export_base_model(
+                unets[key], path, input_size, opset=opset, tolerance=tolerance, seed=seed
+            )
+            logger.info("exported %s (max |onnx - torch| = %.2e)", name, report.max_abs_diff[name])
+        path = repository.model_file(stage, spec.WEIGHTING_MODEL)
+        report.max_abs_diff[spec.WEIGHTING_MODEL] = export_weighting_model(
+            weight, path, input_size, opset=opset, tolerance=tolerance, seed=seed
+        )
+        repository.write_repository_configs(stage, input_size, max_batch_size=max_batch_size, kind=kind)
+        repository.write_version(stage, version)
+        report.max_abs_diff[spec.ENSEMBLE_MODEL] = _check_end_to_end(
+            stage, unets, weight, input_size, tolerance, seed
+        )
+        logger.info(
+            "ensemble end to end: max |runner - torch| = %.2e", report.max_abs_diff[spec.ENSEMBLE_MODEL]
+        )
+        for src in sorted(p for p in stage.rglob("*") if p.is_file()):
+            rel = src.relative_to(stage)
+            dst = out / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            if src.name == repository.MODEL_FILENAME:
+                report.file_bytes[rel.parts[0]] = src.stat().st_size
+    return report
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _load(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Network and raw checkpoint dict (for its extras, e.g. the input size)."""
+    from training.networks import load_checkpoint
+
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    return load_checkpoint(path), raw
+
+
+def _input_size_from(raw: Mapping[str, Any]) -> int | None:
+    """The training input size recorded in a checkpoint, if any (top level or inside its config)."""
+    for holder in (raw, raw.get("config") or {}, raw.get("hparams") or {}):
+        if isinstance(holder, Mapping):
+            for key in ("input_size", "size"):
+                value = holder.get(key)
+                if isinstance(value, int) and value > 0:
+                    return value
+    return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ich-model export``."""
+    parser.add_argument("--run", type=Path, default=Path("runs/default"),
+                        help="training run holding <key>/best.pt and weight/best.pt (default: %(default)s)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="STEP=PATH",
+                        help="override one checkpoint, e.g. all=runs/x/all/best.pt or weight=...; repeatable")
+    parser.add_argument("--out", type=Path, default=Path("model_repository"),
+                        help="model repository to write (default: %(default)s)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="S; default: the input size recorded in the checkpoints")
+    parser.add_argument("--version", default=None, help="model version for VERSION (default: date-gitsha)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="max abs ONNX-vs-PyTorch difference allowed (default: %(default)g)")
+    parser.add_argument("--max-batch-size", type=int, default=repository.DEFAULT_MAX_BATCH_SIZE)
+    parser.add_argument("--kind", default="KIND_GPU", help="Triton instance kind (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the six checkpoints, export and check them, write the repository; 0 on success."""
+    paths = {step: args.run / step / CHECKPOINT_NAME for step in (*spec.MODEL_KEYS, WEIGHT_STEP)}
+    for item in args.checkpoint:
+        step, sep, value = item.partition("=")
+        if not sep or step not in paths:
+            logger.error("--checkpoint expects STEP=PATH with STEP in %s, got %r", ", ".join(paths), item)
+            return 2
+        paths[step] = Path(value)
+    try:
+        loaded = {step: _load(path) for step, path in paths.items()}
+    except (FileNotFoundError, KeyError, RuntimeError) as exc:
+        logger.error("cannot load checkpoints: %s", exc)
+        return 1
+    sizes = {s for _, raw in loaded.values() if (s := _input_size_from(raw)) is not None}
+    input_size = args.input_size
+    if input_size is None:
+        if len(sizes) != 1:
+            logger.error("checkpoints record input sizes %s; pass --input-size", sorted(sizes) or "none")
+            return 2
+        input_size = sizes.pop()
+    elif sizes and sizes != {input_size}:
+        logger.warning("--input-size %d differs from the checkpoints' %s", input_size, sorted(sizes))
+    try:
+        report = export_repository(
+            {key: loaded[key][0] for key in spec.MODEL_KEYS},
+            loaded[WEIGHT_STEP][0],
+            args.out,
+            input_size,
+            version=args.version,
+            opset=args.opset,
+            tolerance=args.tolerance,
+            max_batch_size=args.max_batch_size,
+            kind=args.kind,
+        )
+    except (ExportError, ValueError) as exc:
+        logger.error("export failed: %s", exc)
+        return 1
+    for name, diff in report.max_abs_diff.items():
+        size = report.file_bytes.get(name)
+        logger.info("%-18s max |onnx - torch| %.2e%s", name, diff, f"  {size / 1e6:.2f} MB" if size else "")
+    logger.info("wrote %s (version %s, input size %d)", report.root, report.version, report.input_size)
+    return 0
