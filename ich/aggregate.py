@@ -179,12 +179,14 @@ def aggregate(
         )
         for i in range(n)
     ]
-    probability = float(slice_prob.max())
+    peak = slice_prob.max()
+    # Compare in float32, the models' precision: a probability of float32(0.7) meets a threshold of 0.7.
+    f32 = np.float32
     return CaseFindings(
-        ich_probability=probability,
-        ich_detected=probability >= threshold,
+        ich_probability=float(peak),
+        ich_detected=bool(peak >= f32(threshold)),
         threshold=float(threshold),
-        indeterminate=low <= probability <= high,
+        indeterminate=bool(f32(low) <= peak <= f32(high)),
         indeterminate_band=(low, high),
         hemorrhage_volume_ml=float(voxels_per_slice.sum()) * voxel_ml,
         voxel_volume_ml=voxel_ml,

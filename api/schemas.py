@@ -1,0 +1,152 @@
+"""Response bodies of the HTTP API, field for field as docs/DESIGN.md fixes them.
+
+Additions beyond the contract (never renames): ``indeterminate_band``, ``warnings``, ``series.passed_over``,
+and each slice's ``hemorrhage_volume_ml``. Errors are :class:`ErrorBody`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ich import spec
+
+
+class ModelScores(BaseModel):
+    """One number per base model, keyed as ``ich.spec.MODEL_KEYS``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    all: float
+    subtype: float
+    sdh: float
+    sah: float
+    small: float
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, float]) -> ModelScores:
+        """Build from a ``{key: value}`` mapping holding every key of ``spec.MODEL_KEYS``."""
+        return cls(**{key: float(values[key]) for key in spec.MODEL_KEYS})
+
+
+class SkippedFile(BaseModel):
+    """A zip member that was not used, and why (non-DICOM, unreadable, duplicate...)."""
+
+    file: str
+    reason: str
+
+
+class PassedOverSeries(BaseModel):
+    """A series of the study that was not analysed, and why (localizer, not CT, fewer slices...)."""
+
+    series_instance_uid: str
+    reason: str
+    modality: str | None = None
+    slices: int | None = None
+
+
+class SeriesInfo(BaseModel):
+    """The series that was analysed."""
+
+    series_instance_uid: str
+    slices_used: int
+    slice_thickness_mm: float = Field(description="Spacing of slice centres, else SliceThickness.")
+    pixel_spacing_mm: tuple[float, float] = Field(description="(row, column) spacing in mm.")
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    passed_over: list[PassedOverSeries] = Field(default_factory=list)
+
+
+class SliceResult(BaseModel):
+    """One slice, in order along the slice normal (``index`` is 0-based, from the first position)."""
+
+    index: int
+    sop_instance_uid: str
+    probability: float
+    model_probabilities: ModelScores
+    weights: ModelScores
+    hemorrhage_volume_ml: float = 0.0
+
+
+class Timing(BaseModel):
+    """Milliseconds per stage; ``total`` is the whole request including reading the upload."""
+
+    decode: float
+    preprocess: float
+    inference: float
+    aggregate: float
+    total: float
+
+
+class CaseResult(BaseModel):
+    """The result of ``POST /v1/cases``."""
+
+    case_id: UUID
+    model_version: str
+    engine: str
+    ich_probability: float
+    ich_detected: bool
+    threshold: float
+    indeterminate: bool
+    indeterminate_band: tuple[float, float]
+    hemorrhage_volume_ml: float
+    series: SeriesInfo
+    slices: list[SliceResult]
+    timing_ms: Timing
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a stable machine code, a human sentence and the request id to quote."""
+
+    code: str
+    detail: str
+    request_id: str
+    reasons: list[Any] | None = None
+
+
+class HealthStatus(BaseModel):
+    """``GET /healthz``: the process is alive."""
+
+    status: str
+
+
+class ReadyStatus(BaseModel):
+    """``GET /readyz``: the engine answers."""
+
+    status: str
+    engine: str
+    model_version: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """One model of the ensemble as the engine reports it."""
+
+    name: str
+    version: str | None = None
+    ready: bool | None = None
+    platform: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    """``GET /v1/models``: what answers the cases."""
+
+    engine: str
+    model_version: str
+    ensemble: str = spec.ENSEMBLE_MODEL
+    input_size: int
+    threshold: float
+    indeterminate_band: tuple[float, float]
+    models: list[ModelInfo]
+
+
+#: OpenAPI documentation of the error answers, shared by the routes.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Not a readable zip."},
+    401: {"model": ErrorBody, "description": "Missing or invalid API key (when keys are configured)."},
+    413: {"model": ErrorBody, "description": "Upload, uncompressed size or member count too large."},
+    415: {"model": ErrorBody, "description": "Neither application/zip nor multipart/form-data."},
+    422: {"model": ErrorBody, "description": "No usable CT series; `reasons` lists why."},
+    503: {"model": ErrorBody, "description": "Engine unavailable; retry after Retry-After seconds."},
+}
