@@ -218,6 +218,8 @@ def _summary(path: str, result: CaseResult, top: int) -> str:
         f"  series: {series.slices_used} slices, {series.slice_thickness_mm:g} mm"
         + (f", {len(series.skipped)} files skipped" if series.skipped else ""),
     ]
+    for warning in result.warnings:
+        lines.append(f"  warning: {warning}")
     best = result.top_slices(top)
     if best:
         lines.append("  top slices: " + ", ".join(f"#{s.index} ({s.probability:.3f})" for s in best))

@@ -42,8 +42,8 @@ class APIStatusError(ICHError):
             service's JSON, e.g. from a proxy).
         detail: the human-readable explanation.
         request_id: the service's request id (also sent as the ``X-Request-ID`` header), or None.
-        body: the decoded JSON body when there was one, so that extra fields (e.g. a list of reasons) are
-            not lost.
+        body: the decoded JSON body when there was one, so that extra fields are not lost.
+        reasons: the service's list of reasons (a 422 says why each series or file was not usable), or [].
         retry_after: seconds from the ``Retry-After`` header, when present.
         response: the raw ``httpx.Response``.
     """
@@ -66,6 +66,8 @@ class APIStatusError(ICHError):
         self.detail = detail
         self.request_id = request_id
         self.body = body
+        reasons = body.get("reasons") if body else None
+        self.reasons: list[Any] = list(reasons) if isinstance(reasons, list) else []
         self.retry_after = retry_after
         self.response = response
 

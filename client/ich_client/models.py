@@ -23,14 +23,24 @@ class SkippedFile(_Model):
     reason: str
 
 
+class PassedOverSeries(_Model):
+    """Another series of the study that was not analysed, and why (localizer, not CT, too few slices...)."""
+
+    series_instance_uid: str
+    reason: str
+    modality: str | None = None
+    slices: int | None = None
+
+
 class SeriesInfo(_Model):
     """The CT series the service chose and analysed."""
 
     series_instance_uid: str
     slices_used: int
     slice_thickness_mm: float
-    pixel_spacing_mm: list[float] = Field(description="(row, column) spacing in mm")
+    pixel_spacing_mm: tuple[float, float] = Field(description="(row, column) spacing in mm")
     skipped: list[SkippedFile] = Field(default_factory=list)
+    passed_over: list[PassedOverSeries] = Field(default_factory=list)
 
 
 class ModelValues(_Model):
@@ -51,6 +61,7 @@ class SliceResult(_Model):
     probability: float
     model_probabilities: ModelValues
     weights: ModelValues
+    hemorrhage_volume_ml: float | None = None
 
 
 class Timing(_Model):
@@ -64,7 +75,12 @@ class Timing(_Model):
 
 
 class CaseResult(_Model):
-    """The service's answer for one study."""
+    """The service's answer for one study.
+
+    Fields the design contract fixes are required; the service's additions (``indeterminate_band``,
+    ``warnings``, ``series.passed_over``, a slice's ``hemorrhage_volume_ml``) have defaults, so the client
+    also reads a service that does not send them.
+    """
 
     case_id: str
     model_version: str
@@ -73,10 +89,12 @@ class CaseResult(_Model):
     ich_detected: bool
     threshold: float
     indeterminate: bool
+    indeterminate_band: tuple[float, float] | None = None
     hemorrhage_volume_ml: float
     series: SeriesInfo
     slices: list[SliceResult]
     timing_ms: Timing
+    warnings: list[str] = Field(default_factory=list)
 
     def top_slices(self, n: int = 3) -> list[SliceResult]:
         """The ``n`` slices with the highest probability, highest first (ties: lower index first)."""
@@ -102,24 +120,34 @@ class CaseResult(_Model):
 class Health(_Model):
     """Answer of ``GET /healthz`` (liveness) or ``GET /readyz`` (readiness).
 
-    ``ok`` is filled in by the client from the HTTP status, because the bodies are informational.
+    ``ok`` is filled in by the client from the HTTP status (a 503 from ``/readyz`` means "not ready"); the
+    other fields are what the service says about itself.
     """
 
     ok: bool = True
     status: str | None = None
+    engine: str | None = None
+    model_version: str | None = None
 
 
 class ModelInfo(_Model):
-    """One model the service serves (from ``GET /v1/models``)."""
+    """One model of the ensemble as the service's engine reports it."""
 
     name: str
+    version: str | None = None
+    ready: bool | None = None
+    platform: str | None = None
 
 
 class ModelsInfo(_Model):
-    """Answer of ``GET /v1/models``: what the service runs."""
+    """Answer of ``GET /v1/models``: what answers the cases."""
 
-    model_version: str | None = None
-    engine: str | None = None
+    engine: str
+    model_version: str
+    ensemble: str | None = None
+    input_size: int | None = None
+    threshold: float | None = None
+    indeterminate_band: tuple[float, float] | None = None
     models: list[ModelInfo] = Field(default_factory=list)
 
 

@@ -153,7 +153,7 @@ def test_analyze_posts_the_zip_and_returns_a_typed_result() -> None:
     assert recorder.bodies[0] == body
     assert isinstance(result, CaseResult)
     assert result.ich_probability == pytest.approx(0.83) and result.ich_detected is True
-    assert result.series.pixel_spacing_mm == [0.5, 0.5]
+    assert result.series.pixel_spacing_mm == (0.5, 0.5)
     assert result.series.skipped[0].reason == "not a DICOM file"
     assert [s.index for s in result.slices] == [0, 1, 2, 3]
     assert result.slices[3].model_probabilities.small == pytest.approx(round(0.83 * 0.98, 4))
@@ -172,7 +172,7 @@ def test_result_keeps_fields_the_client_does_not_know() -> None:
     assert dumped["overlay_url"] == "/v1/cases/c0ffee/overlay.png"
     assert dumped["series"]["manufacturer_model"] == "X"
     assert dumped["slices"][0]["mask_area_mm2"] == 3.5
-    assert dumped["slices"][1] == payload["slices"][1]
+    assert dumped["slices"][1] == {**payload["slices"][1], "hemorrhage_volume_ml": None}
 
 
 def test_a_result_missing_a_contract_field_is_an_ich_error() -> None:
@@ -232,13 +232,14 @@ def test_models_is_typed() -> None:
     body = {
         "model_version": "v1",
         "engine": "triton",
-        "models": [{"name": "ich_ensemble", "platform": "ensemble"}],
+        "models": [{"name": "ich_ensemble", "platform": "ensemble", "max_batch_size": 16}],
     }
     client, _ = make_client(Recorder(httpx.Response(200, json=body)))
     info = client.models()
     assert info.model_version == "v1" and info.engine == "triton"
     assert info.models[0].name == "ich_ensemble"
-    assert info.models[0].model_extra == {"platform": "ensemble"}
+    assert info.models[0].platform == "ensemble"
+    assert info.models[0].model_extra == {"max_batch_size": 16}
 
 
 def test_progress_counts_up_to_the_size_and_restarts_on_retry() -> None:
@@ -302,7 +303,7 @@ def test_422_is_raised_at_once_with_the_reasons() -> None:
     with pytest.raises(UnprocessableStudyError) as info:
         client.analyze(zip_bytes())
     assert len(recorder.requests) == 1 and sleeps == []
-    assert info.value.body is not None and info.value.body["reasons"] == ["MR series skipped"]
+    assert info.value.reasons == ["MR series skipped"]
 
 
 def test_error_without_service_json_still_reads_well() -> None:
