@@ -137,7 +137,7 @@ def test_small_folder_stays_in_memory(study_dir: Path) -> None:
 )
 def test_bad_inputs_are_clear_errors(study: object, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        pack_study(study)  # type: ignore[arg-type]
+        pack_study(study)
 
 
 def test_empty_folder_is_refused(tmp_path: Path) -> None:
@@ -162,6 +162,6 @@ def test_every_input_form_reaches_the_service_as_the_same_members(study_dir: Pat
     transport = httpx.MockTransport(server)
     with ICHClient("http://ich.test", transport=transport) as client, zipped.open("rb") as handle:
         for form in (study_dir, files, zipped, zipped.read_bytes(), handle):
-            assert client.analyze(form).case_id == "c0ffee"  # type: ignore[arg-type]
+            assert client.analyze(form).case_id == "c0ffee"
     assert len(seen) == 5 and all(s == seen[0] for s in seen)
     assert set(seen[0]) == {"series_a/IM0001.dcm", "series_a/IM0002", "top.dcm"}
