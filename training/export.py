@@ -22,6 +22,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import tomllib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -297,6 +298,16 @@ def _input_size_from(raw: Mapping[str, Any]) -> int | None:
     return None
 
 
+def _input_size_from_run(run_dir: Path) -> int | None:
+    """``[run].size`` of the ``config.toml`` that ``ich-model train`` copies into its run folder."""
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        return None
+    with path.open("rb") as fh:
+        value = tomllib.load(fh).get("run", {}).get("size")
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ich-model export``."""
     parser.add_argument("--run", type=Path, default=Path("runs/default"),
@@ -306,7 +317,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("model_repository"),
                         help="model repository to write (default: %(default)s)")
     parser.add_argument("--input-size", type=int, default=None,
-                        help="S; default: the input size recorded in the checkpoints")
+                        help="S; default: recorded in the checkpoints, else [run].size of <run>/config.toml")
     parser.add_argument("--version", default=None, help="model version for VERSION (default: date-gitsha)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
@@ -330,6 +341,8 @@ def run(args: argparse.Namespace) -> int:
         logger.error("cannot load checkpoints: %s", exc)
         return 1
     sizes = {s for _, raw in loaded.values() if (s := _input_size_from(raw)) is not None}
+    if not sizes and (from_run := _input_size_from_run(args.run)) is not None:
+        sizes = {from_run}
     input_size = args.input_size
     if input_size is None:
         if len(sizes) != 1:

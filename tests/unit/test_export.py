@@ -121,6 +121,14 @@ def test_cli_exports_from_checkpoints(tmp_path: Path) -> None:
     assert main(["export", "--run", str(run_dir), "--out", str(out), "--version", "cli-1"]) == 0
     assert repository.missing_files(out) == []
     assert repository.read_version(out) == "cli-1"
+    # without a recorded size, [run].size of the run's config.toml is used, as `ich-model train` writes it
+    for key, net in unets.items():
+        save_checkpoint(run_dir / key / "best.pt", "unet", net)
+    save_checkpoint(run_dir / "weight" / "best.pt", "weight", weight)
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo3")]) == 2
+    (run_dir / "config.toml").write_text(f"[run]\nname = 'x'\nsize = {SIZE}\n")
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo3")]) == 0
+    assert repository.input_size_of(repository.read_config(tmp_path / "repo3" / spec.ENSEMBLE_MODEL)) == SIZE
     # a missing checkpoint is a clear failure, not a traceback
     (run_dir / "sah" / "best.pt").unlink()
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo2")]) == 1
