@@ -216,7 +216,8 @@ def _summary(path: str, result: CaseResult, top: int) -> str:
         f"  indeterminate: {'yes' if result.indeterminate else 'no'}",
         f"  hemorrhage volume: {result.hemorrhage_volume_ml:.1f} mL",
         f"  series: {series.slices_used} slices, {series.slice_thickness_mm:g} mm"
-        + (f", {len(series.skipped)} files skipped" if series.skipped else ""),
+        + (f", {_count(len(series.skipped), 'file')} skipped" if series.skipped else "")
+        + (f", {_count(len(series.passed_over), 'other series')} passed over" if series.passed_over else ""),
     ]
     for warning in result.warnings:
         lines.append(f"  warning: {warning}")
@@ -262,6 +263,10 @@ def _models(client: ICHClient, args: argparse.Namespace) -> int:
         extras = ", ".join(f"{k}={v}" for k, v in (model.model_extra or {}).items())
         sys.stdout.write(f"  {model.name}" + (f"  ({extras})" if extras else "") + "\n")
     return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 or noun.endswith("s") else f"{n} {noun}s"
 
 
 def _stem(path: str) -> str:
