@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 TRITON_VENV := .venv-triton
 TORCH_VERSION := 2.13.0
+# Where pip finds the CPU build of torch when no CPU wheel is at hand (a bare PyPI torch is the CUDA build):
+# make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: install install-runtime serve test lint typecheck unit integration triton-env triton k8s-check clean
 
@@ -19,7 +22,7 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 
 # Everything: the service, training (CPU torch) and the test tools.
 $(VENV)/.installed: pyproject.toml client/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e ".[train,dev]" -e ./client
 	touch $(VENV)/.runtime $@
 
