@@ -134,6 +134,7 @@ class EnsembleRunner:
         ensemble: mc.ModelConfig,
         steps: list[_Step],
         step_configs: dict[str, mc.ModelConfig],
+        versions: dict[str, str],
         input_size: int,
         max_batch_size: int,
         model_version: str,
@@ -141,6 +142,8 @@ class EnsembleRunner:
         self.ensemble_config = ensemble
         self._steps = steps
         self.step_configs = step_configs
+        #: model name -> version folder the runner loaded (for ``GET /v1/models``).
+        self.versions = versions
         self.input_size = input_size
         self.max_batch_size = max_batch_size
         self.model_version = model_version
@@ -170,6 +173,7 @@ class EnsembleRunner:
         sessions: dict[tuple[str, int], ort.InferenceSession] = {}
         step_configs: dict[str, mc.ModelConfig] = {}
         steps: list[_Step] = []
+        versions: dict[str, str] = {}
         for step in ordered:
             config = step_configs.get(step.model_name) or repository.read_config(
                 repository.config_path(root, step.model_name)
@@ -178,6 +182,7 @@ class EnsembleRunner:
             key = (step.model_name, int(step.model_version))
             if key not in sessions:
                 path = repository.step_model_file(root, step.model_name, int(step.model_version))
+                versions[step.model_name] = path.parent.name
                 logger.info("loading %s from %s", step.model_name, path)
                 sessions[key] = ort.InferenceSession(
                     str(path), sess_options=options, providers=["CPUExecutionProvider"]
@@ -201,6 +206,7 @@ class EnsembleRunner:
             ensemble=ensemble,
             steps=steps,
             step_configs=step_configs,
+            versions=versions,
             input_size=input_size,
             max_batch_size=min(batch_limits),
             model_version=repository.read_version(root),

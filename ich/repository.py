@@ -61,6 +61,8 @@ ENSEMBLE_PLATFORM = "ensemble"
 DEFAULT_MAX_BATCH_SIZE = 16
 #: Version folder the exporter writes; Triton's default version policy serves the latest one.
 DEFAULT_MODEL_VERSION = 1
+#: Placeholder in the ensemble's (otherwise empty) version folder, so that git keeps the folder.
+ENSEMBLE_VERSION_MARKER = ".gitkeep"
 
 KindName = str
 
@@ -159,10 +161,7 @@ def weighting_model_config(
         name=spec.WEIGHTING_MODEL,
         platform=ONNX_PLATFORM,
         max_batch_size=max_batch_size,
-        input=[
-            _input(spec.WEIGHTING_INPUTS[key], map_dims)
-            for key in spec.MODEL_KEYS
-        ],
+        input=[_input(spec.WEIGHTING_INPUTS[key], map_dims) for key in spec.MODEL_KEYS],
         output=[
             _output(spec.WEIGHTS, [len(spec.MODEL_KEYS)]),
             _output(spec.FUSED, map_dims),
@@ -202,10 +201,7 @@ def ensemble_config(input_size: int, *, max_batch_size: int = DEFAULT_MAX_BATCH_
         _output(spec.FUSED, map_dims),
         _output(spec.SLICE_PROB, [1]),
         _output(spec.WEIGHTS, [len(spec.MODEL_KEYS)]),
-        *(
-            _output(spec.WEIGHTING_INPUTS[key], map_dims)
-            for key in spec.MODEL_KEYS
-        ),
+        *(_output(spec.WEIGHTING_INPUTS[key], map_dims) for key in spec.MODEL_KEYS),
     ]
     return mc.ModelConfig(
         name=spec.ENSEMBLE_MODEL,
@@ -224,6 +220,12 @@ def write_config(root: Path, config: mc.ModelConfig) -> Path:
     path = config_path(root, config.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text_format.MessageToString(config), encoding="utf-8")
+    if config.platform == ENSEMBLE_PLATFORM:
+        # Triton refuses an ensemble without a version folder, even though the folder stays empty; the
+        # marker file lets git keep the folder.
+        version_dir = path.parent / str(DEFAULT_MODEL_VERSION)
+        version_dir.mkdir(exist_ok=True)
+        (version_dir / ENSEMBLE_VERSION_MARKER).touch()
     return path
 
 
@@ -356,6 +358,8 @@ def missing_files(root: Path, names: Iterable[str] | None = None) -> list[str]:
             problems.append(f"{name}/{CONFIG_FILENAME} is missing")
             continue
         if name == spec.ENSEMBLE_MODEL:
+            if _latest_version(root, name) is None:
+                problems.append(f"{name}: no version folder (Triton needs an empty {name}/1/)")
             continue
         try:
             step_model_file(root, name)

@@ -139,3 +139,30 @@ def reference_outputs(images: np.ndarray, params: TinyParams | None = None) -> d
         "slice_prob": fused.max(axis=(1, 2, 3)),
         **{f"prob_{key}": probs[key] for key in spec.MODEL_KEYS},
     }
+
+
+def build_exported_repository(
+    root: Path, *, size: int = 32, max_batch_size: int = 4, version: str = "tiny-export", seed: int = 0
+) -> Path | None:
+    """Tiny random networks of the real architecture, written by the real exporter (``training.export``).
+
+    Proves the path the shipped weights take (PyTorch -> ONNX -> repository -> engines). Returns None when
+    torch is not installed, so callers can fall back to ``build_tiny_repository``.
+    """
+    try:
+        import torch
+
+        from training import export
+        from training.networks import InceptionUNet, WeightModel
+    except ImportError:
+        return None
+    torch.manual_seed(seed)
+    unets = {key: InceptionUNet(width=4, depth=2).eval() for key in spec.MODEL_KEYS}
+    weight = WeightModel(hidden=4, opening=3)
+    with torch.no_grad():  # its last layer starts at zero (a plain average); make the weights really vary
+        weight.fc.weight.normal_(0.0, 1.0)
+        weight.fc.bias.normal_(0.0, 1.0)
+    export.export_repository(
+        unets, weight.eval(), root, size, version=version, max_batch_size=max_batch_size, seed=seed
+    )
+    return root

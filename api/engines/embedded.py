@@ -1,0 +1,73 @@
+"""The embedded engine: ``ich_ensemble`` run in-process by ``ich.ensemble.EnsembleRunner`` (onnxruntime).
+
+onnxruntime releases the GIL while it computes, so running the runner in a worker thread keeps the event
+loop free for other requests (health checks, uploads) while one study is inferred.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from api.engines.base import Engine, describe_model
+from ich.ensemble import EnsembleOutput, EnsembleRunner
+
+__all__ = ["EmbeddedEngine"]
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedEngine(Engine):
+    """Runs the ensemble with onnxruntime in a small thread pool of its own.
+
+    Args:
+        runner: the loaded ensemble.
+        max_concurrency: studies inferred at the same time; onnxruntime already spreads one study over the
+            cores, so more than one or two mostly adds memory and contention.
+    """
+
+    name = "embedded"
+
+    def __init__(self, runner: EnsembleRunner, *, max_concurrency: int = 1) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.runner = runner
+        self.model_version = runner.model_version
+        self.input_size = runner.input_size
+        self.max_batch_size = runner.max_batch_size
+        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=max_concurrency, thread_name_prefix="ich-onnx"
+        )
+
+    @classmethod
+    def from_repository(cls, root: Path, *, intra_op_threads: int | None = None) -> EmbeddedEngine:
+        """Load the repository's ensemble (raises ``RepositoryError`` when it is incomplete)."""
+        return cls(EnsembleRunner.from_repository(root, intra_op_threads=intra_op_threads))
+
+    async def infer(self, images: np.ndarray) -> EnsembleOutput:
+        """Run the ensemble in the engine's thread pool, batching within ``max_batch_size``."""
+        if self._executor is None:
+            raise RuntimeError("engine is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.runner.run, images)
+
+    async def ready(self) -> bool:
+        """Ready as long as it is open: the sessions were loaded at construction."""
+        return self._executor is not None
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The ensemble and its step models from the repository's configs."""
+        versions = self.runner.versions
+        configs = [self.runner.ensemble_config, *self.runner.step_configs.values()]
+        return [describe_model(c, [versions.get(c.name, "1")], ready=True) for c in configs]
+
+    async def close(self) -> None:
+        """Stop the thread pool (waits for a running inference)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True)

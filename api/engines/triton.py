@@ -1,0 +1,218 @@
+"""The Triton engine: ``ich_ensemble`` called on a Triton server over gRPC (asyncio, binary tensors).
+
+A series longer than the ensemble's ``max_batch_size`` is sent as several requests at once; Triton's dynamic
+batcher merges them (and those of other studies) on the GPU. Every call has a deadline, and any transport
+failure or timeout becomes ``EngineUnavailableError`` so the gateway answers 503 with Retry-After instead of
+hanging or failing with a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import InferenceServerException
+
+from api.engines.base import Engine, EngineUnavailableError, describe_model
+from ich import repository, spec
+from ich.ensemble import EnsembleOutput, output_from_tensors
+
+__all__ = ["TritonEngine"]
+
+logger = logging.getLogger(__name__)
+
+#: Outputs requested from the ensemble (all of them: the result explains each member's map).
+OUTPUT_NAMES: tuple[str, ...] = (
+    spec.FUSED,
+    spec.SLICE_PROB,
+    spec.WEIGHTS,
+    *(spec.WEIGHTING_INPUTS[key] for key in spec.MODEL_KEYS),
+)
+#: Readiness probes must answer fast even when inference deadlines are long.
+PROBE_TIMEOUT_S = 2.0
+
+
+def _reason(exc: InferenceServerException) -> str:
+    status = str(exc.status() or "")
+    if "DEADLINE_EXCEEDED" in status:
+        return "timeout"
+    if "UNAVAILABLE" in status or "CANCELLED" in status:
+        return "unavailable"
+    return "error"
+
+
+class TritonEngine(Engine):
+    """Calls ``ich_ensemble`` on ``url`` (``host:port`` of Triton's gRPC endpoint).
+
+    Args:
+        url: Triton gRPC address, e.g. ``127.0.0.1:8001``.
+        timeout_s: deadline of one inference request (each batch of a series).
+        input_size: S the ensemble expects; checked against the server's ensemble config on ``ready()``.
+        max_batch_size: slices per request; lowered to the server's value when that is smaller.
+        model_version: reported as ``model_version`` (the repository VERSION the server was built from).
+    """
+
+    name = "triton"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 30.0,
+        input_size: int = spec.DEFAULT_INPUT_SIZE,
+        max_batch_size: int = repository.DEFAULT_MAX_BATCH_SIZE,
+        model_version: str = "unversioned",
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.url = url
+        self.timeout_s = timeout_s
+        self.input_size = input_size
+        self.max_batch_size = max_batch_size
+        self.model_version = model_version
+        self._client: triton_aio.InferenceServerClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # A gRPC aio channel belongs to the event loop it was first used on, so the client is made lazily inside
+    # the running loop (and again if a test or the server runs on a new loop).
+    def _get_client(self) -> triton_aio.InferenceServerClient:
+        if self._closed:
+            raise EngineUnavailableError("engine is closed", reason="unavailable")
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client = triton_aio.InferenceServerClient(url=self.url)
+            self._client_loop = loop
+        return self._client
+
+    async def infer(self, images: np.ndarray) -> EnsembleOutput:
+        """Send ``images`` in batches of at most ``max_batch_size``, concurrently; join outputs in order."""
+        expected = (spec.IN_CHANNELS, self.input_size, self.input_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            dims = ", ".join(map(str, expected))
+            raise ValueError(f"images must have shape [N, {dims}], got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError("images holds no slice")
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        client = self._get_client()
+        batches = [
+            images[start : start + self.max_batch_size]
+            for start in range(0, images.shape[0], self.max_batch_size)
+        ]
+        results = await asyncio.gather(*(self._infer_batch(client, batch) for batch in batches))
+        return output_from_tensors(
+            {
+                name: np.concatenate([r[name] for r in results]) if len(results) > 1 else results[0][name]
+                for name in OUTPUT_NAMES
+            }
+        )
+
+    async def _infer_batch(
+        self, client: triton_aio.InferenceServerClient, batch: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        image = InferInput(spec.IMAGE, list(batch.shape), "FP32")
+        image.set_data_from_numpy(batch)  # binary tensor data (the gRPC raw_input_contents)
+        outputs = [InferRequestedOutput(name) for name in OUTPUT_NAMES]
+        try:
+            response = await client.infer(
+                spec.ENSEMBLE_MODEL, [image], outputs=outputs, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as exc:
+            reason = _reason(exc)
+            logger.warning("triton inference failed (%s): %s", reason, exc.message())
+            raise EngineUnavailableError(f"Triton at {self.url}: {exc.message()}", reason=reason) from exc
+        except (grpc.RpcError, OSError, TimeoutError) as exc:
+            raise EngineUnavailableError(f"Triton at {self.url}: {exc}", reason="unavailable") from exc
+        tensors: dict[str, np.ndarray] = {}
+        for name in OUTPUT_NAMES:
+            value = response.as_numpy(name)
+            if value is None:
+                raise EngineUnavailableError(f"Triton response lacks {name}", reason="error")
+            tensors[name] = value
+        return tensors
+
+    async def _ensemble_config(self, client: triton_aio.InferenceServerClient) -> mc.ModelConfig:
+        response = await client.get_model_config(spec.ENSEMBLE_MODEL, client_timeout=PROBE_TIMEOUT_S)
+        config: mc.ModelConfig = response.config
+        return config
+
+    async def ready(self) -> bool:
+        """Server ready, ensemble ready, and its input size the one the gateway preprocesses to."""
+        try:
+            client = self._get_client()
+            if not await client.is_server_ready(client_timeout=PROBE_TIMEOUT_S):
+                return False
+            if not await client.is_model_ready(spec.ENSEMBLE_MODEL, client_timeout=PROBE_TIMEOUT_S):
+                return False
+            config = await self._ensemble_config(client)
+        except (InferenceServerException, EngineUnavailableError, grpc.RpcError, OSError, TimeoutError):
+            return False
+        try:
+            served_size = repository.input_size_of(config)
+        except repository.RepositoryError as exc:
+            logger.error("Triton serves an unexpected ensemble: %s", exc)
+            return False
+        if served_size != self.input_size:
+            logger.error("Triton's ensemble takes %d px, the gateway %d px", served_size, self.input_size)
+            return False
+        if 0 < config.max_batch_size < self.max_batch_size:
+            self.max_batch_size = int(config.max_batch_size)
+        return True
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The ensemble and its step models as the server reports them.
+
+        Raises:
+            EngineUnavailableError: the server cannot be reached.
+        """
+        try:
+            client = self._get_client()
+            ensemble = await self._ensemble_config(client)
+            names = [spec.ENSEMBLE_MODEL, *repository.ensemble_step_models(ensemble)]
+            index = await client.get_model_repository_index(client_timeout=PROBE_TIMEOUT_S)
+            ready = {(m.name, m.version) for m in index.models if m.state == "READY"}
+            entries = [
+                describe_model(ensemble, _versions(index, ensemble.name), ready=_ready(ready, ensemble.name))
+            ]
+            for name in names[1:]:
+                response = await client.get_model_config(name, client_timeout=PROBE_TIMEOUT_S)
+                entries.append(
+                    describe_model(response.config, _versions(index, name), ready=_ready(ready, name))
+                )
+        except InferenceServerException as exc:
+            raise EngineUnavailableError(
+                f"Triton at {self.url}: {exc.message()}", reason=_reason(exc)
+            ) from exc
+        except (grpc.RpcError, OSError, TimeoutError) as exc:
+            raise EngineUnavailableError(f"Triton at {self.url}: {exc}", reason="unavailable") from exc
+        return entries
+
+    async def close(self) -> None:
+        """Close the gRPC channel."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.close()
+            except RuntimeError:  # the channel's loop is already gone (process shutdown)
+                logger.debug("triton client closed after its event loop", exc_info=True)
+
+
+def _versions(index: Any, name: str) -> list[str]:
+    return sorted({m.version for m in index.models if m.name == name and m.version}, key=_version_key)
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (0, version)
+
+
+def _ready(ready: set[tuple[str, str]], name: str) -> bool:
+    return any(model_name == name for model_name, _ in ready)

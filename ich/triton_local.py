@@ -1,0 +1,411 @@
+"""A real ``tritonserver`` on a machine without a GPU, serving a CPU rendering of the model repository.
+
+The ``nvidia-pytriton`` wheel (installed in ``.venv-triton``, which pins numpy<2) ships the ``tritonserver``
+binary with the python backend but not the onnxruntime backend. So the rendering replaces each ONNX model by
+a thin python-backend model (``ich/triton_python_model.py``) that runs the same ``model.onnx`` with
+onnxruntime, with the same tensor names and ``max_batch_size``; the ``ich_ensemble`` config is copied
+unchanged, so Triton's own ensemble scheduler does the wiring, as in production.
+
+How the python backend finds its packages: the stub embeds libpython, which locates its prefix by looking for
+``python3`` on ``PATH``. Putting ``.venv-triton/bin`` first on the server's ``PATH`` makes the stub run with
+that virtual environment's site-packages (numpy, onnxruntime); this is what PyTriton itself does.
+
+``python -m ich.triton_local --serve`` (``make triton``) serves ``model_repository/`` on ports 8000 (HTTP),
+8001 (gRPC) and 8002 (metrics) in the foreground; the tests use ``LocalTriton`` on free ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from ich import repository
+from ich.repository import RepositoryError
+
+__all__ = [
+    "LocalTriton",
+    "TritonDistribution",
+    "TritonStartError",
+    "default_venv",
+    "find_distribution",
+    "main",
+    "render_cpu_repository",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Source of the python-backend runner copied as ``model.py`` next to each ONNX file.
+RUNNER_SOURCE = Path(__file__).with_name("triton_python_model.py")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class TritonStartError(RuntimeError):
+    """``tritonserver`` could not be found, did not start, or did not become ready in time."""
+
+
+@dataclass(frozen=True)
+class TritonDistribution:
+    """Where the pieces of the pytriton wheel live inside a virtual environment."""
+
+    server_dir: Path  # .../site-packages/pytriton/tritonserver (bin/, backends/, python_backend_stubs/)
+    libs_dir: Path  # .../site-packages/nvidia_pytriton.libs (bundled shared libraries)
+    venv_bin: Path  # the venv's bin/, put first on PATH for the python-backend stub
+    python_version: str  # "3.11": which stub to use
+
+    @property
+    def stub(self) -> Path:
+        """The python-backend stub built for this environment's Python version."""
+        return self.server_dir / "python_backend_stubs" / self.python_version / "triton_python_backend_stub"
+
+
+def default_venv() -> Path:
+    """``ICH_TRITON_VENV`` when set, else the project's ``.venv-triton`` (made by ``make triton-env``)."""
+    return Path(os.environ.get("ICH_TRITON_VENV", PROJECT_ROOT / ".venv-triton"))
+
+
+def find_distribution(venv: Path) -> TritonDistribution:
+    """Locate ``tritonserver`` and its libraries in ``venv``.
+
+    Raises:
+        TritonStartError: the venv lacks ``nvidia-pytriton`` (run ``make triton-env``).
+    """
+    venv = Path(venv)
+    for site in sorted(venv.glob("lib/python3.*/site-packages")):
+        server_dir = site / "pytriton" / "tritonserver"
+        if (server_dir / "bin" / "tritonserver").is_file():
+            distribution = TritonDistribution(
+                server_dir=server_dir,
+                libs_dir=site / "nvidia_pytriton.libs",
+                venv_bin=venv / "bin",
+                python_version=site.parent.name.removeprefix("python"),
+            )
+            if not distribution.stub.is_file():
+                raise TritonStartError(f"no python-backend stub for Python {distribution.python_version}")
+            return distribution
+    raise TritonStartError(f"tritonserver not found in {venv}; run `make triton-env` (nvidia-pytriton 0.7.0)")
+
+
+def _cpu_config(config: mc.ModelConfig, intra_op_threads: int | None) -> mc.ModelConfig:
+    """The same model (names, dims, batching) served by the python backend on one CPU instance."""
+    cpu = mc.ModelConfig()
+    cpu.CopyFrom(config)
+    cpu.platform = ""
+    cpu.backend = "python"
+    del cpu.instance_group[:]
+    cpu.instance_group.append(mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU))
+    cpu.ClearField("default_model_filename")
+    if intra_op_threads is not None:
+        cpu.parameters["intra_op_threads"].string_value = str(intra_op_threads)
+    return cpu
+
+
+def render_cpu_repository(source: Path, target: Path, *, intra_op_threads: int | None = None) -> Path:
+    """Write a CPU rendering of repository ``source`` into ``target`` (created; must not exist or be empty).
+
+    ONNX models become python-backend models whose ``model.onnx`` links to the source file (no copy of the
+    weights); ensembles are copied byte for byte; ``VERSION`` is copied.
+
+    Raises:
+        RepositoryError: ``source`` holds no model, a model of an unsupported platform, or a model without a
+            version folder.
+    """
+    source, target = Path(source).resolve(), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    models = sorted(p.parent for p in source.glob(f"*/{repository.CONFIG_FILENAME}"))
+    if not models:
+        raise RepositoryError(f"no model (*/config.pbtxt) in {source}")
+    for model_dir in models:
+        config = repository.read_config(model_dir)
+        destination = target / model_dir.name
+        destination.mkdir(exist_ok=True)
+        if config.platform == "ensemble":
+            shutil.copyfile(model_dir / repository.CONFIG_FILENAME, destination / repository.CONFIG_FILENAME)
+            # Triton needs a version folder for an ensemble too (empty).
+            (destination / str(repository.DEFAULT_MODEL_VERSION)).mkdir(exist_ok=True)
+            continue
+        if config.platform != repository.ONNX_PLATFORM and config.backend != "onnxruntime":
+            raise RepositoryError(f"model {config.name}: cannot render platform {config.platform!r} for CPU")
+        versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        if not versions:
+            raise RepositoryError(f"model {config.name}: no version folder in {model_dir}")
+        for version in versions:
+            onnx_file = version / repository.MODEL_FILENAME
+            if not onnx_file.is_file():
+                raise RepositoryError(f"model {config.name}: {onnx_file} is missing")
+            version_dir = destination / version.name
+            version_dir.mkdir(exist_ok=True)
+            shutil.copyfile(RUNNER_SOURCE, version_dir / "model.py")
+            link = version_dir / repository.MODEL_FILENAME
+            link.unlink(missing_ok=True)
+            link.symlink_to(onnx_file.resolve())
+        rendered = _cpu_config(config, intra_op_threads)
+        (destination / repository.CONFIG_FILENAME).write_text(text_format.MessageToString(rendered))
+    version_file = source / repository.VERSION_FILENAME
+    if version_file.is_file():
+        shutil.copyfile(version_file, target / repository.VERSION_FILENAME)
+    return target
+
+
+def _prepare_server(distribution: TritonDistribution, target: Path) -> Path:
+    """Copy the server (without the stubs of other Pythons) and put the right stub into backends/python/."""
+    shutil.copytree(
+        distribution.server_dir, target, ignore=shutil.ignore_patterns("python_backend_stubs", "__pycache__")
+    )
+    shutil.copy2(distribution.stub, target / "backends" / "python" / "triton_python_backend_stub")
+    return target
+
+
+class LocalTriton:
+    """A ``tritonserver`` process serving a CPU rendering of a model repository.
+
+    Use as a context manager, or call ``start`` and ``stop``. Everything it writes lives in ``workdir`` (a
+    fresh temporary folder by default, removed on ``stop``).
+    """
+
+    def __init__(
+        self,
+        model_repository: Path,
+        *,
+        venv: Path | None = None,
+        host: str = "127.0.0.1",
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        intra_op_threads: int | None = 1,
+        workdir: Path | None = None,
+        log_to_console: bool = False,
+    ) -> None:
+        self.model_repository = Path(model_repository)
+        self.venv = Path(venv) if venv is not None else default_venv()
+        self.host = host
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.metrics_port = metrics_port
+        self.intra_op_threads = intra_op_threads
+        self._workdir = Path(workdir) if workdir is not None else None
+        self._owns_workdir = workdir is None
+        self._log_to_console = log_to_console
+        self._log: IO[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` for ``tritonclient.grpc``."""
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP/REST endpoint."""
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def log_path(self) -> Path | None:
+        """The server's log file (None when logging to the console or not started)."""
+        if self._workdir is None or self._log_to_console:
+            return None
+        return self._workdir / "tritonserver.log"
+
+    def command(self, server_dir: Path, model_repository: Path) -> list[str]:
+        """The ``tritonserver`` command line."""
+        return [
+            str(server_dir / "bin" / "tritonserver"),
+            f"--model-repository={model_repository}",
+            f"--backend-directory={server_dir / 'backends'}",
+            f"--cache-directory={server_dir / 'caches'}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            "--allow-gpu-metrics=false",
+            # No CUDA on these machines: skip the pinned/CUDA pools instead of failing to allocate them.
+            "--pinned-memory-pool-byte-size=0",
+            # Each server names its python-backend shared-memory regions apart, so a test server and
+            # `make triton` can run on one machine.
+            f"--backend-config=python,shm-region-prefix-name=ich{self.grpc_port}_",
+        ]
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        """Render the repository, launch ``tritonserver`` and wait until it reports ready.
+
+        Raises:
+            TritonStartError: the server exited or was not ready within ``timeout_s`` (with its log's tail).
+        """
+        if self.process is not None:
+            raise TritonStartError("server already started")
+        distribution = find_distribution(self.venv)
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="ich-triton-"))
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        rendered = render_cpu_repository(
+            self.model_repository, self._workdir / "model_repository", intra_op_threads=self.intra_op_threads
+        )
+        server_dir = _prepare_server(distribution, self._workdir / "tritonserver")
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(distribution.libs_dir), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        env["PATH"] = os.pathsep.join((str(distribution.venv_bin), env.get("PATH", "")))
+        # The stub must use .venv-triton's packages only, not the gateway venv's (numpy 2 vs numpy<2).
+        env.pop("PYTHONPATH", None)
+        env.pop("PYTHONHOME", None)
+        env.pop("VIRTUAL_ENV", None)
+        command = self.command(server_dir, rendered)
+        logger.info("starting tritonserver: %s", " ".join(command))
+        if self.log_path is not None:
+            self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT if self._log is not None else None,
+            start_new_session=True,
+        )
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def is_ready(self) -> bool:
+        """True when the server answers ``/v2/health/ready`` with 200 (all models loaded)."""
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            code = self.process.poll()
+            if code is not None:
+                raise TritonStartError(f"tritonserver exited with status {code}:\n{self.log_tail()}")
+            if self.is_ready():
+                logger.info("tritonserver ready: gRPC %s, HTTP %s", self.grpc_url, self.http_url)
+                return
+            time.sleep(0.5)
+        raise TritonStartError(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server log (empty when logging to the console)."""
+        path = self.log_path
+        if path is None or not path.is_file():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait(self) -> int:
+        """Block until the server exits; return its exit status."""
+        if self.process is None:
+            raise TritonStartError("server not started")
+        return self.process.wait()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL of its process group after ``timeout_s``) and clean up."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("tritonserver did not stop in %.0f s; killing its process group", timeout_s)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._owns_workdir and self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> LocalTriton:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ich.triton_local", description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", action="store_true", help="serve in the foreground until interrupted")
+    parser.add_argument("--render", type=Path, metavar="DIR", help="only write the CPU rendering into DIR")
+    parser.add_argument("--repository", type=Path, default=PROJECT_ROOT / "model_repository")
+    parser.add_argument("--venv", type=Path, default=None, help="venv holding nvidia-pytriton (.venv-triton)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``--serve``: run tritonserver in the foreground; ``--render DIR``: only write the rendering."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.render is not None:
+        render_cpu_repository(args.repository, args.render, intra_op_threads=args.threads)
+        logger.info("CPU rendering written to %s", args.render)
+        return 0
+    if not args.serve:
+        logger.error("nothing to do: pass --serve or --render DIR")
+        return 2
+    repository.require_complete(args.repository)
+    server = LocalTriton(
+        args.repository,
+        venv=args.venv,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        intra_op_threads=args.threads,
+        log_to_console=True,
+    )
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        server.start(timeout_s=args.timeout)
+        logger.info("serving %s; ICH_ENGINE=triton ICH_TRITON_URL=%s", args.repository, server.grpc_url)
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    except (TritonStartError, RepositoryError) as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The same study through the embedded engine and a real tritonserver gives the same numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from api.engines import EngineUnavailableError, create_engine
+from api.engines.embedded import EmbeddedEngine
+from api.engines.triton import TritonEngine
+from ich import spec
+from ich.triton_local import LocalTriton
+from tests.integration.conftest import TINY_MAX_BATCH, TINY_SIZE, free_port
+
+pytestmark = pytest.mark.triton
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, spec.IN_CHANNELS, TINY_SIZE, TINY_SIZE), dtype=np.float32)
+
+
+async def test_embedded_and_triton_agree(tiny_repository: Path, triton_server: LocalTriton) -> None:
+    images = _images(2 * TINY_MAX_BATCH + 3, seed=7)  # three requests to Triton, three runner batches
+    embedded = EmbeddedEngine.from_repository(tiny_repository, intra_op_threads=1)
+    triton = create_engine(
+        "triton", repository=tiny_repository, triton_url=triton_server.grpc_url, timeout_s=30.0
+    )
+    try:
+        assert await triton.ready()
+        local = await embedded.infer(images)
+        remote = await triton.infer(images)
+    finally:
+        await embedded.close()
+        await triton.close()
+    assert triton.model_version == embedded.model_version
+    assert triton.input_size == embedded.input_size == TINY_SIZE
+    assert remote.slice_prob.shape == local.slice_prob.shape == (images.shape[0],)
+    assert remote.fused.shape == local.fused.shape == (images.shape[0], 1, TINY_SIZE, TINY_SIZE)
+    assert remote.weights.shape == local.weights.shape == (images.shape[0], len(spec.MODEL_KEYS))
+    np.testing.assert_allclose(remote.slice_prob, local.slice_prob, atol=1e-3)
+    np.testing.assert_allclose(remote.weights, local.weights, atol=1e-3)
+    np.testing.assert_allclose(remote.fused, local.fused, atol=1e-3)
+    for key in spec.MODEL_KEYS:
+        assert remote.probs[key].shape == local.probs[key].shape
+        np.testing.assert_allclose(remote.probs[key], local.probs[key], atol=1e-3)
+    # The slices must come back in order: a shuffled study gives the shuffled probabilities.
+    order = np.random.default_rng(1).permutation(images.shape[0])
+    triton2 = TritonEngine(triton_server.grpc_url, input_size=TINY_SIZE, max_batch_size=TINY_MAX_BATCH)
+    try:
+        shuffled = await triton2.infer(images[order])
+    finally:
+        await triton2.close()
+    np.testing.assert_allclose(shuffled.slice_prob, local.slice_prob[order], atol=1e-3)
+
+
+async def test_models_lists_the_ensemble_and_its_steps(triton_server: LocalTriton) -> None:
+    engine = TritonEngine(triton_server.grpc_url, input_size=TINY_SIZE)
+    try:
+        models = await engine.models()
+    finally:
+        await engine.close()
+    by_name = {m["name"]: m for m in models}
+    assert set(by_name) == {spec.ENSEMBLE_MODEL, spec.WEIGHTING_MODEL, *spec.BASE_MODELS.values()}
+    assert by_name[spec.ENSEMBLE_MODEL]["platform"] == "ensemble"
+    assert by_name[spec.BASE_MODELS["sah"]]["platform"] == "python"  # the CPU rendering's runner
+    assert all(m["ready"] for m in models)
+    assert by_name[spec.BASE_MODELS["all"]]["inputs"] == [
+        {"name": spec.IMAGE, "datatype": "FP32", "shape": [4, TINY_SIZE, TINY_SIZE]}
+    ]
+    assert by_name[spec.ENSEMBLE_MODEL]["versions"] == ["1"]
+
+
+async def test_ready_refuses_a_size_mismatch(triton_server: LocalTriton) -> None:
+    engine = TritonEngine(triton_server.grpc_url, input_size=TINY_SIZE * 2)
+    try:
+        assert not await engine.ready()
+    finally:
+        await engine.close()
+
+
+async def test_deadline_becomes_engine_unavailable(triton_server: LocalTriton) -> None:
+    engine = TritonEngine(triton_server.grpc_url, input_size=TINY_SIZE, timeout_s=1e-4)
+    try:
+        with pytest.raises(EngineUnavailableError) as err:
+            await engine.infer(_images(TINY_MAX_BATCH, seed=3))
+    finally:
+        await engine.close()
+    assert err.value.reason in {"timeout", "unavailable"}
+
+
+async def test_server_down() -> None:
+    engine = TritonEngine(f"127.0.0.1:{free_port()}", input_size=TINY_SIZE, timeout_s=2.0)
+    try:
+        assert not await engine.ready()
+        with pytest.raises(EngineUnavailableError) as err:
+            await engine.infer(_images(2, seed=4))
+        assert err.value.reason == "unavailable"
+        with pytest.raises(EngineUnavailableError):
+            await engine.models()
+    finally:
+        await engine.close()
+
+
+async def test_wrong_shape_is_rejected_before_the_network(triton_server: LocalTriton) -> None:
+    engine = TritonEngine(triton_server.grpc_url, input_size=TINY_SIZE)
+    try:
+        with pytest.raises(ValueError, match="shape"):
+            await engine.infer(np.zeros((2, 3, TINY_SIZE, TINY_SIZE), np.float32))
+    finally:
+        await engine.close()
