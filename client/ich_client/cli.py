@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-decide ich_detected on the client as ich_probability >= T (the service's own threshold "
         "is replaced in the output); default: keep the service's decision",
     )
+    analyze.add_argument(
+        "--one-study",
+        action="store_true",
+        help="all PATHs are files and folders of ONE study (default: each PATH is a study)",
+    )
     analyze.add_argument("--top", type=int, default=3, metavar="N", help="top slices in the summary (3)")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -128,18 +133,24 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
     disable: bool | None = True if args.no_progress else None
     results: list[CaseResult | None] = []
     used_names: set[str] = set()
+    # Each study: (what to pack, how to name it in messages and --out).
+    studies: list[tuple[str | list[str], str]] = (
+        [(list(args.paths), str(Path(args.paths[0]).resolve().parent))]
+        if args.one_study
+        else [(path, path) for path in args.paths]
+    )
     overall = tqdm(
-        total=len(args.paths),
+        total=len(studies),
         desc="studies",
         unit="study",
         file=sys.stderr,
-        disable=True if disable or len(args.paths) < 2 else None,
+        disable=True if disable or len(studies) < 2 else None,
         position=0,
         leave=False,
     )
     with overall:
-        for path in args.paths:
-            result = _analyze_one(client, path, disable, position=1 if len(args.paths) > 1 else 0)
+        for study, path in studies:
+            result = _analyze_one(client, study, path, disable, position=1 if len(studies) > 1 else 0)
             if result is not None and args.threshold is not None:
                 result = result.with_threshold(args.threshold)
             results.append(result)
@@ -164,7 +175,9 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
     return EXIT_OK if all(r is not None for r in results) else EXIT_FAILED
 
 
-def _analyze_one(client: ICHClient, path: str, disable: bool | None, position: int) -> CaseResult | None:
+def _analyze_one(
+    client: ICHClient, study: str | list[str], path: str, disable: bool | None, position: int
+) -> CaseResult | None:
     label = Path(path).name or path
     try:
         with tqdm(
@@ -175,7 +188,7 @@ def _analyze_one(client: ICHClient, path: str, disable: bool | None, position: i
                 zipping.total = total
                 zipping.update(done - zipping.n)
 
-            packed = pack_study(path, on_file=on_file)
+            packed = pack_study(study, on_file=on_file)
         with (
             packed,
             tqdm(

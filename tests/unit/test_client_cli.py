@@ -188,3 +188,23 @@ def test_unauthorized_is_reported(service: Any, capsys: pytest.CaptureFixture[st
     service(lambda request: httpx.Response(401, json=body))
     assert cli.main(["models"]) == 1
     assert "401 unauthorized: an API key is required" in capsys.readouterr().err
+
+
+def test_one_study_sends_all_paths_in_one_zip(service: Any, tmp_path: Path, capsys: Any) -> None:
+    seen: list[list[str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        with zipfile.ZipFile(io.BytesIO(request.content)) as archive:
+            seen.append(sorted(archive.namelist()))
+        return httpx.Response(200, json=case_payload(0.2))
+
+    service(handler)
+    files = []
+    for name in ("IM1.dcm", "IM2.dcm", "IM3.dcm"):
+        (tmp_path / name).write_bytes(name.encode())
+        files.append(str(tmp_path / name))
+    assert cli.main(["analyze", "--one-study", *files, "--json"]) == 0
+    assert seen == [["IM1.dcm", "IM2.dcm", "IM3.dcm"]]
+    assert isinstance(json.loads(capsys.readouterr().out), dict)
+    assert cli.main(["analyze", *files, "--json"]) == 0  # without the flag: three studies
+    assert len(seen) == 4 and len(json.loads(capsys.readouterr().out)) == 3
