@@ -17,6 +17,9 @@ OUTCOMES: Final[tuple[str, ...]] = ("positive", "negative", "indeterminate", "re
 #: Stages of ``ich_stage_seconds``, the same names as the result's ``timing_ms``.
 STAGES: Final[tuple[str, ...]] = ("decode", "preprocess", "inference", "aggregate")
 
+#: Reasons of ``ich_engine_errors_total`` (``api.engines.EngineUnavailableError.reason``, or ``error``).
+ENGINE_ERROR_REASONS: Final[tuple[str, ...]] = ("unavailable", "timeout", "error")
+
 #: Latency buckets (seconds) from tens of milliseconds (aggregate) to minutes (CPU inference of a big study).
 _STAGE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _PROBABILITY_BUCKETS: Final = tuple(round(0.05 * i, 2) for i in range(1, 21))
@@ -77,6 +80,8 @@ class GatewayMetrics:
             self.cases.labels(outcome=outcome)
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
+        for reason in ENGINE_ERROR_REASONS:
+            self.engine_errors.labels(reason=reason)
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP response (the middleware's callback; method and time are not labels)."""

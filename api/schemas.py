@@ -120,13 +120,25 @@ class ReadyStatus(BaseModel):
     model_version: str | None = None
 
 
+class TensorInfo(BaseModel):
+    """A model input or output; ``shape`` excludes the batch dimension."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
 class ModelInfo(BaseModel):
-    """One model of the ensemble as the engine reports it."""
+    """One model of the ensemble as the engine reports it (``api.engines.base.describe_model``)."""
 
     name: str
     version: str | None = None
-    ready: bool | None = None
+    versions: list[str] = Field(default_factory=list)
     platform: str | None = None
+    ready: bool | None = None
+    max_batch_size: int | None = None
+    inputs: list[TensorInfo] = Field(default_factory=list)
+    outputs: list[TensorInfo] = Field(default_factory=list)
 
 
 class ModelsResponse(BaseModel):

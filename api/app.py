@@ -1,0 +1,115 @@
+"""The FastAPI application factory: ``create_app(settings=None, engine=None)``.
+
+Nothing is built at import time. The engine is made in the lifespan (so ``uvicorn --factory`` workers each
+load their own, and a test can pass a fake one), together with the bounded thread pool for blocking work.
+An engine passed in by the caller belongs to the caller and is not closed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ich.errors import IntakeError
+
+from api.auth import ApiKeyVerifier, load_key_digests
+from api.deps import Engine
+from api.engines import create_engine
+from api.errors import RequestContextMiddleware, error_response, install_error_handlers, request_id_of
+from api.metrics import GatewayMetrics
+from api.routers import cases, health, models
+from api.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Detects intracranial hemorrhage on non-contrast head CT with a weighted ensemble of five 2D Inception "
+    "U-Nets. **Research use only: not a medical device, not for clinical decisions.**"
+)
+
+
+def _make_engine(settings: Settings) -> Engine:
+    engine: Engine = create_engine(
+        settings.engine,
+        repository=settings.model_repository,
+        triton_url=settings.triton_url,
+        timeout_s=settings.triton_timeout_s,
+        intra_op_threads=settings.intra_op_threads,
+    )
+    return engine
+
+
+def _check_input_size(settings: Settings, engine: Engine) -> None:
+    if settings.input_size is not None and settings.input_size != engine.input_size:
+        raise RuntimeError(
+            f"ICH_INPUT_SIZE={settings.input_size} but the {engine.name} engine's models take "
+            f"{engine.input_size}x{engine.input_size}; unset ICH_INPUT_SIZE or serve a matching repository"
+        )
+
+
+async def _intake_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, IntakeError)
+    extra = {"reasons": list(exc.reasons)} if getattr(exc, "reasons", None) else None
+    return error_response(request_id_of(request), exc.http_status, exc.code, exc.detail, extra=extra)
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """Build the gateway.
+
+    Args:
+        settings: the settings to serve with (default: ``get_settings()``, from the environment).
+        engine: an engine to use instead of creating one from the settings (tests, embedding).
+
+    Raises:
+        ValueError: ``ICH_API_KEYS_FILE`` is set but unreadable, malformed or empty.
+    """
+    settings = settings or get_settings()
+    keys = ApiKeyVerifier(load_key_digests(settings.api_keys_file)) if settings.api_keys_file else None
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ich-work")
+        owned = engine is None
+        current = engine
+        if current is None:
+            # Loading ONNX sessions takes seconds: off the loop, though nothing else runs yet.
+            current = await asyncio.get_running_loop().run_in_executor(executor, _make_engine, settings)
+        try:
+            _check_input_size(settings, current)
+            app.state.executor = executor
+            app.state.engine = current
+            logger.info(
+                "serving model %s with the %s engine (input %d, threshold %.2f, API keys %s)",
+                current.model_version, current.name, current.input_size, settings.threshold,
+                "on" if keys else "off",
+            )
+            yield
+        finally:
+            app.state.engine = None
+            if owned:
+                await current.close()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="ICH ensemble",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.api_keys = keys
+    app.state.engine = None
+    install_error_handlers(app)
+    app.add_exception_handler(IntakeError, _intake_error_handler)
+    app.add_middleware(RequestContextMiddleware, on_response=metrics.observe_http)
+    app.include_router(health.router)
+    app.include_router(cases.router)
+    app.include_router(models.router)
+    return app

@@ -1,0 +1,183 @@
+"""One case through the gateway: intake, preprocessing, the engine, aggregation, timed stage by stage.
+
+The blocking stages (unzip and decode, preprocess, aggregate) run in the app's bounded thread pool so the
+event loop keeps answering probes and other uploads; the engine's ``infer`` is already asynchronous. Each
+stage is timed for the result's ``timing_ms`` and the ``ich_stage_seconds`` histogram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from ich.intake import IntakeLimits, Study, read_study
+
+from api.deps import Engine
+from api.engines import EngineUnavailableError
+from api.metrics import GatewayMetrics
+from api.schemas import (
+    CaseResult,
+    ModelScores,
+    PassedOverSeries,
+    SeriesInfo,
+    SkippedFile,
+    SliceResult,
+    Timing,
+)
+from api.settings import Settings
+from ich.aggregate import CaseFindings, aggregate
+from ich.preprocess import preprocess_volume
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Decimals kept in probabilities and weights: float32 carries about seven significant digits.
+_DECIMALS = 6
+
+
+async def run_blocking(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` in the pool with the caller's context (request id in log records)."""
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    return await loop.run_in_executor(executor, context.run, fn, *args)
+
+
+@dataclass
+class StageClock:
+    """Seconds per stage, observed into the histogram as each stage ends."""
+
+    metrics: GatewayMetrics
+    seconds: dict[str, float]
+
+    def record(self, stage: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.seconds[stage] = elapsed
+        self.metrics.stage_seconds.labels(stage=stage).observe(elapsed)
+
+
+def _decode(data: bytes, settings: Settings) -> Study:
+    limits = IntakeLimits(
+        max_uncompressed_bytes=settings.max_uncompressed_bytes,
+        max_members=settings.max_members,
+    )
+    return read_study(data, limits=limits)
+
+
+async def analyse_case(
+    data: bytes,
+    *,
+    engine: Engine,
+    executor: ThreadPoolExecutor,
+    settings: Settings,
+    metrics: GatewayMetrics,
+    started: float,
+) -> CaseResult:
+    """Analyse one zipped study; ``started`` is the request's ``perf_counter`` start, for ``total``.
+
+    Raises:
+        ich.errors.IntakeError: the zip is unreadable, too large, or holds no usable CT series.
+        api.engines.EngineUnavailableError: the engine cannot answer (the route maps it to 503).
+    """
+    clock = StageClock(metrics, {})
+
+    t = time.perf_counter()
+    study = await run_blocking(executor, _decode, data, settings)
+    clock.record("decode", t)
+    volume = study.volume
+
+    t = time.perf_counter()
+    images = await run_blocking(executor, preprocess_volume, volume.hu, engine.input_size)
+    clock.record("preprocess", t)
+
+    t = time.perf_counter()
+    try:
+        output = await engine.infer(images)
+    except EngineUnavailableError as exc:
+        metrics.engine_errors.labels(reason=str(exc.reason or "unavailable")).inc()
+        raise
+    except Exception:
+        metrics.engine_errors.labels(reason="error").inc()
+        raise
+    clock.record("inference", t)
+
+    t = time.perf_counter()
+    findings = await run_blocking(executor, _aggregate, output, volume, settings)
+    clock.record("aggregate", t)
+
+    total = time.perf_counter() - started
+    return _result(study, findings, engine, clock.seconds, total)
+
+
+def _aggregate(output: Any, volume: Any, settings: Settings) -> CaseFindings:
+    return aggregate(output, volume, threshold=settings.threshold, band=settings.indeterminate_band)
+
+
+def _round(value: float) -> float:
+    return round(float(value), _DECIMALS)
+
+
+def _result(
+    study: Study, findings: CaseFindings, engine: Engine, seconds: dict[str, float], total: float
+) -> CaseResult:
+    volume = study.volume
+    spacing = tuple(float(v) for v in volume.pixel_spacing_mm)
+    series = SeriesInfo(
+        series_instance_uid=volume.series_instance_uid,
+        slices_used=int(np.asarray(volume.hu).shape[0]),
+        slice_thickness_mm=float(volume.slice_thickness_mm),
+        pixel_spacing_mm=(spacing[0], spacing[1]),
+        skipped=[SkippedFile(file=s.file, reason=s.reason) for s in study.skipped],
+        passed_over=[
+            PassedOverSeries(
+                series_instance_uid=p.series_instance_uid,
+                reason=p.reason,
+                modality=p.modality,
+                slices=p.slices,
+            )
+            for p in study.passed_over
+        ],
+    )
+    slices = [
+        SliceResult(
+            index=s.index,
+            sop_instance_uid=s.sop_instance_uid,
+            probability=_round(s.probability),
+            model_probabilities=ModelScores.from_mapping(
+                {k: _round(v) for k, v in s.model_probabilities.items()}
+            ),
+            weights=ModelScores.from_mapping({k: _round(v) for k, v in s.weights.items()}),
+            hemorrhage_volume_ml=round(s.hemorrhage_volume_ml, 3),
+        )
+        for s in findings.slices
+    ]
+    ms = {stage: round(value * 1000.0, 2) for stage, value in seconds.items()}
+    return CaseResult(
+        case_id=uuid.uuid4(),
+        model_version=engine.model_version,
+        engine=engine.name,
+        ich_probability=_round(findings.ich_probability),
+        ich_detected=findings.ich_detected,
+        threshold=findings.threshold,
+        indeterminate=findings.indeterminate,
+        indeterminate_band=findings.indeterminate_band,
+        hemorrhage_volume_ml=round(findings.hemorrhage_volume_ml, 3),
+        series=series,
+        slices=slices,
+        timing_ms=Timing(
+            decode=ms["decode"],
+            preprocess=ms["preprocess"],
+            inference=ms["inference"],
+            aggregate=ms["aggregate"],
+            total=round(total * 1000.0, 2),
+        ),
+        warnings=list(study.warnings),
+    )

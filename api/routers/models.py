@@ -1,0 +1,50 @@
+"""``GET /v1/models``: which ensemble, version and engine answer the cases."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from api.auth import require_api_key
+from api.deps import EngineDep, SettingsDep
+from api.engines import EngineUnavailableError
+from api.errors import ApiError
+from api.schemas import ERROR_RESPONSES, ModelInfo, ModelsResponse
+
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
+
+
+def _model_info(item: Any) -> ModelInfo:
+    if isinstance(item, ModelInfo):
+        return item
+    if isinstance(item, Mapping):
+        return ModelInfo.model_validate(dict(item))
+    return ModelInfo.model_validate(item, from_attributes=True)
+
+
+@router.get(
+    "/models",
+    response_model=ModelsResponse,
+    responses={k: v for k, v in ERROR_RESPONSES.items() if k in (401, 503)},
+)
+async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsResponse:
+    """The engine, model version, input size, threshold and the ensemble's member models."""
+    try:
+        models = await engine.models()
+    except EngineUnavailableError as exc:
+        raise ApiError(
+            503,
+            "engine_unavailable",
+            "the inference engine is unavailable; retry later",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        ) from exc
+    return ModelsResponse(
+        engine=engine.name,
+        model_version=engine.model_version,
+        input_size=engine.input_size,
+        threshold=settings.threshold,
+        indeterminate_band=settings.indeterminate_band,
+        models=[_model_info(m) for m in models],
+    )
