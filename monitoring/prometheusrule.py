@@ -78,7 +78,9 @@ def render(source: str, root: Path = ROOT) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the manifests, or with ``--check`` report the stale ones and return 1."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail if a committed manifest differs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
