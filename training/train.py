@@ -1,0 +1,385 @@
+"""``ich-model train``: the five base models and the weight model, each a resumable step.
+
+Steps run in order ``all, subtype, sdh, sah, small, weight``. The specialists and the subtype model start
+from the ``all`` model's best weights (transfer learning: far fewer iterations). Each step trains a fixed
+number of iterations (seeded per iteration, so a resumed step sees the same batches), evaluates on the
+validation patients every ``eval_every`` iterations and keeps the best checkpoint by slice AUC + Dice.
+Output: ``<run>/<step>/best.pt`` (see ``training.networks.load_checkpoint``), ``<run>/<step>/last.pt``
+(resume), ``<run>/<step>/done.json`` (a finished step is skipped), ``<run>/split.json``,
+``<run>/summary.json`` and ``<run>/train.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ich.preprocess import preprocess_volume, resize_channel
+from ich.spec import MODEL_KEYS
+from training.augment import AugmentConfig, augment_batch, paste_lesions
+from training.data.ct_ich import read_dataset
+from training.losses import dice_bce_loss, soft_dice_loss
+from training.networks import (
+    InceptionUNet,
+    WeightModel,
+    load_checkpoint,
+    save_checkpoint,
+    slice_probability,
+)
+from training.selections import SELECTIONS, SliceTable, load_or_make_split, selection_indices
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``ich-model train``."""
+    parser.add_argument("--data", type=Path, required=True, help="CT-ICH folder (Patients_CT/, csv)")
+    parser.add_argument("--config", type=Path, default=Path("training/configs/default.toml"))
+    parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/<config run.name>")
+    parser.add_argument("--steps", default=None, help="comma-separated subset of steps to run")
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class Cache:
+    """Preprocessed slices at model size, plus the slice table."""
+
+    images: np.ndarray  # [M, 4, S, S] float16
+    masks: np.ndarray  # [M, 1, S, S] uint8
+    table: SliceTable
+
+
+def build_cache(data: Path, size: int, path: Path) -> Cache:
+    """Read and preprocess the whole data set once (the slow part), store it as ``.npz``."""
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        vols = json.loads(str(z["volumes"]))
+        table = SliceTable(z["pids"], z["subtypes"], z["positive"], z["mask_pixels"], vols)
+        return Cache(z["images"], z["masks"], table)
+    t0 = time.time()
+    images, masks, pids, subs, pos = [], [], [], [], []
+    vols: dict[str, float] = {}
+    for patient in read_dataset(data):
+        images.append(preprocess_volume(patient.hu, size).astype(np.float16))
+        m = np.stack([resize_channel(mk.astype(np.float32), size) >= 0.5 for mk in patient.masks])
+        masks.append(m[:, None].astype(np.uint8))
+        pids += [patient.pid] * len(patient.slice_numbers)
+        subs.append(patient.subtypes)
+        pos.append(patient.slice_labels.astype(bool))
+        vols[patient.pid] = patient.lesion_volume_ml
+    img, msk = np.concatenate(images), np.concatenate(masks)
+    table = SliceTable(
+        np.asarray(pids), np.concatenate(subs), np.concatenate(pos), msk.reshape(len(msk), -1).sum(1), vols
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        images=img,
+        masks=msk,
+        pids=table.pids,
+        subtypes=table.subtypes,
+        positive=table.positive,
+        mask_pixels=table.mask_pixels,
+        volumes=json.dumps(vols),
+    )
+    logger.info("cached %d slices of %d patients at %d px in %.0f s", len(img), len(vols), size, time.time() - t0)
+    return Cache(img, msk, table)
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def val_figures(
+    slice_prob: np.ndarray, pred_masks: np.ndarray, cache: Cache, idx: np.ndarray
+) -> dict[str, float]:
+    """Slice AUC, case AUC (case = max slice), Dice (positive slices, per patient then mean)."""
+    t = cache.table
+    y = t.positive[idx].astype(int)
+    pids = t.pids[idx]
+    cases = sorted(set(pids.tolist()))
+    case_y = np.array([y[pids == p].max() for p in cases])
+    case_s = np.array([slice_prob[pids == p].max() for p in cases])
+    gt = cache.masks[idx, 0] > 0
+    dices = []
+    for p in cases:
+        sel = (pids == p) & (gt.reshape(len(idx), -1).sum(1) > 0)
+        if sel.any():
+            inter = (pred_masks[sel] & gt[sel]).reshape(sel.sum(), -1).sum(1)
+            tot = pred_masks[sel].reshape(sel.sum(), -1).sum(1) + gt[sel].reshape(sel.sum(), -1).sum(1)
+            dices.append(float(np.mean(2 * inter / np.maximum(tot, 1))))
+    return {
+        "slice_auc": _auc(y, slice_prob),
+        "case_auc": _auc(case_y, case_s),
+        "dice": float(np.mean(dices)) if dices else float("nan"),
+    }
+
+
+@torch.no_grad()
+def predict_maps(model: torch.nn.Module, images: np.ndarray, batch: int) -> np.ndarray:
+    """[M, 4, S, S] -> [M, 1, S, S] float16 probability maps."""
+    model.eval()
+    out = [
+        model(torch.from_numpy(images[i : i + batch].astype(np.float32))).numpy().astype(np.float16)
+        for i in range(0, len(images), batch)
+    ]
+    return np.concatenate(out)
+
+
+def evaluate_maps(maps: np.ndarray, cache: Cache, idx: np.ndarray, opening: int) -> dict[str, float]:
+    """Figures of one set of maps (a base model's or the fused one)."""
+    t = torch.from_numpy(maps.astype(np.float32))
+    sp = slice_probability(t, opening)[:, 0].numpy()
+    return val_figures(sp, maps[:, 0] > 0.5, cache, idx)
+
+
+def criterion(fig: dict[str, float]) -> float:
+    """Checkpoint selection: slice AUC + Dice (NaN counts as 0)."""
+    return float(np.nan_to_num(fig["slice_auc"]) + np.nan_to_num(fig["dice"]))
+
+
+# ---------------------------------------------------------------------------------------- base steps
+def _lr(it: int, total: int, peak: float, warmup: int) -> float:
+    if it < warmup:
+        return peak * (it + 1) / warmup
+    progress = (it - warmup) / max(1, total - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _batch(
+    cache: Cache, pos: np.ndarray, neg: np.ndarray, batch: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    half = batch // 2
+    ip = pos[torch.randint(len(pos), (half,), generator=gen).numpy()]
+    ineg = neg[torch.randint(len(neg), (batch - half,), generator=gen).numpy()]
+    idx = np.concatenate([ip, ineg])
+    x = torch.from_numpy(cache.images[idx].astype(np.float32))
+    y = torch.from_numpy(cache.masks[idx].astype(np.float32))
+    return x, y, idx
+
+
+def train_unet_step(
+    name: str, cfg: dict[str, Any], net_cfg: dict[str, Any], cache: Cache, split: dict[str, list[str]],
+    run_dir: Path, seed: int, opening: int, eval_batch: int,
+) -> dict[str, Any]:
+    """Train one base model: optional subtype-classifier pre-training, then Dice+BCE segmentation."""
+    step_dir = run_dir / name
+    pos, neg = selection_indices(cache.table, "all" if name == "subtype" else name, split["train"])
+    val_idx = np.flatnonzero(np.isin(cache.table.pids, split["val"]))
+    val_images = cache.images[val_idx]
+    aug = AugmentConfig(**cfg.get("augment", {}))
+    iters, peak, warmup, batch = int(cfg["iterations"]), float(cfg["lr"]), int(cfg["warmup"]), int(cfg["batch"])
+    eval_every = int(cfg["eval_every"])
+    logger.info("step %s: %d positive / %d negative training slices, %d iterations", name, len(pos), len(neg), iters)
+
+    torch.manual_seed(seed)
+    model = InceptionUNet(**net_cfg)
+    init = cfg.get("init")
+    if init:
+        model.load_state_dict(load_checkpoint(run_dir / init / "best.pt").state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=peak)
+    start, best, history = 0, {"score": -1.0}, []
+    last = step_dir / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        start, best, history = ck["iteration"], ck["best"], ck["history"]
+        logger.info("step %s: resumed at iteration %d", name, start)
+
+    cls_iters = int(cfg.get("cls_iterations", 0))
+    if start == 0 and cls_iters > 0:
+        # Subtype pre-training: the encoder learns the five subtype labels before segmentation.
+        copt = torch.optim.Adam(list(model.stem.parameters()) + list(model.down.parameters())
+                                + list(model.cls_head.parameters()), lr=peak)
+        subs = torch.from_numpy(cache.table.subtypes.astype(np.float32))
+        model.train()
+        for it in range(cls_iters):
+            gen = torch.Generator().manual_seed(seed * 7919 + 100_000 + it)
+            x, _, idx = _batch(cache, pos, neg, batch, gen)
+            loss = F.binary_cross_entropy_with_logits(model.classify(x), subs[idx])
+            copt.zero_grad()
+            loss.backward()
+            copt.step()
+            if (it + 1) % 25 == 0:
+                logger.info("step %s: subtype classifier it %d loss %.4f", name, it + 1, float(loss))
+
+    donors = pos if aug.paste > 0 else np.zeros(0, dtype=int)
+    donor_img = torch.from_numpy(cache.images[donors].astype(np.float32))
+    donor_msk = torch.from_numpy(cache.masks[donors].astype(np.float32))
+    t0, losses = time.time(), []
+    for it in range(start, iters):
+        model.train()
+        gen = torch.Generator().manual_seed(seed * 7919 + it)
+        x, y, _ = _batch(cache, pos, neg, batch, gen)
+        x, y = paste_lesions(x, y, donor_img, donor_msk, aug.paste, gen)
+        x, y = augment_batch(x, y, aug, gen)
+        for g in opt.param_groups:
+            g["lr"] = _lr(it, iters, peak, warmup)
+        loss = dice_bce_loss(model.logits(x), y, float(cfg.get("bce_weight", 1.0)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (it + 1) % eval_every == 0 or it + 1 == iters:
+            maps = predict_maps(model, val_images, eval_batch)
+            fig = evaluate_maps(maps, cache, val_idx, opening)
+            score = criterion(fig)
+            rate = (time.time() - t0) / max(1, len(losses))
+            history.append({"iteration": it + 1, "loss": float(np.mean(losses)), **fig})
+            logger.info(
+                "step %s it %d/%d loss %.4f lr %.2e | val slice AUC %.3f case AUC %.3f Dice %.3f | %.2f s/it",
+                name, it + 1, iters, np.mean(losses), _lr(it, iters, peak, warmup),
+                fig["slice_auc"], fig["case_auc"], fig["dice"], rate,
+            )
+            losses = []
+            if score > best["score"]:
+                best = {"score": score, "iteration": it + 1, **fig}
+                save_checkpoint(step_dir / "best.pt", "unet", model, step=name, iteration=it + 1, val=fig)
+            torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it + 1,
+                        "best": best, "history": history}, last)
+    result = {"step": name, "best": best, "history": history}
+    (step_dir / "done.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+# --------------------------------------------------------------------------------------- weight step
+def train_weight_step(
+    cfg: dict[str, Any], cache: Cache, split: dict[str, list[str]], run_dir: Path, seed: int, eval_batch: int,
+) -> dict[str, Any]:
+    """Train the WeightModel on cached maps of the frozen base models (training patients only)."""
+    step_dir = run_dir / "weight"
+    step_dir.mkdir(parents=True, exist_ok=True)
+    opening = int(cfg["opening"])
+    pos, neg = selection_indices(cache.table, "all", split["train"])
+    rng = np.random.default_rng(seed)
+    neg_sub = np.sort(rng.choice(neg, size=min(len(neg), int(cfg["negatives_per_positive"]) * len(pos)),
+                                 replace=False))
+    train_idx = np.concatenate([pos, neg_sub])
+    val_idx = np.flatnonzero(np.isin(cache.table.pids, split["val"]))
+    maps_path = step_dir / "maps.npz"
+    if maps_path.exists():
+        z = np.load(maps_path)
+        tr_maps, va_maps = z["train"], z["val"]
+    else:
+        tr, va = [], []
+        for key in MODEL_KEYS:
+            base = load_checkpoint(run_dir / key / "best.pt")
+            tr.append(predict_maps(base, cache.images[train_idx], eval_batch))
+            va.append(predict_maps(base, cache.images[val_idx], eval_batch))
+        tr_maps, va_maps = np.concatenate(tr, axis=1), np.concatenate(va, axis=1)
+        np.savez(maps_path, train=tr_maps, val=va_maps)
+    per_model = {key: evaluate_maps(va_maps[:, i : i + 1], cache, val_idx, opening) for i, key in enumerate(MODEL_KEYS)}
+    mean_fig = evaluate_maps(va_maps.mean(axis=1, keepdims=True), cache, val_idx, opening)
+    for key, fig in per_model.items():
+        logger.info("weight: base %s val slice AUC %.3f case AUC %.3f Dice %.3f", key, fig["slice_auc"],
+                    fig["case_auc"], fig["dice"])
+    logger.info("weight: plain mean val slice AUC %.3f case AUC %.3f Dice %.3f", mean_fig["slice_auc"],
+                mean_fig["case_auc"], mean_fig["dice"])
+
+    torch.manual_seed(seed)
+    model = WeightModel(hidden=int(cfg["hidden"]), opening=opening)
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
+    iters, batch = int(cfg["iterations"]), int(cfg["batch"])
+    y_slice = torch.from_numpy(cache.table.positive[train_idx].astype(np.float32))[:, None]
+    masks = torch.from_numpy(cache.masks[train_idx].astype(np.float32))
+    tmaps = torch.from_numpy(tr_maps.astype(np.float32))
+    va_t = torch.from_numpy(va_maps.astype(np.float32))
+
+    def run_val() -> tuple[dict[str, float], np.ndarray]:
+        model.eval()
+        with torch.no_grad():
+            w, fused, sp = model(*[va_t[:, i : i + 1] for i in range(len(MODEL_KEYS))])
+        fig = val_figures(sp[:, 0].numpy(), fused[:, 0].numpy() > 0.5, cache, val_idx)
+        return fig, w.mean(0).numpy()
+
+    best: dict[str, Any] = {"score": -1.0}
+    history = []
+    for it in range(iters):
+        model.train()
+        gen = torch.Generator().manual_seed(seed * 7919 + 200_000 + it)
+        b = torch.randint(len(train_idx), (batch,), generator=gen)
+        _, fused, sp = model(*[tmaps[b, i : i + 1] for i in range(len(MODEL_KEYS))])
+        loss = soft_dice_loss(fused, masks[b]) + float(cfg["slice_bce"]) * F.binary_cross_entropy(
+            sp.clamp(1e-6, 1 - 1e-6), y_slice[b]
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (it + 1) % int(cfg["eval_every"]) == 0 or it == 0:
+            fig, mean_w = run_val()
+            history.append({"iteration": it + 1, "loss": float(loss), **fig})
+            logger.info("weight it %d loss %.4f | val slice AUC %.3f case AUC %.3f Dice %.3f | mean weights %s",
+                        it + 1, float(loss), fig["slice_auc"], fig["case_auc"], fig["dice"],
+                        np.round(mean_w, 3).tolist())
+            if criterion(fig) > best["score"]:
+                best = {"score": criterion(fig), "iteration": it + 1, **fig}
+                save_checkpoint(step_dir / "best.pt", "weight", model, step="weight", iteration=it + 1, val=fig)
+    result = {"step": "weight", "best": best, "history": history, "base_models": per_model, "plain_mean": mean_fig}
+    (step_dir / "done.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ run
+def load_config(path: Path) -> dict[str, Any]:
+    """Read a TOML training config."""
+    with path.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run (or resume) every step of the config; finished steps are skipped."""
+    cfg = load_config(args.config)
+    rc = cfg["run"]
+    run_dir = args.run_dir or Path("runs") / rc["name"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    torch.set_num_threads(int(rc.get("threads", 2)))
+    seed, size = int(rc["seed"]), int(rc["size"])
+    opening = int(cfg["weight"]["opening"])
+    logger.info("train: config %s, run dir %s, size %d, seed %d", args.config, run_dir, size, seed)
+    (run_dir / "config.toml").write_bytes(args.config.read_bytes())
+
+    cache = build_cache(args.data, size, run_dir / f"cache_{size}.npz")
+    split_file = Path(rc["split_file"]) if rc.get("split_file") else None
+    split = load_or_make_split(split_file, cache.table, int(rc["val_patients"]), seed)
+    (run_dir / "split.json").write_text(json.dumps(split, indent=1) + "\n")
+    logger.info("split: %d training, %d validation patients", len(split["train"]), len(split["val"]))
+
+    wanted = args.steps.split(",") if args.steps else [*SELECTIONS, "weight"]
+    results = {}
+    for i, name in enumerate([*SELECTIONS, "weight"]):
+        done = run_dir / name / "done.json"
+        if name not in wanted:
+            continue
+        if done.exists():
+            logger.info("step %s already done, skipped", name)
+            results[name] = json.loads(done.read_text())
+            continue
+        t0 = time.time()
+        if name == "weight":
+            results[name] = train_weight_step(cfg["weight"], cache, split, run_dir, seed + i, int(rc["eval_batch"]))
+        else:
+            results[name] = train_unet_step(name, cfg["steps"][name], cfg["network"], cache, split, run_dir,
+                                            seed + i, opening, int(rc["eval_batch"]))
+        logger.info("step %s finished in %.1f min", name, (time.time() - t0) / 60)
+    summary = {k: {"best": v["best"]} for k, v in results.items()}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    logger.info("train: done; summary in %s", run_dir / "summary.json")
+    return 0
