@@ -68,6 +68,7 @@ class TritonDistribution:
     libs_dir: Path  # .../site-packages/nvidia_pytriton.libs (bundled shared libraries)
     venv_bin: Path  # the venv's bin/, put first on PATH for the python-backend stub
     python_version: str  # "3.11": which stub to use
+    python_libdir: Path | None = None  # where the venv's base Python keeps libpython (the stub links it)
 
     @property
     def stub(self) -> Path:
@@ -95,11 +96,28 @@ def find_distribution(venv: Path) -> TritonDistribution:
                 libs_dir=site / "nvidia_pytriton.libs",
                 venv_bin=venv / "bin",
                 python_version=site.parent.name.removeprefix("python"),
+                python_libdir=_python_libdir(venv / "bin" / "python"),
             )
             if not distribution.stub.is_file():
                 raise TritonStartError(f"no python-backend stub for Python {distribution.python_version}")
             return distribution
     raise TritonStartError(f"tritonserver not found in {venv}; run `make triton-env` (nvidia-pytriton 0.7.0)")
+
+
+def _python_libdir(python: Path) -> Path | None:
+    """LIBDIR of the interpreter behind ``python``: a pyenv or custom-built Python keeps libpython there."""
+    try:
+        result = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR') or '')"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    libdir = result.stdout.strip()
+    return Path(libdir) if libdir else None
 
 
 def _cpu_config(config: mc.ModelConfig, intra_op_threads: int | None) -> mc.ModelConfig:
@@ -262,9 +280,12 @@ class LocalTriton:
         )
         server_dir = _prepare_server(distribution, self._workdir / "tritonserver")
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (str(distribution.libs_dir), env.get("LD_LIBRARY_PATH", "")) if p
-        )
+        # The bundled libraries first; then the directory of libpython, which the python-backend stub links
+        # (system Pythons keep it on the default search path, pyenv-style builds in their own LIBDIR).
+        library_path = [str(distribution.libs_dir), env.get("LD_LIBRARY_PATH", "")]
+        if distribution.python_libdir is not None:
+            library_path.append(str(distribution.python_libdir))
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in library_path if p)
         env["PATH"] = os.pathsep.join((str(distribution.venv_bin), env.get("PATH", "")))
         # The stub must use .venv-triton's packages only, not the gateway venv's (numpy 2 vs numpy<2).
         env.pop("PYTHONPATH", None)
