@@ -33,6 +33,7 @@ from ich_client.models import (
     SeriesInfo,
     SkippedFile,
     SliceResult,
+    TensorInfo,
     Timing,
 )
 from ich_client.retry import RetryPolicy
@@ -65,6 +66,7 @@ __all__ = [
     "SkippedFile",
     "SliceResult",
     "StudyInput",
+    "TensorInfo",
     "Timing",
     "UnprocessableStudyError",
     "UnsupportedMediaTypeError",

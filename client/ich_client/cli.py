@@ -272,9 +272,12 @@ def _models(client: ICHClient, args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(as_dict(info), indent=2) + "\n")
         return EXIT_OK
     sys.stdout.write(f"model version {info.model_version or '?'} on {info.engine or '?'}\n")
+    if info.input_size is not None:
+        sys.stdout.write(f"  input {info.input_size}x{info.input_size}, threshold {info.threshold}\n")
     for model in info.models:
-        extras = ", ".join(f"{k}={v}" for k, v in (model.model_extra or {}).items())
-        sys.stdout.write(f"  {model.name}" + (f"  ({extras})" if extras else "") + "\n")
+        state = {True: "ready", False: "NOT ready", None: ""}[model.ready]
+        parts = [model.name, model.platform or "", f"version {model.version}" if model.version else "", state]
+        sys.stdout.write("  " + "  ".join(p for p in parts if p) + "\n")
     return EXIT_OK
 
 

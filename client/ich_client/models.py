@@ -130,13 +130,25 @@ class Health(_Model):
     model_version: str | None = None
 
 
+class TensorInfo(_Model):
+    """A model input or output; ``shape`` excludes the batch dimension."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
 class ModelInfo(_Model):
     """One model of the ensemble as the service's engine reports it."""
 
     name: str
     version: str | None = None
-    ready: bool | None = None
+    versions: list[str] = Field(default_factory=list)
     platform: str | None = None
+    ready: bool | None = None
+    max_batch_size: int | None = None
+    inputs: list[TensorInfo] = Field(default_factory=list)
+    outputs: list[TensorInfo] = Field(default_factory=list)
 
 
 class ModelsInfo(_Model):

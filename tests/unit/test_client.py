@@ -232,14 +232,14 @@ def test_models_is_typed() -> None:
     body = {
         "model_version": "v1",
         "engine": "triton",
-        "models": [{"name": "ich_ensemble", "platform": "ensemble", "max_batch_size": 16}],
+        "models": [{"name": "ich_ensemble", "platform": "ensemble", "instance_count": 2}],
     }
     client, _ = make_client(Recorder(httpx.Response(200, json=body)))
     info = client.models()
     assert info.model_version == "v1" and info.engine == "triton"
     assert info.models[0].name == "ich_ensemble"
     assert info.models[0].platform == "ensemble"
-    assert info.models[0].model_extra == {"max_batch_size": 16}
+    assert info.models[0].model_extra == {"instance_count": 2}
 
 
 def test_progress_counts_up_to_the_size_and_restarts_on_retry() -> None:

@@ -173,12 +173,16 @@ def test_models_lists_the_ensemble(service: Any, capsys: pytest.CaptureFixture[s
     body = {
         "engine": "embedded",
         "model_version": "2026.11.29-x",
-        "models": [{"name": "ich_unet_all", "ready": True}, {"name": "ich_ensemble", "ready": True}],
+        "models": [
+            {"name": "ich_unet_all", "ready": False},
+            {"name": "ich_ensemble", "platform": "ensemble"},
+        ],
     }
     service(lambda request: httpx.Response(200, json=body))
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "2026.11.29-x on embedded" in out and "ich_unet_all" in out and "ich_ensemble" in out
+    assert "2026.11.29-x on embedded" in out
+    assert "  ich_unet_all  NOT ready\n" in out and "  ich_ensemble  ensemble\n" in out
     assert cli.main(["models", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["models"][1]["name"] == "ich_ensemble"
 

@@ -137,7 +137,7 @@ def test_small_folder_stays_in_memory(study_dir: Path) -> None:
 )
 def test_bad_inputs_are_clear_errors(study: object, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        pack_study(study)
+        pack_study(study)  # type: ignore[arg-type]
 
 
 def test_empty_folder_is_refused(tmp_path: Path) -> None:
