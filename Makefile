@@ -59,8 +59,10 @@ triton-env: $(TRITON_VENV)/.installed
 triton: triton-env install-runtime
 	$(BIN)/python -m ich.triton_local --serve
 
-k8s-check:
-	@echo "k8s-check: not yet implemented" && false
+# Deployment assets, no cluster or Docker engine needed: kustomize build + strict schema, promtool check/test,
+# generated files up to date, hadolint (scripts/k8s_check.sh). Needs kubectl and promtool (.ci/run installs them).
+k8s-check: install
+	BIN=$(BIN) ./scripts/k8s_check.sh
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .mypy_cache .ruff_cache
