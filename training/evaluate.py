@@ -45,8 +45,13 @@ from ich.preprocess import preprocess_volume, resize_channel
 logger = logging.getLogger(__name__)
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_REPOSITORY = _REPO_ROOT / "model_repository"
 DEFAULT_SPLIT_FILE = _REPO_ROOT / "training" / "configs" / "split.json"
+
+
+def default_repository() -> Path:
+    """The checkout's ``model_repository/`` (beside ``training/``), else ``./model_repository``."""
+    beside = _REPO_ROOT / "model_repository"
+    return beside if beside.is_dir() else Path.cwd() / "model_repository"
 ENSEMBLE = "ensemble"
 _DEFINITIONS_HEADING = "Definitions (also written into the report's ``definitions``):"
 
@@ -303,7 +308,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ich-model evaluate``."""
     parser.add_argument("--data", type=Path, required=True, help="folder in CT-ICH layout (Patients_CT/...)")
     parser.add_argument("--out", type=Path, required=True, help="report JSON to write")
-    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
+    parser.add_argument("--repository", type=Path, default=None,
                         help="model repository (default: the project's model_repository/)")
     chosen = parser.add_mutually_exclusive_group()
     chosen.add_argument("--patients", nargs="+", default=None, help="patient ids (default: all in --data)")
@@ -334,13 +339,18 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"patients not found in {data}: {', '.join(absent)}")
         if not patients:
             raise ValueError(f"no patients in {data}")
-        runner = EnsembleRunner.from_repository(args.repository, intra_op_threads=args.threads)
-        base_alone = _BaseAlone(args.repository, args.threads)
+        root = args.repository or default_repository()
+        runner = EnsembleRunner.from_repository(root, intra_op_threads=args.threads)
+        base_alone = _BaseAlone(root, args.threads)
     except (OSError, ValueError, repository.RepositoryError) as exc:
         logger.error("%s", exc)
         return 2
     logger.info("evaluating %d patients at input size %d", len(patients), runner.input_size)
-    collected = collect(data, runner, base_alone, patients)
+    try:
+        collected = collect(data, runner, base_alone, patients)
+    except (OSError, ValueError, KeyError) as exc:  # unreadable image, malformed CSV row
+        logger.error("cannot evaluate %s: %s", data, exc)
+        return 1
     report, curves = build_report(collected, args)
     cases = report.pop("cases")
     out = Path(args.out)
