@@ -298,8 +298,9 @@ def build_segmentation(
         instance_number=1,
         manufacturer=manufacturer,
         manufacturer_model_name=manufacturer_model_name,
-        # highdicom annotates this as a 1-tuple; SoftwareVersions is multi-valued and takes any tuple.
-        software_versions=(_software_version(), model_version),  # type: ignore[arg-type]
+        # SoftwareVersions is multi-valued: pydicom takes a list (a tuple is refused for LO), while
+        # highdicom annotates the argument as str or a 1-tuple.
+        software_versions=[_software_version(), model_version],  # type: ignore[arg-type]
         device_serial_number=device_serial_number,
         content_label="HEMORRHAGE",
         content_description="Intracranial hemorrhage, weighted U-Net ensemble",
