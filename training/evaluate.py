@@ -289,7 +289,10 @@ def plot_roc(curves: dict[str, dict[str, np.ndarray]], path: Path) -> None:
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
         ax.set(title=f"{level}-level ROC", xlabel="1 - specificity", ylabel="sensitivity",
                xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(loc="lower right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "undefined: one class only", ha="center", va="center")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
