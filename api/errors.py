@@ -24,6 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
+#: One line per request (method, route template, status, duration); the request id comes from the filter.
+access_logger = logging.getLogger("api.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: Accepted caller ids: short tokens only, so a header cannot inject text into logs.
@@ -195,7 +197,7 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             method = str(scope.get("method", ""))
             route = route_template(scope)
-            logger.info("%s %s %d %.1fms request_id=%s", method, route, status, elapsed * 1000, request_id)
+            access_logger.info("%s %s %d %.1fms", method, route, status, elapsed * 1000)
             if self.on_response is not None:
                 self.on_response(method, route, status, elapsed)
             request_id_var.reset(token)

@@ -1,0 +1,145 @@
+"""``ich-serve`` as a user runs it: a real uvicorn process on loopback, a study posted over TCP.
+
+Covers what the in-process TestClient cannot: the ``ich-serve`` entry point reading ``ICH_`` variables,
+uvicorn's app factory and lifespan, a real multipart and a real chunked upload over a socket, log lines with
+request ids and without patient data, and a clean shutdown on SIGTERM (what Kubernetes sends).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.integration.conftest import free_port
+from tests.support.dicom_study import study_zip
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 120.0
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``python -m api.main`` (the ``ich-serve`` script's function) on a free loopback port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("uvicorn") / "gateway.log"
+    env = {
+        **os.environ,
+        "ICH_HOST": "127.0.0.1",
+        "ICH_PORT": str(port),
+        "ICH_ENGINE": "embedded",
+        "ICH_MODEL_REPOSITORY": str(tiny_repository),
+        "ICH_INTRA_OP_THREADS": "1",
+        "ICH_THREADS": "2",
+        "ICH_LOG_LEVEL": "INFO",
+    }
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api.main"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ich-serve exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"ich-serve not ready after {START_TIMEOUT_S} s:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield base, log
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_a_study_posted_over_tcp_gets_a_full_result(gateway: tuple[str, Path]) -> None:
+    base, log = gateway
+    hu = np.full((6, 64, 64), 32.0, np.float32)
+    hu[2:4, 20:36, 24:40] = 72.0
+    data, uids = study_zip(hu, shuffle=True)
+    with httpx.Client(base_url=base, timeout=60.0) as client:
+        raw = client.post(
+            "/v1/cases", content=data, headers={"content-type": "application/zip", "X-Request-ID": "it-raw-1"}
+        )
+        form = client.post("/v1/cases", files={"file": ("study.zip", data, "application/zip")})
+
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, len(data), 4096):
+                yield data[start : start + 4096]
+
+        chunked = client.post("/v1/cases", content=chunks(), headers={"content-type": "application/zip"})
+        garbage = client.post("/v1/cases", content=b"not a zip", headers={"content-type": "application/zip"})
+        models = client.get("/v1/models")
+        metrics = client.get("/metrics").text
+
+    for response in (raw, form, chunked):
+        assert response.status_code == 200, response.text
+    body = raw.json()
+    assert raw.headers["x-request-id"] == "it-raw-1"
+    assert body["engine"] == "embedded"
+    assert [s["sop_instance_uid"] for s in body["slices"]] == uids
+    assert len(body["slices"]) == body["series"]["slices_used"] == 6
+    assert 0.0 <= body["ich_probability"] <= 1.0
+    assert body["ich_probability"] == max(s["probability"] for s in body["slices"])
+    # Three transports of one study, one answer.
+    assert form.json()["slices"] == body["slices"] == chunked.json()["slices"]
+    assert garbage.status_code == 400 and garbage.json()["request_id"] == garbage.headers["x-request-id"]
+    assert models.status_code == 200 and models.json()["input_size"] > 0
+    assert 'ich_http_requests_total{route="/v1/cases",status="200"} 3.0' in metrics
+
+    text = log.read_text()
+    assert "it-raw-1" in text  # the request id reaches the log lines
+    for patient_data in ("Test^Synthetic", "SYNTH-0001", *uids):
+        assert patient_data not in text
+
+
+def test_sigterm_stops_the_gateway_cleanly(tiny_repository: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ICH_HOST": "127.0.0.1",
+        "ICH_PORT": str(port),
+        "ICH_MODEL_REPOSITORY": str(tiny_repository),
+    }
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api.main"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert process.poll() is None, log.read_text()
+        process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal (exit -15), or exits 0 in older versions.
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
+        assert "Application shutdown complete" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
