@@ -66,7 +66,8 @@ def patient_split(table: SliceTable, n_val: int, seed: int) -> dict[str, list[st
 
     Rare subtypes (subdural, subarachnoid, intraventricular, epidural) each get one validation patient when at
     least two patients have it, so that the rest stays for training; then hemorrhage and normal patients are
-    added in their overall proportion until ``n_val`` patients are reached.
+    added in their overall proportion until ``n_val`` patients are reached, preferring hemorrhage patients
+    without a rare subtype (so that at most one patient of each rare subtype is held out).
     """
     rng = np.random.default_rng(seed)
     pids = sorted(set(table.pids.tolist()))
@@ -78,10 +79,15 @@ def patient_split(table: SliceTable, n_val: int, seed: int) -> dict[str, list[st
         k = SUBTYPES.index(name)
         having = [p for p in positive if per_patient_sub[p][k] > 0]
         if len(having) >= 2 and not any(p in val for p in having):
-            val.append(str(rng.choice(having)))
+            # prefer patients with the fewest subtypes, so one pick does not hold out several rare ones
+            fewest = min(int(per_patient_sub[p].sum()) for p in having)
+            val.append(str(rng.choice([p for p in having if int(per_patient_sub[p].sum()) == fewest])))
     n_pos = round(n_val * len(positive) / len(pids))
+    rare = [SUBTYPES.index(n) for n in ("Subdural", "Subarachnoid", "Intraventricular")]
     rest_pos = [p for p in positive if p not in val]
     rng.shuffle(rest_pos)
+    # Fill with patients that carry no rare subtype first, so rare subtypes stay mostly in training.
+    rest_pos.sort(key=lambda p: bool(per_patient_sub[p][rare].any()))
     val += rest_pos[: max(0, n_pos - len(val))]
     rest_neg = list(negative)
     rng.shuffle(rest_neg)
