@@ -7,6 +7,8 @@ the same preprocessed volume: the gateway must not reorder, drop or mislabel any
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,3 +188,19 @@ def test_missing_repository_fails_at_start_up(tmp_path: Path) -> None:
     app = create_app(Settings(model_repository=tmp_path / "nothing"))
     with pytest.raises(Exception, match="nothing"), TestClient(app):
         pass
+
+
+def test_the_gateway_runs_without_torch(tiny_repository: Path) -> None:
+    """``make serve`` installs the runtime only: building the app and its engine must not import torch."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
+        "from fastapi.testclient import TestClient\n"
+        "from api.app import create_app\n"
+        "from api.settings import Settings\n"
+        f"app = create_app(Settings(model_repository={str(tiny_repository)!r}))\n"
+        "with TestClient(app) as client:\n"
+        "    assert client.get('/readyz').status_code == 200\n"
+        "    assert client.get('/v1/models').status_code == 200\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
