@@ -148,9 +148,14 @@ def collect(
     from training.data.ct_ich import read_labels, read_patient
 
     csv_path = data / "hemorrhage_diagnosis.csv"
-    labels = read_labels(csv_path) if csv_path.is_file() else {}
-    if not labels:
-        logger.warning("no hemorrhage_diagnosis.csv in %s: slice labels come from the masks only", data)
+    labels = {}
+    if csv_path.is_file():
+        try:
+            labels = read_labels(csv_path)
+        except (KeyError, ValueError) as exc:  # a column missing or a malformed number
+            logger.warning("%s is unusable (%s): slice labels come from the masks only", csv_path.name, exc)
+    else:
+        logger.warning("no %s in %s: slice labels come from the masks only", csv_path.name, data)
     size = runner.input_size
     out = _Collected()
     for i, pid in enumerate(patients, 1):

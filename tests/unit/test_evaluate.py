@@ -148,6 +148,25 @@ def test_bad_inputs_fail_cleanly(repo: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize("damage", ["no_csv", "no_subtype_columns"])
+def test_labels_fall_back_to_masks(repo: Path, tmp_path: Path, damage: str) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURE, data)
+    csv_path = data / "hemorrhage_diagnosis.csv"
+    if damage == "no_csv":
+        csv_path.unlink()
+    else:
+        lines = csv_path.read_text(encoding="utf-8-sig").splitlines()
+        csv_path.write_text("\n".join(",".join(line.split(",")[:2]) for line in lines) + "\n")
+    out = tmp_path / "r.json"
+    argv = ["evaluate", "--data", str(data), "--out", str(out), "--repository", str(repo)]
+    assert main([*argv, "--bootstrap", "20"]) == 0
+    report = json.loads(out.read_text())
+    with_mask = sum(int(read_patient(data, p).masks.any(axis=(1, 2)).sum()) for p in list_patients(data))
+    assert report["slice"]["n_positive"] == with_mask > 0
+    assert all(v["n_slices"] == 0 for v in report["per_subtype"].values())
+
+
 def test_report_figures_for_a_perfect_and_a_useless_scorer() -> None:
     # Two patients; the ensemble scores slices by their label (perfect), model "all" scores all 0.5.
     col = evaluate._Collected()
