@@ -120,8 +120,23 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     return np.stack([resize_channel(m.astype(np.float32), size) >= 0.5 for m in masks])
 
 
-def _read_patient_ids(values: Sequence[str]) -> list[str]:
-    return [f"{int(v):03d}" if v.isdigit() else v for v in values]
+def _patient_key(value: str) -> str:
+    """Compare patient ids by number when numeric, so "49", "049" and 49 in a split file all match."""
+    value = value.strip()
+    return str(int(value)) if value.isdigit() else value
+
+
+def match_patients(requested: Sequence[str], available: Sequence[str]) -> list[str]:
+    """Folder names of the ``requested`` patients, in request order.
+
+    Raises:
+        ValueError: some requested patients have no folder.
+    """
+    folders = {_patient_key(name): name for name in available}
+    absent = [p for p in requested if _patient_key(p) not in folders]
+    if absent:
+        raise ValueError(f"patients not found: {', '.join(absent)}")
+    return [folders[_patient_key(p)] for p in requested]
 
 
 def patients_from_split(split_file: Path, subset: str) -> list[str]:
@@ -135,7 +150,7 @@ def patients_from_split(split_file: Path, subset: str) -> list[str]:
     ids = holder.get(subset) if isinstance(holder, dict) else None
     if not isinstance(ids, list) or not ids:
         raise ValueError(f"{split_file}: no patient list for subset {subset!r}")
-    return _read_patient_ids([str(v) for v in ids])
+    return [str(v) for v in ids]
 
 
 def collect(
@@ -337,14 +352,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         available = list_patients(data)
         if args.subset:
-            patients = patients_from_split(args.split_file, args.subset)
+            patients = match_patients(patients_from_split(args.split_file, args.subset), available)
         elif args.patients:
-            patients = _read_patient_ids(args.patients)
+            patients = match_patients(args.patients, available)
         else:
             patients = available
-        absent = sorted(set(patients) - set(available))
-        if absent:
-            raise ValueError(f"patients not found in {data}: {', '.join(absent)}")
         if not patients:
             raise ValueError(f"no patients in {data}")
         root = args.repository or default_repository()

@@ -131,6 +131,12 @@ def test_subset_from_split_file(repo: Path, tmp_path: Path) -> None:
         assert [r["case"] for r in csv.DictReader(fh)] == chosen
 
 
+def test_patient_ids_match_by_number() -> None:
+    assert evaluate.match_patients(["49", "081", "x1"], ["049", "081", "x1"]) == ["049", "081", "x1"]
+    with pytest.raises(ValueError, match="50"):
+        evaluate.match_patients(["50"], ["049"])
+
+
 def test_bad_inputs_fail_cleanly(repo: Path, tmp_path: Path) -> None:
     out = str(tmp_path / "r.json")
     assert main(["evaluate", "--data", str(tmp_path), "--out", out, "--repository", str(repo)]) == 2
