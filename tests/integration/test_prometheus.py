@@ -20,19 +20,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import yaml
 
+from ich import spec
+from ich.triton_local import LocalTriton
+from tests.integration.conftest import TINY_SIZE as TRITON_SIZE
 from tests.support.dicom_study import study_zip
 from tests.support.tiny_repository import build_tiny_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "rules" / "gateway.yml"
+TRITON_RULES = ROOT / "monitoring" / "rules" / "triton.yml"
+ADAPTER_VALUES = ROOT / "monitoring" / "prometheus-adapter" / "values.yaml"
 DASHBOARD = ROOT / "monitoring" / "grafana" / "ich-dashboard.json"
 JOB = "ich-gateway"
 TINY_SIZE = 32
@@ -122,20 +129,15 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _stop(process)
 
 
-@pytest.fixture(scope="module")
-def prometheus(gateway: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's prometheus on loopback scraping the gateway every second; yields its base URL."""
+@contextmanager
+def _running_prometheus(workdir: Path, job: str, target: str, rules: Path) -> Iterator[str]:
+    """Debian's prometheus on loopback scraping ``target`` every second as ``job``; yields its base URL."""
     assert PROMETHEUS is not None
-    workdir = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
+        "rule_files": [str(rules)],
         "scrape_configs": [
-            {
-                "job_name": JOB,
-                "metrics_path": "/metrics",
-                "static_configs": [{"targets": [gateway.removeprefix("http://")]}],
-            }
+            {"job_name": job, "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}
         ],
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -162,6 +164,14 @@ def prometheus(gateway: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield url
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="module")
+def prometheus(gateway: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Prometheus scraping the gateway under the ServiceMonitor's job name, with the gateway rules."""
+    workdir = tmp_path_factory.mktemp("prometheus")
+    with _running_prometheus(workdir, JOB, gateway.removeprefix("http://"), RULES) as url:
+        yield url
 
 
 def _query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
@@ -236,3 +246,50 @@ def test_every_dashboard_query_is_valid_promql(prometheus: str) -> None:
     for expr in exprs:
         concrete = expr.replace("$__rate_interval", "1m").replace("$namespace", ".*")
         _query(prometheus, concrete)  # raises ValueError with Prometheus' parse error
+
+
+@pytest.mark.triton
+def test_triton_metrics_feed_the_rules_and_the_hpa_query(
+    triton_server: LocalTriton, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The Triton counters the alerts, the dashboard and the HPA's adapter rule read exist under these names
+    on a real tritonserver (2.51, the production version), per base model, and give a finite queue time."""
+    workdir = tmp_path_factory.mktemp("prometheus_triton")
+    target = f"{triton_server.host}:{triton_server.metrics_port}"
+    with _running_prometheus(workdir, "ich-triton", target, TRITON_RULES) as url:
+        _wait_for("first Triton scrape", lambda: _query(url, 'up{job="ich-triton"} == 1'), SCRAPE_TIMEOUT_S)
+        client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+        images = np.random.default_rng(0).random(
+            (2, spec.IN_CHANNELS, TRITON_SIZE, TRITON_SIZE), dtype=np.float32
+        )
+        for _ in range(5):
+            request = grpcclient.InferInput(spec.IMAGE, list(images.shape), "FP32")
+            request.set_data_from_numpy(images)
+            client.infer(spec.ENSEMBLE_MODEL, [request])  # every output, as the gateway asks
+        client.close()
+        served = _wait_for(
+            "base-model successes",
+            lambda: _query(
+                url,
+                'sum by (model) (nv_inference_request_success{job="ich-triton", model=~"ich_unet_.*"}) > 0',
+            ),
+            SCRAPE_TIMEOUT_S,
+        )
+        assert {s["metric"]["model"] for s in served} == set(spec.BASE_MODELS.values())
+        for metric in ("nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us"):
+            assert _query(url, f'{metric}{{job="ich-triton", model="ich_unet_all"}}'), metric
+        queue = _wait_for(
+            "ich:triton_queue_seconds_per_request:rate1m",
+            lambda: _query(url, "ich:triton_queue_seconds_per_request:rate1m >= 0"),
+            SCRAPE_TIMEOUT_S,
+        )
+        assert 0.0 <= float(queue[0]["value"][1]) < 60.0
+        # The prometheus-adapter rule, with its placeholders filled as the adapter would for one pod.
+        rule = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"][0]
+        expr = (
+            rule["metricsQuery"]
+            .replace("<<.GroupBy>>", "job")
+            .replace("<<.LabelMatchers>>", 'job="ich-triton"')
+        )
+        adapter = _wait_for("adapter query", lambda: _query(url, expr), SCRAPE_TIMEOUT_S)
+        assert len(adapter) == 1 and 0.0 <= float(adapter[0]["value"][1]) < 60.0
