@@ -8,6 +8,7 @@ stage is timed for the result's ``timing_ms`` and the ``ich_stage_seconds`` hist
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import logging
 import time
@@ -26,6 +27,7 @@ from api.metrics import GatewayMetrics
 from api.schemas import (
     CaseResult,
     ModelScores,
+    Overlay,
     PassedOverSeries,
     SeriesInfo,
     SkippedFile,
@@ -34,11 +36,19 @@ from api.schemas import (
 )
 from api.settings import Settings
 from ich.aggregate import CaseFindings, aggregate
+from ich.ensemble import EnsembleOutput
+from ich.overlay import render_overlay, top_slice_indices
 from ich.preprocess import preprocess_volume
+from ich.seg import resize_mask_to_source
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Optional outputs a caller may ask for with ``?include=``.
+INCLUDE_OPTIONS = frozenset({"overlays"})
+#: Most overlay previews in one result (they are base64 PNGs inside the JSON).
+MAX_OVERLAYS = 3
 
 #: Decimals kept in probabilities and weights: float32 carries about seven significant digits.
 _DECIMALS = 6
@@ -80,8 +90,11 @@ async def analyse_case(
     settings: Settings,
     metrics: GatewayMetrics,
     started: float,
+    include: frozenset[str] = frozenset(),
 ) -> CaseResult:
     """Analyse one zipped study; ``started`` is the request's ``perf_counter`` start, for ``total``.
+
+    ``include`` may hold ``"overlays"`` (PNG previews of the lesion slices, rendered in the aggregate stage).
 
     Raises:
         ich.errors.IntakeError: the zip is unreadable, too large, or holds no usable CT series.
@@ -110,15 +123,37 @@ async def analyse_case(
     clock.record("inference", t)
 
     t = time.perf_counter()
-    findings = await run_blocking(executor, _aggregate, output, volume, settings)
+    findings, overlays = await run_blocking(executor, _aggregate, output, volume, settings, include)
     clock.record("aggregate", t)
 
     total = time.perf_counter() - started
-    return _result(study, findings, engine, clock.seconds, total)
+    result = _result(study, findings, engine, clock.seconds, total)
+    if overlays is not None:
+        result.overlays = overlays
+    return result
 
 
-def _aggregate(output: Any, volume: Any, settings: Settings) -> CaseFindings:
-    return aggregate(output, volume, threshold=settings.threshold, band=settings.indeterminate_band)
+def _aggregate(
+    output: EnsembleOutput, volume: Any, settings: Settings, include: frozenset[str]
+) -> tuple[CaseFindings, list[Overlay] | None]:
+    findings = aggregate(output, volume, threshold=settings.threshold, band=settings.indeterminate_band)
+    overlays = _overlays(output, volume, findings) if "overlays" in include else None
+    return findings, overlays
+
+
+def _overlays(output: EnsembleOutput, volume: Any, findings: CaseFindings) -> list[Overlay]:
+    """PNG previews of the up to three most certain lesion slices, at the source matrix."""
+    hu = np.asarray(volume.hu)
+    counted = np.asarray(findings.mask.reshape(findings.mask.shape[0], -1).any(axis=1), dtype=bool)
+    mask = resize_mask_to_source(output.fused, (hu.shape[1], hu.shape[2]), keep_slices=counted)
+    return [
+        Overlay(
+            index=i,
+            sop_instance_uid=findings.slices[i].sop_instance_uid,
+            data_base64=base64.b64encode(render_overlay(hu[i], mask[i])).decode("ascii"),
+        )
+        for i in top_slice_indices(output.slice_prob, mask, k=MAX_OVERLAYS)
+    ]
 
 
 def _round(value: float) -> float:

@@ -1,7 +1,7 @@
 """Response bodies of the HTTP API, field for field as docs/DESIGN.md fixes them.
 
 Additions beyond the contract (never renames): ``indeterminate_band``, ``warnings``, ``series.passed_over``,
-and each slice's ``hemorrhage_volume_ml``. Errors are :class:`ErrorBody`.
+each slice's ``hemorrhage_volume_ml``, and ``overlays`` on request. Errors are :class:`ErrorBody`.
 """
 
 from __future__ import annotations
@@ -69,6 +69,15 @@ class SliceResult(BaseModel):
     hemorrhage_volume_ml: float = 0.0
 
 
+class Overlay(BaseModel):
+    """A PNG preview of one slice with the lesion outlined (``?include=overlays``)."""
+
+    index: int
+    sop_instance_uid: str
+    media_type: str = "image/png"
+    data_base64: str
+
+
 class Timing(BaseModel):
     """Milliseconds per stage; ``total`` is the whole request including reading the upload."""
 
@@ -95,6 +104,9 @@ class CaseResult(BaseModel):
     slices: list[SliceResult]
     timing_ms: Timing
     warnings: list[str] = Field(default_factory=list)
+    overlays: list[Overlay] | None = Field(
+        default=None, description="Only with ?include=overlays: up to 3 slices with the most certain lesion."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from ich.errors import IntakeError
 
 from api.auth import require_api_key
 from api.deps import EngineDep, ExecutorDep, MetricsDep, SettingsDep
 from api.engines import EngineUnavailableError
 from api.errors import ApiError
-from api.pipeline import analyse_case
+from api.pipeline import INCLUDE_OPTIONS, analyse_case
 from api.schemas import ERROR_RESPONSES, CaseResult
 from api.upload import FILE_FIELD, read_zip_upload
 
@@ -38,6 +39,19 @@ _REQUEST_BODY = {
 }
 
 
+def _include_options(include: str | None) -> frozenset[str]:
+    """Parse ``?include=``; unknown options are a 422 rather than silently ignored."""
+    options = frozenset(part.strip().lower() for part in (include or "").split(",") if part.strip())
+    unknown = sorted(options - INCLUDE_OPTIONS)
+    if unknown:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"unknown include option(s) {', '.join(unknown)}; known: {', '.join(sorted(INCLUDE_OPTIONS))}",
+        )
+    return options
+
+
 @router.post(
     "/cases",
     response_model=CaseResult,
@@ -51,15 +65,26 @@ async def create_case(
     metrics: MetricsDep,
     engine: EngineDep,
     executor: ExecutorDep,
+    include: Annotated[
+        str | None,
+        Query(description="Comma-separated optional outputs: 'overlays' (PNG previews of lesion slices)."),
+    ] = None,
 ) -> CaseResult:
     """Read the zip (capped while streaming), choose the CT series, run the ensemble, aggregate."""
     started = time.perf_counter()
+    options = _include_options(include)
     metrics.inflight.inc()
     try:
         try:
             data = await read_zip_upload(request, settings.max_upload_bytes)
             result = await analyse_case(
-                data, engine=engine, executor=executor, settings=settings, metrics=metrics, started=started
+                data,
+                engine=engine,
+                executor=executor,
+                settings=settings,
+                metrics=metrics,
+                started=started,
+                include=options,
             )
         except (ApiError, IntakeError) as exc:
             status = exc.status_code if isinstance(exc, ApiError) else exc.http_status

@@ -6,6 +6,7 @@ with a blood-density (70 HU) blob is positive, plain 30 HU brain is negative, 41
 
 from __future__ import annotations
 
+import base64
 import io
 import zipfile
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from api.app import create_app
 from api.settings import Settings
@@ -260,3 +262,27 @@ def test_two_apps_keep_separate_metrics(engine: FakeEngine) -> None:
         first.post("/v1/cases", content=data, headers=ZIP)
         assert 'ich_cases_total{outcome="positive"} 1.0' in first.get("/metrics").text
         assert 'ich_cases_total{outcome="positive"} 0.0' in second.get("/metrics").text
+
+
+def test_include_overlays_adds_png_previews_of_lesion_slices(client: TestClient) -> None:
+    data, uids = study_zip(blob_volume())
+    plain = client.post("/v1/cases", content=data, headers=ZIP).json()
+    assert plain["overlays"] is None
+    body = client.post("/v1/cases?include=overlays", content=data, headers=ZIP).json()
+    assert [o["index"] for o in body["overlays"]] == [2]  # the only slice with a lesion
+    overlay = body["overlays"][0]
+    assert overlay["sop_instance_uid"] == uids[2] and overlay["media_type"] == "image/png"
+    image = Image.open(io.BytesIO(base64.b64decode(overlay["data_base64"])))
+    assert image.size == (64, 64) and image.mode == "RGB"
+    pixels = np.asarray(image)
+    red = (pixels[..., 0] == 255) & (pixels[..., 1] == 0) & (pixels[..., 2] == 0)
+    rows, cols = np.nonzero(red)
+    # The outline sits on the blob's edge (pixels 24..39), not elsewhere.
+    assert red.any() and rows.min() >= 22 and rows.max() <= 41 and cols.min() >= 22 and cols.max() <= 41
+
+
+def test_negative_case_has_no_overlays_and_unknown_options_are_422(client: TestClient) -> None:
+    data, _ = study_zip(blob_volume(blob_slice=None))
+    assert client.post("/v1/cases?include=overlays", content=data, headers=ZIP).json()["overlays"] == []
+    response = client.post("/v1/cases?include=overlays,pixels", content=data, headers=ZIP)
+    assert "pixels" in assert_error(response, 422)["detail"]
