@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.metrics = metrics
     app.state.api_keys = keys
     app.state.engine = None
+    app.state.inflight_cases = 0  # only touched on the event loop, so a plain counter is safe
     install_error_handlers(app)
     app.add_exception_handler(IntakeError, _intake_error_handler)
     app.add_middleware(RequestContextMiddleware, on_response=metrics.observe_http)

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=_default_threads, ge=1)
     #: onnxruntime intra-op threads of the embedded engine (unset: onnxruntime's default).
     intra_op_threads: int | None = Field(default=None, ge=1)
+    #: Cases analysed at once per process; more get 503 "busy" (each holds its upload and volume in memory).
+    max_inflight_cases: int = Field(default=8, ge=1)
     #: Seconds announced in Retry-After when the engine is unavailable.
     retry_after_s: int = Field(default=5, ge=1)
 

@@ -73,6 +73,16 @@ async def create_case(
     """Read the zip (capped while streaming), choose the CT series, run the ensemble, aggregate."""
     started = time.perf_counter()
     options = _include_options(include)
+    state = request.app.state
+    if state.inflight_cases >= settings.max_inflight_cases:
+        # Shed load before reading the body: memory stays bounded and the client retries elsewhere.
+        raise ApiError(
+            503,
+            "busy",
+            f"{settings.max_inflight_cases} cases are being analysed; retry later",
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )
+    state.inflight_cases += 1
     metrics.inflight.inc()
     try:
         try:
@@ -102,6 +112,7 @@ async def create_case(
             metrics.cases.labels(outcome="error").inc()
             raise
     finally:
+        state.inflight_cases -= 1
         metrics.inflight.dec()
 
     outcome = "indeterminate" if result.indeterminate else ("positive" if result.ich_detected else "negative")

@@ -7,6 +7,7 @@ gives 0.49875 (indeterminate). Tests can therefore build studies with a known ex
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -32,12 +33,18 @@ class FakeEngine(Engine):
         self.error: Exception | None = None
         self.calls: list[tuple[int, ...]] = []
         self.closed = False
+        #: When set, ``infer`` signals ``entered`` and waits for ``gate`` (tests of concurrency).
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
 
     async def infer(self, images: np.ndarray) -> EnsembleOutput:
         if self.down:
             raise EngineUnavailableError("fake engine is down", reason="unavailable")
         if self.error is not None:
             raise self.error
+        if self.gate is not None:
+            self.entered.set()
+            await self.gate.wait()
         expected = (spec.IN_CHANNELS, self.input_size, self.input_size)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"images must be [N, {expected}], got {images.shape}")

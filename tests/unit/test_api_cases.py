@@ -6,6 +6,7 @@ with a blood-density (70 HU) blob is positive, plain 30 HU brain is negative, 41
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import zipfile
@@ -286,3 +287,25 @@ def test_negative_case_has_no_overlays_and_unknown_options_are_422(client: TestC
     assert client.post("/v1/cases?include=overlays", content=data, headers=ZIP).json()["overlays"] == []
     response = client.post("/v1/cases?include=overlays,pixels", content=data, headers=ZIP)
     assert "pixels" in assert_error(response, 422)["detail"]
+
+
+async def test_over_the_inflight_limit_is_503_busy_while_probes_still_answer() -> None:
+    """One case held inside the engine: the event loop stays free, and a second case is shed, not queued."""
+    engine = FakeEngine()
+    app = create_app(Settings(max_inflight_cases=1, retry_after_s=3), engine=engine)
+    data, _ = study_zip(blob_volume())
+    engine.gate = asyncio.Event()
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            first = asyncio.create_task(client.post("/v1/cases", content=data, headers=ZIP))
+            await asyncio.wait_for(engine.entered.wait(), timeout=30)
+            assert (await client.get("/healthz")).status_code == 200
+            second = await client.post("/v1/cases", content=data, headers=ZIP)
+            assert assert_error(second, 503)["code"] == "busy"
+            assert second.headers["retry-after"] == "3"
+            assert "ich_inflight_cases 1.0" in (await client.get("/metrics")).text
+            engine.gate.set()
+            assert (await first).status_code == 200
+            third = await client.post("/v1/cases", content=data, headers=ZIP)
+            assert third.status_code == 200
