@@ -204,3 +204,30 @@ def test_the_gateway_runs_without_torch(tiny_repository: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_openapi_documents_the_contract() -> None:
+    """The published schema carries DESIGN.md's names, both upload forms and every error status."""
+    with TestClient(create_app(Settings(), engine=FakeEngine())) as client:
+        schema = client.get("/openapi.json").json()
+    post = schema["paths"]["/v1/cases"]["post"]
+    assert set(post["requestBody"]["content"]) == {"application/zip", "multipart/form-data"}
+    assert {"200", "400", "401", "413", "415", "422", "503"} <= set(post["responses"])
+    assert "/v1/models" in schema["paths"] and "/readyz" in schema["paths"]
+    components = schema["components"]["schemas"]
+    case = components["CaseResult"]
+    assert set(case["required"]) >= {
+        "case_id", "model_version", "engine", "ich_probability", "ich_detected", "threshold",
+        "indeterminate", "hemorrhage_volume_ml", "series", "slices", "timing_ms",
+    }
+    assert set(components["SeriesInfo"]["properties"]) >= {
+        "series_instance_uid", "slices_used", "slice_thickness_mm", "pixel_spacing_mm", "skipped",
+    }
+    assert set(components["SkippedFile"]["required"]) == {"file", "reason"}
+    assert set(components["SliceResult"]["required"]) >= {
+        "index", "sop_instance_uid", "probability", "model_probabilities", "weights",
+    }
+    assert set(components["ModelScores"]["required"]) == set(spec.MODEL_KEYS)
+    stages = {"decode", "preprocess", "inference", "aggregate", "total"}
+    assert set(components["Timing"]["required"]) == stages
+    assert set(components["ErrorBody"]["required"]) == {"code", "detail", "request_id"}
