@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -476,3 +478,14 @@ async def test_async_connection_error_retried_and_health_models_ready() -> None:
         "/readyz",
         "/v1/models",
     ]
+
+
+def test_the_client_imports_nothing_of_the_service() -> None:
+    """ich_client is its own distribution: importing it (and its CLI) must not load ich, api or training."""
+    code = (
+        "import sys, ich_client, ich_client.cli\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ich', 'api', 'training'))\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
