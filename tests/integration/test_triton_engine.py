@@ -110,3 +110,54 @@ async def test_wrong_shape_is_rejected_before_the_network(triton_server: LocalTr
             await engine.infer(np.zeros((2, 3, TINY_SIZE, TINY_SIZE), np.float32))
     finally:
         await engine.close()
+
+
+async def test_same_study_through_the_gateway_with_both_engines(
+    tiny_repository: Path, triton_server: LocalTriton
+) -> None:
+    """A DICOM study posted to the gateway: the embedded and the Triton engine give the same slices."""
+    import httpx
+
+    from api.app import create_app
+    from api.settings import Settings
+    from tests.support.dicom_study import study_zip
+
+    hu = np.full((6, 64, 64), 30.0, dtype=np.float32)
+    hu[2:4, 20:30, 20:34] = 70.0  # a hyperdense patch on two slices
+    hu[:, :4, :] = 1000.0  # some bone
+    body, uids = study_zip(hu, shuffle=True)
+    results = {}
+    for kind in ("embedded", "triton"):
+        settings = Settings(
+            engine=kind,
+            model_repository=tiny_repository,
+            triton_url=triton_server.grpc_url,
+            intra_op_threads=1,
+            threads=2,
+        )
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                response = await client.post(
+                    "/v1/cases", content=body, headers={"Content-Type": "application/zip"}
+                )
+        assert response.status_code == 200, response.text
+        results[kind] = response.json()
+    embedded, triton = results["embedded"], results["triton"]
+    assert (embedded["engine"], triton["engine"]) == ("embedded", "triton")
+    assert embedded["model_version"] == triton["model_version"]
+    assert [s["sop_instance_uid"] for s in triton["slices"]] == uids
+    assert [s["sop_instance_uid"] for s in embedded["slices"]] == uids
+    np.testing.assert_allclose(
+        [s["probability"] for s in triton["slices"]],
+        [s["probability"] for s in embedded["slices"]],
+        atol=1e-3,
+    )
+    for key in spec.MODEL_KEYS:
+        np.testing.assert_allclose(
+            [s["model_probabilities"][key] for s in triton["slices"]],
+            [s["model_probabilities"][key] for s in embedded["slices"]],
+            atol=1e-3,
+        )
+    assert triton["ich_probability"] == pytest.approx(embedded["ich_probability"], abs=1e-3)
