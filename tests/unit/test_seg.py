@@ -26,14 +26,18 @@ MODEL_VERSION = "2026.11.29-test"
 # ---------------------------------------------------------------------------------------- source series
 
 
+def _read_headers(tmp_path: Path, **options: object) -> list[Dataset]:
+    writer = pytest.importorskip("ich.dicom_writer")
+    hu = np.full((N, ROWS, COLUMNS), 30.0, dtype=np.float32)
+    paths = writer.write_series(hu, tmp_path, pixel_spacing_mm=(0.5, 0.6), slice_thickness_mm=5.0, **options)
+    # write_series returns the files in spatial order, the order of the volume the mask comes from.
+    return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+
+
 @pytest.fixture
 def headers(tmp_path: Path) -> list[Dataset]:
     """A small CT series written by ich.dicom_writer, read back without pixel data, sorted like the volume."""
-    writer = pytest.importorskip("ich.dicom_writer")
-    hu = np.full((N, ROWS, COLUMNS), 30.0, dtype=np.float32)
-    paths = writer.write_series(hu, tmp_path, pixel_spacing_mm=(0.5, 0.6), slice_thickness_mm=5.0)
-    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
-    return sorted(datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    return _read_headers(tmp_path)
 
 
 def _mask() -> np.ndarray:
@@ -209,6 +213,16 @@ def test_anonymised_headers_get_empty_type2_fills_on_copies_only(headers: list[D
     assert [float(v) for v in measures.PixelSpacing] == pytest.approx([0.5, 0.6])
     # The caller's datasets are untouched.
     assert all("PatientID" not in ds and ds.SliceThickness is None for ds in headers)
+
+
+def test_tilted_series_derives_thickness_along_the_normal(tmp_path: Path) -> None:
+    headers = _read_headers(tmp_path, gantry_tilt_deg=20.0, slice_spacing_mm=4.0)
+    for ds in headers:
+        del ds.SliceThickness
+    seg = build_segmentation(headers, _mask(), model_version=MODEL_VERSION)
+    assert seg is not None
+    measures = _roundtrip(seg).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(4.0)  # not the z step, 4 * cos(20 deg)
 
 
 def test_integer_zero_one_mask_is_accepted(headers: list[Dataset]) -> None:
