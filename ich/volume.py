@@ -1,0 +1,143 @@
+"""The chosen series as a volume of Hounsfield units: pixels decoded, rescaled, stacked in spatial order.
+
+Pixel data is decoded by pydicom's own pixel backend, which hands compressed transfer syntaxes to the
+installed plugins (pylibjpeg-libjpeg: JPEG lossless and JPEG-LS; pylibjpeg-openjpeg: JPEG 2000;
+pylibjpeg-rle or pydicom's own RLE decoder). HU come from the Modality LUT stage (RescaleSlope and
+RescaleIntercept, or a Modality LUT Sequence) via ``pydicom.pixels.apply_rescale``, before any window; the
+models only ever see HU, whatever the scanner stored.
+
+A slice that cannot be decoded (corrupt or truncated pixel data, an unsupported codec) is left out with a
+reason rather than failing the study; the spacing check is then repeated so the hole shows as a gap.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_rescale
+
+from ich.errors import NoUsableSeriesError
+from ich.series import SeriesSelection, Skipped, SliceHeader, describe_spacing
+
+logger = logging.getLogger(__name__)
+
+#: Longest decoder message kept in a reason (library messages can be long; they never hold patient data).
+_MAX_MESSAGE = 160
+
+
+@dataclass(frozen=True, eq=False)
+class CTVolume:
+    """A CT series in HU, slices sorted along the slice normal (ascending).
+
+    Attributes:
+        hu: [N, H, W] float32 Hounsfield units.
+        pixel_spacing_mm: (row, column) spacing in mm.
+        slice_thickness_mm: spacing between slice centres when positions are known, else SliceThickness.
+        series_instance_uid: the series the slices come from.
+        sop_instance_uids: one per slice, in the order of ``hu``.
+        slice_positions_mm: each slice's position along the normal (empty when the series had none).
+        gantry_tilt_deg: the gantry (or orientation) tilt, 0 when untilted.
+        warnings: notes on the series (gaps, tilt, missing positions) for the result.
+    """
+
+    hu: np.ndarray
+    pixel_spacing_mm: tuple[float, float]
+    slice_thickness_mm: float
+    series_instance_uid: str
+    sop_instance_uids: list[str]
+    slice_positions_mm: tuple[float, ...] = ()
+    gantry_tilt_deg: float = 0.0
+    warnings: tuple[str, ...] = field(default=())
+
+
+def read_dataset(header: SliceHeader) -> Dataset:
+    """Read the whole file (pixel data included) that ``header`` came from."""
+    if isinstance(header.source, bytes):
+        return pydicom.dcmread(io.BytesIO(header.source))
+    return pydicom.dcmread(header.source)
+
+
+def decode_hu(ds: Dataset) -> np.ndarray:
+    """Decode one single-frame slice and rescale it to HU.
+
+    Returns:
+        [Rows, Columns] float32 HU.
+
+    Raises:
+        ValueError: the decoded array is not one greyscale frame of Rows x Columns.
+        Exception: whatever pydicom or a plugin raises for pixel data it cannot decode.
+    """
+    pixels = ds.pixel_array
+    expected = (int(ds.Rows), int(ds.Columns))
+    if pixels.shape != expected:
+        raise ValueError(f"decoded shape {pixels.shape} is not Rows x Columns {expected}")
+    return np.asarray(apply_rescale(pixels, ds), dtype=np.float32)
+
+
+def _reason(exc: Exception) -> str:
+    message = " ".join(str(exc).split())
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 3] + "..."
+    return f"pixel data could not be decoded ({type(exc).__name__}: {message})"
+
+
+def load_volume(selection: SeriesSelection) -> tuple[CTVolume, list[Skipped]]:
+    """Decode the chosen series into a :class:`CTVolume`.
+
+    Args:
+        selection: the series chosen by :func:`ich.series.select_series`.
+
+    Returns:
+        The volume and the slices left out because their pixel data could not be decoded.
+
+    Raises:
+        NoUsableSeriesError: not one slice of the series could be decoded.
+    """
+    slices: list[np.ndarray] = []
+    uids: list[str] = []
+    positions: list[float] = []
+    failed: list[Skipped] = []
+    for i, header in enumerate(selection.slices):
+        try:
+            ds = read_dataset(header)
+            hu = decode_hu(ds)
+        except Exception as exc:  # untrusted input meets third-party decoders: any failure drops the slice
+            logger.debug("slice left out: %s", type(exc).__name__)
+            failed.append(Skipped(header.file, _reason(exc)))
+            continue
+        slices.append(hu)
+        uids.append(str(ds.get("SOPInstanceUID", "")))
+        if selection.positions_mm:
+            positions.append(selection.positions_mm[i])
+
+    if not slices:
+        reasons = [{"file": s.file, "reason": s.reason} for s in failed]
+        raise NoUsableSeriesError("no slice of the chosen CT series could be decoded", reasons)
+
+    warnings = list(selection.warnings)
+    spacing = selection.slice_spacing_mm
+    if failed and positions:  # holes left by undecodable slices change the spacing: check it again
+        warnings = [w for w in warnings if w not in selection.spacing_warnings]
+        median, spacing_warnings = describe_spacing(positions)
+        warnings.extend(spacing_warnings)
+        if median is not None and median > 0:
+            spacing = median
+    if failed:
+        warnings.append(f"{len(failed)} slice(s) left out: pixel data could not be decoded")
+
+    volume = CTVolume(
+        hu=np.stack(slices).astype(np.float32, copy=False),
+        pixel_spacing_mm=selection.pixel_spacing_mm,
+        slice_thickness_mm=float(spacing),
+        series_instance_uid=selection.series_instance_uid,
+        sop_instance_uids=uids,
+        slice_positions_mm=tuple(positions),
+        gantry_tilt_deg=selection.gantry_tilt_deg,
+        warnings=tuple(warnings),
+    )
+    return volume, failed
