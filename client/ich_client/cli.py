@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         "is replaced in the output); default: keep the service's decision",
     )
     analyze.add_argument(
+        "--overlays",
+        action="store_true",
+        help="with --out: also write PNG previews of the slices with the most certain lesion",
+    )
+    analyze.add_argument(
         "--one-study",
         action="store_true",
         help="all PATHs are files and folders of ONE study (default: each PATH is a study)",
@@ -127,6 +132,9 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
     if args.top < 0:
         _err("--top must be >= 0")
         return EXIT_USAGE
+    if args.overlays and args.out is None:
+        _err("--overlays needs --out DIR (the PNG files go there)")
+        return EXIT_USAGE
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     # tqdm: True hides the bars; None shows them only when stderr is a terminal.
@@ -150,7 +158,9 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
     )
     with overall:
         for study, path in studies:
-            result = _analyze_one(client, study, path, disable, position=1 if len(studies) > 1 else 0)
+            result = _analyze_one(
+                client, study, path, disable, position=1 if len(studies) > 1 else 0, overlays=args.overlays
+            )
             if result is not None and args.threshold is not None:
                 result = result.with_threshold(args.threshold)
             results.append(result)
@@ -158,8 +168,11 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
             if result is None:
                 continue
             if args.out is not None:
-                target = args.out / f"{_unique_name(_stem(path), used_names)}.json"
+                name = _unique_name(_stem(path), used_names)
+                target = args.out / f"{name}.json"
                 target.write_text(json.dumps(as_dict(result), indent=2) + "\n", encoding="utf-8")
+                for overlay in result.overlays or []:
+                    (args.out / f"{name}-slice{overlay.index:03d}.png").write_bytes(overlay.image_bytes())
             if not args.json:
                 # tqdm.write keeps the summary from tearing a progress bar that is still drawn.
                 tqdm.write(_summary(path, result, args.top), file=sys.stdout)
@@ -176,7 +189,12 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
 
 
 def _analyze_one(
-    client: ICHClient, study: str | list[str], path: str, disable: bool | None, position: int
+    client: ICHClient,
+    study: str | list[str],
+    path: str,
+    disable: bool | None,
+    position: int,
+    overlays: bool = False,
 ) -> CaseResult | None:
     label = Path(path).name or path
     try:
@@ -211,7 +229,7 @@ def _analyze_one(
                 if sent == total:
                     upload.set_description_str(f"analyse {label}")
 
-            return client.analyze_packed(packed, progress=on_bytes)
+            return client.analyze_packed(packed, include_overlays=overlays, progress=on_bytes)
     except APIStatusError as exc:
         _err(f"{path}: {exc.status_code} {exc.code}: {exc.detail}" + _request_id(exc))
     except ICHError as exc:

@@ -75,6 +75,10 @@ class _BaseClient:
         # service can refuse an oversized study (413) from the header alone.
         return {"Content-Type": "application/zip", "Content-Length": str(packed.size)}
 
+    @staticmethod
+    def _cases_path(include_overlays: bool) -> str:
+        return "/v1/cases?include=overlays" if include_overlays else "/v1/cases"
+
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
         """Seconds to wait before retrying, or None when this outcome must not be retried."""
         if attempt >= self.max_retries:
@@ -161,6 +165,7 @@ class ICHClient(_BaseClient):
         self,
         study: StudyInput,
         *,
+        include_overlays: bool = False,
         progress: ProgressCallback | None = None,
         spool_bytes: int = DEFAULT_SPOOL_BYTES,
     ) -> CaseResult:
@@ -169,6 +174,8 @@ class ICHClient(_BaseClient):
         Args:
             study: a zip path, a folder of DICOM files, a list of files, zip bytes or a binary file object
                 (see ``ich_client.study.pack_study``).
+            include_overlays: also ask for PNG previews of the slices with the most certain lesion
+                (``result.overlays``; ``Overlay.image_bytes()`` decodes one).
             progress: called as ``progress(bytes_sent, total_bytes)`` while uploading (again from 0 on a
                 retry).
             spool_bytes: a folder's zip larger than this is built in a temporary file, not in memory.
@@ -179,13 +186,19 @@ class ICHClient(_BaseClient):
             FileNotFoundError / ValueError: the study could not be read locally.
         """
         with pack_study(study, spool_bytes=spool_bytes) as packed:
-            return self.analyze_packed(packed, progress=progress)
+            return self.analyze_packed(packed, include_overlays=include_overlays, progress=progress)
 
-    def analyze_packed(self, packed: PackedStudy, *, progress: ProgressCallback | None = None) -> CaseResult:
+    def analyze_packed(
+        self,
+        packed: PackedStudy,
+        *,
+        include_overlays: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> CaseResult:
         """Upload an already packed study (lets a caller show zipping and uploading separately)."""
         response = self._request(
             "POST",
-            "/v1/cases",
+            self._cases_path(include_overlays),
             body=lambda: packed.chunks(progress=progress),
             headers=self._upload_headers(packed),
         )
@@ -275,18 +288,23 @@ class AsyncICHClient(_BaseClient):
         self,
         study: StudyInput,
         *,
+        include_overlays: bool = False,
         progress: ProgressCallback | None = None,
         spool_bytes: int = DEFAULT_SPOOL_BYTES,
     ) -> CaseResult:
         """Upload one study; see ``ICHClient.analyze``. Zipping a folder runs in a worker thread."""
         packed = await asyncio.to_thread(pack_study, study, spool_bytes=spool_bytes)
         try:
-            return await self.analyze_packed(packed, progress=progress)
+            return await self.analyze_packed(packed, include_overlays=include_overlays, progress=progress)
         finally:
             packed.close()
 
     async def analyze_packed(
-        self, packed: PackedStudy, *, progress: ProgressCallback | None = None
+        self,
+        packed: PackedStudy,
+        *,
+        include_overlays: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> CaseResult:
         """Upload an already packed study."""
 
@@ -295,7 +313,9 @@ class AsyncICHClient(_BaseClient):
             for chunk in packed.chunks(progress=progress):
                 yield chunk
 
-        response = await self._request("POST", "/v1/cases", body=body, headers=self._upload_headers(packed))
+        response = await self._request(
+            "POST", self._cases_path(include_overlays), body=body, headers=self._upload_headers(packed)
+        )
         return self._decode(response, CaseResult)
 
     async def health(self) -> Health:

@@ -7,6 +7,7 @@ these models with the service's OpenAPI schema so that the two cannot drift apar
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,6 +65,19 @@ class SliceResult(_Model):
     hemorrhage_volume_ml: float | None = None
 
 
+class Overlay(_Model):
+    """A PNG preview of one slice with the lesion outlined (asked for with ``include_overlays=True``)."""
+
+    index: int
+    sop_instance_uid: str
+    media_type: str = "image/png"
+    data_base64: str
+
+    def image_bytes(self) -> bytes:
+        """The decoded image (PNG), e.g. to write to a file."""
+        return base64.b64decode(self.data_base64, validate=True)
+
+
 class Timing(_Model):
     """Milliseconds spent in each stage of the service's pipeline."""
 
@@ -78,8 +92,8 @@ class CaseResult(_Model):
     """The service's answer for one study.
 
     Fields the design contract fixes are required; the service's additions (``indeterminate_band``,
-    ``warnings``, ``series.passed_over``, a slice's ``hemorrhage_volume_ml``) have defaults, so the client
-    also reads a service that does not send them.
+    ``warnings``, ``series.passed_over``, a slice's ``hemorrhage_volume_ml``, ``overlays``) have
+    defaults, so the client also reads a service that does not send them.
     """
 
     case_id: str
@@ -95,6 +109,7 @@ class CaseResult(_Model):
     slices: list[SliceResult]
     timing_ms: Timing
     warnings: list[str] = Field(default_factory=list)
+    overlays: list[Overlay] | None = None
 
     def top_slices(self, n: int = 3) -> list[SliceResult]:
         """The ``n`` slices with the highest probability, highest first (ties: lower index first)."""

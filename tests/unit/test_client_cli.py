@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import zipfile
@@ -212,3 +213,23 @@ def test_one_study_sends_all_paths_in_one_zip(service: Any, tmp_path: Path, caps
     assert isinstance(json.loads(capsys.readouterr().out), dict)
     assert cli.main(["analyze", *files, "--json"]) == 0  # without the flag: three studies
     assert len(seen) == 4 and len(json.loads(capsys.readouterr().out)) == 3
+
+
+def test_overlays_are_asked_for_and_written(service: Any, tmp_path: Path, capsys: Any) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"fake"
+    overlay = {"index": 3, "sop_instance_uid": "1.2.3.4.3", "data_base64": base64.b64encode(png).decode()}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        wanted = request.url.params.get("include") == "overlays"
+        return httpx.Response(200, json=case_payload(0.9, overlays=[overlay] if wanted else None))
+
+    requests = service(handler)
+    study = write_zip(tmp_path / "ct.zip", "a")
+    out = tmp_path / "out"
+    assert cli.main(["analyze", str(study), "--overlays", "--out", str(out), "--no-progress"]) == 0
+    assert requests[0].url.params["include"] == "overlays"
+    assert (out / "ct-slice003.png").read_bytes() == png
+    assert cli.main(["analyze", str(study), "--overlays"]) == 2
+    assert "--overlays needs --out" in capsys.readouterr().err
+    assert cli.main(["analyze", str(study), "--json"]) == 0
+    assert "include" not in requests[-1].url.params
