@@ -15,7 +15,8 @@ and records GantryDetectorTilt, as a tilted head acquisition does.
 
 Compressed transfer syntaxes: RLE Lossless (pydicom's own encoder), JPEG-LS Lossless (pyjpegls) and JPEG
 2000 Lossless (pylibjpeg-openjpeg) through ``Dataset.compress``; JPEG Lossless SV1 (process 14) through
-imagecodecs' libjpeg-turbo encoder when that package is installed (a test/dev dependency).
+imagecodecs' libjpeg-turbo encoder when that package is installed (a test/dev dependency). JPEG 2000 needs 32
+pixels or more a side (openjpeg's default six resolution levels).
 """
 
 from __future__ import annotations

@@ -354,4 +354,7 @@ def _parse_header(name: str, source: bytes | Path, skipped: list[Skipped]) -> Sl
     except Exception as exc:
         skipped.append(Skipped(name, f"DICOM header has an invalid value ({type(exc).__name__})"))
         return None
+    if "SOPInstanceUID" not in dataset and "SOPClassUID" not in dataset:
+        skipped.append(Skipped(name, "DICOM header could not be read (no SOP Class or Instance UID)"))
+        return None
     return SliceHeader(file=name, dataset=dataset, source=source)
