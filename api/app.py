@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from ich.errors import IntakeError
 
 from api.auth import ApiKeyVerifier, load_key_digests
 from api.deps import Engine
@@ -24,6 +23,7 @@ from api.errors import RequestContextMiddleware, error_response, install_error_h
 from api.metrics import GatewayMetrics
 from api.routers import cases, health, models
 from api.settings import Settings, get_settings
+from ich.errors import IntakeError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ def _check_input_size(settings: Settings, engine: Engine) -> None:
 
 async def _intake_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, IntakeError)
-    extra = {"reasons": list(exc.reasons)} if getattr(exc, "reasons", None) else None
+    reasons = getattr(exc, "reasons", None)  # NoUsableSeriesError lists why each series or file was refused
+    extra = {"reasons": list(reasons)} if reasons else None
     return error_response(request_id_of(request), exc.http_status, exc.code, exc.detail, extra=extra)
 
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from ich.intake import IntakeLimits, Study, read_study
 
 from api.deps import Engine
 from api.engines import EngineUnavailableError
@@ -37,6 +36,7 @@ from api.schemas import (
 from api.settings import Settings
 from ich.aggregate import CaseFindings, aggregate
 from ich.ensemble import EnsembleOutput
+from ich.intake import IntakeLimits, Study, read_study
 from ich.overlay import render_overlay, top_slice_indices
 from ich.preprocess import preprocess_volume
 from ich.seg import resize_mask_to_source
@@ -76,6 +76,7 @@ class StageClock:
 
 def _decode(data: bytes, settings: Settings) -> Study:
     limits = IntakeLimits(
+        max_upload_bytes=settings.max_upload_bytes,
         max_uncompressed_bytes=settings.max_uncompressed_bytes,
         max_members=settings.max_members,
     )
