@@ -15,6 +15,7 @@ Fixtures: ``tests/fixtures/ct_ich`` (CT-ICH excerpt, CC BY 4.0; attribution in i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def patient(request: pytest.FixtureRequest):  # -> ct_ich.Patient
     return ct_ich.read_patient(FIXTURE, request.param, labels.get(request.param))
 
 
-def _served_hu(hu: np.ndarray, spacing_mm: float, **options: object) -> np.ndarray:
+def _served_hu(hu: np.ndarray, spacing_mm: float, **options: Any) -> np.ndarray:
     data = series_zip(
         hu,
         pixel_spacing_mm=(spacing_mm, spacing_mm),
