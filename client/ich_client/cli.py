@@ -198,15 +198,27 @@ def _analyze_one(
 ) -> CaseResult | None:
     label = Path(path).name or path
     try:
-        with tqdm(
-            desc=f"zip {label}", unit="file", file=sys.stderr, disable=disable, leave=False, position=position
-        ) as zipping:
+        zipping: tqdm[Any] | None = None
 
-            def on_file(done: int, total: int) -> None:
-                zipping.total = total
-                zipping.update(done - zipping.n)
+        def on_file(done: int, total: int) -> None:
+            nonlocal zipping
+            if zipping is None:  # only folders and file lists are zipped: no bar for a ready zip
+                zipping = tqdm(
+                    total=total,
+                    desc=f"zip {label}",
+                    unit="file",
+                    file=sys.stderr,
+                    disable=disable,
+                    leave=False,
+                    position=position,
+                )
+            zipping.update(done - zipping.n)
 
+        try:
             packed = pack_study(study, on_file=on_file)
+        finally:
+            if zipping is not None:
+                zipping.close()
         with (
             packed,
             tqdm(
