@@ -265,7 +265,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (embedded)")
     parser.add_argument("--triton-url", help="use this Triton (gRPC host:port) instead of starting one")
-    parser.add_argument("--triton-threads", type=int, default=None, help="intra-op threads per Triton model")
+    parser.add_argument("--triton-threads", type=int, default=1, help="intra-op threads per Triton model")
     parser.add_argument("--url", help="post to a running gateway at this base URL instead of in-process")
     parser.add_argument("--api-key", default=os.environ.get("ICH_BENCH_API_KEY"))
     parser.add_argument("--json", type=Path, help="also write the raw figures as JSON")

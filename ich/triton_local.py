@@ -383,7 +383,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per model")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="onnxruntime threads per model (the five members run at once; 0: onnxruntime default)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     return parser.parse_args(argv)
 
@@ -393,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.render is not None:
-        render_cpu_repository(args.repository, args.render, intra_op_threads=args.threads)
+        render_cpu_repository(args.repository, args.render, intra_op_threads=args.threads or None)
         logger.info("CPU rendering written to %s", args.render)
         return 0
     if not args.serve:
@@ -407,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
-        intra_op_threads=args.threads,
+        intra_op_threads=args.threads or None,
         log_to_console=True,
     )
 
