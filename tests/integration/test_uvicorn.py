@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -28,21 +29,16 @@ START_TIMEOUT_S = 120.0
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def gateway(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """``python -m api.main`` (the ``ich-serve`` script's function) on a free loopback port."""
+SHIPPED_REPOSITORY = ROOT / "model_repository"
+EXAMPLES = sorted((ROOT / "examples").glob("*.zip"))
+
+
+@contextmanager
+def serve(log: Path, **settings: str) -> Iterator[str]:
+    """``python -m api.main`` (the ``ich-serve`` script's function) on a free loopback port, until closed."""
     port = free_port()
-    log = tmp_path_factory.mktemp("uvicorn") / "gateway.log"
-    env = {
-        **os.environ,
-        "ICH_HOST": "127.0.0.1",
-        "ICH_PORT": str(port),
-        "ICH_ENGINE": "embedded",
-        "ICH_MODEL_REPOSITORY": str(tiny_repository),
-        "ICH_INTRA_OP_THREADS": "1",
-        "ICH_THREADS": "2",
-        "ICH_LOG_LEVEL": "INFO",
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICH_")}
+    env.update({"ICH_HOST": "127.0.0.1", "ICH_PORT": str(port), "ICH_LOG_LEVEL": "INFO", **settings})
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "api.main"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
@@ -61,7 +57,7 @@ def gateway(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             if time.monotonic() > deadline:
                 pytest.fail(f"ich-serve not ready after {START_TIMEOUT_S} s:\n{log.read_text()}")
             time.sleep(0.3)
-        yield base, log
+        yield base
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -70,6 +66,15 @@ def gateway(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The gateway on the tiny repository, with its log file."""
+    log = tmp_path_factory.mktemp("uvicorn") / "gateway.log"
+    settings = {"ICH_MODEL_REPOSITORY": str(tiny_repository), "ICH_INTRA_OP_THREADS": "1", "ICH_THREADS": "2"}
+    with serve(log, **settings) as base:
+        yield base, log
 
 
 def test_a_study_posted_over_tcp_gets_a_full_result(gateway: tuple[str, Path]) -> None:
@@ -143,3 +148,32 @@ def test_sigterm_stops_the_gateway_cleanly(tiny_repository: Path, tmp_path: Path
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.skipif(
+    not (SHIPPED_REPOSITORY / "VERSION").is_file() or not EXAMPLES,
+    reason="needs the shipped weights (model_repository/) and the example study (examples/*.zip)",
+)
+def test_shipped_weights_on_the_example_study(tmp_path: Path) -> None:
+    """What the README promises a newcomer: ``make serve`` defaults, the example study, every field."""
+    # No ICH_ variables: the defaults of `make serve`.
+    with serve(tmp_path / "gateway.log") as base, httpx.Client(base_url=base, timeout=600.0) as client:
+        response = client.post(
+            "/v1/cases", content=EXAMPLES[0].read_bytes(), headers={"content-type": "application/zip"}
+        )
+        version = (SHIPPED_REPOSITORY / "VERSION").read_text().strip()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["engine"] == "embedded" and body["model_version"] == version
+    assert 0.0 <= body["ich_probability"] <= 1.0
+    assert body["ich_detected"] == (body["ich_probability"] >= body["threshold"])
+    assert body["hemorrhage_volume_ml"] >= 0.0
+    assert body["series"]["slices_used"] == len(body["slices"]) > 0
+    assert body["series"]["slice_thickness_mm"] > 0 and len(body["series"]["pixel_spacing_mm"]) == 2
+    keys = {"all", "subtype", "sdh", "sah", "small"}
+    for item in body["slices"]:
+        assert set(item["model_probabilities"]) == set(item["weights"]) == keys
+        assert 0.0 <= item["probability"] <= 1.0
+    assert [s["index"] for s in body["slices"]] == list(range(len(body["slices"])))
+    assert body["ich_probability"] == max(s["probability"] for s in body["slices"])
+    assert all(body["timing_ms"][k] >= 0 for k in ("decode", "preprocess", "inference", "aggregate", "total"))
