@@ -95,6 +95,8 @@ def series_datasets(
     series_description: str = "Synthetic head CT",
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
     modality: str = "CT",
+    uid_seed: str | None = None,
+    acquired: datetime | None = None,
 ) -> list[Dataset]:
     """Build one CT Image Storage dataset per slice of ``hu``.
 
@@ -113,6 +115,9 @@ def series_datasets(
         series_description: SeriesDescription.
         image_type: ImageType values (``("DERIVED", "SECONDARY", "LOCALIZER")`` makes a scout).
         modality: Modality (tests write non-CT series with it).
+        uid_seed: when given, every generated UID derives from it (the same input gives the same files,
+            e.g. for the committed example study); otherwise UIDs are random.
+        acquired: study/series/content date and time (default: now).
 
     Returns:
         Datasets in spatial order (InstanceNumber 1..N), each with ``file_meta``.
@@ -141,15 +146,19 @@ def series_datasets(
         )
     else:
         origin = np.asarray([float(v) for v in origin_mm], dtype=np.float64)
-    study_uid = study_instance_uid or generate_uid()
-    series_uid = series_instance_uid or generate_uid()
-    frame_uid = generate_uid()
-    now = datetime.now(UTC)
+
+    def new_uid(role: str) -> str:
+        return str(generate_uid(entropy_srcs=[uid_seed, role]) if uid_seed is not None else generate_uid())
+
+    study_uid = study_instance_uid or new_uid("study")
+    series_uid = series_instance_uid or new_uid(f"series/{series_number}")
+    frame_uid = new_uid(f"frame/{series_number}")
+    now = acquired or datetime.now(UTC)
 
     datasets = []
     for i in range(n):
         position = origin + i * step * normal
-        ds = _base_dataset(study_uid, series_uid, frame_uid, now)
+        ds = _base_dataset(study_uid, series_uid, frame_uid, new_uid(f"sop/{series_number}/{i}"), now)
         ds.Modality = modality
         ds.SeriesNumber = series_number
         ds.SeriesDescription = series_description
@@ -179,10 +188,10 @@ def series_datasets(
     return datasets
 
 
-def _base_dataset(study_uid: str, series_uid: str, frame_uid: str, now: datetime) -> Dataset:
+def _base_dataset(study_uid: str, series_uid: str, frame_uid: str, sop_uid: str, now: datetime) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
@@ -292,9 +301,15 @@ def series_zip(
 
 
 def zip_members(members: dict[str, bytes]) -> bytes:
-    """A deflated zip in memory holding ``members`` (name -> bytes) in the given order."""
+    """A deflated zip in memory holding ``members`` (name -> bytes) in the given order.
+
+    Member timestamps are fixed (1980-01-01), so the same members always give the same bytes.
+    """
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, data in members.items():
-            archive.writestr(name, data)
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
     return buffer.getvalue()

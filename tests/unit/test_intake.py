@@ -498,3 +498,26 @@ def test_a_real_jpeg2000_ct_slice_is_decoded() -> None:
     assert (hu < -900).mean() > 0.3
     assert 0.1 < ((hu > -100) & (hu < 100)).mean() < 0.5
     assert (hu > 300).mean() > 0.01
+
+
+# --------------------------------------------------------------------------------- the example study
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ct_ich_study.zip"
+
+
+def test_the_committed_example_study_reads_as_one_clean_512_series() -> None:
+    if not EXAMPLE.exists():
+        pytest.skip("examples/ct_ich_study.zip not present")
+    data = EXAMPLE.read_bytes()
+    study = read_study(data)
+    assert study.volume.hu.shape == (31, 512, 512)
+    assert study.volume.slice_thickness_mm == pytest.approx(5.0)
+    assert 0.3 < study.volume.pixel_spacing_mm[0] < 0.7
+    assert study.skipped == [] and study.passed_over == [] and study.warnings == []
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        first = pydicom.dcmread(io.BytesIO(archive.read(archive.namelist()[0])), stop_before_pixels=True)
+    assert str(first.PatientName) == "ANONYMOUS^" and first.PatientID == "ANONYMOUS"
+    assert "CT-ICH" in first.ImageComments and "CC BY 4.0" in first.ImageComments
+    # a head: air around, brain inside, skull
+    hu = study.volume.hu[15]
+    assert (hu < -500).mean() > 0.2 and ((hu > 0) & (hu < 80)).mean() > 0.2 and (hu > 700).mean() > 0.01
