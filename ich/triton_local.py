@@ -184,10 +184,34 @@ def render_cpu_repository(source: Path, target: Path, *, intra_op_threads: int |
 def _prepare_server(distribution: TritonDistribution, target: Path) -> Path:
     """Copy the server (without the stubs of other Pythons) and put the right stub into backends/python/."""
     shutil.copytree(
-        distribution.server_dir, target, ignore=shutil.ignore_patterns("python_backend_stubs", "__pycache__")
+        distribution.server_dir,
+        target,
+        ignore=shutil.ignore_patterns("python_backend_stubs", "__pycache__"),
+        dirs_exist_ok=True,
     )
     shutil.copy2(distribution.stub, target / "backends" / "python" / "triton_python_backend_stub")
     return target
+
+
+def _check_shared_libraries(binary: Path, env: dict[str, str]) -> None:
+    """Fail early, naming the library, when the stub or server cannot load (e.g. no libpython3.X.so).
+
+    Without this the server starts, every python-backend model fails to load, and the cause is buried in
+    its log.
+    """
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        return
+    try:
+        result = subprocess.run([ldd, str(binary)], env=env, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return
+    missing = sorted({line.split()[0] for line in result.stdout.splitlines() if "not found" in line})
+    if missing:
+        hint = ""
+        if any(name.startswith("libpython") for name in missing):
+            hint = " (install the shared Python library, e.g. `apt-get install libpython3.11`)"
+        raise TritonStartError(f"{binary.name} cannot load {', '.join(missing)}{hint}")
 
 
 class LocalTriton:
@@ -291,6 +315,8 @@ class LocalTriton:
         env.pop("PYTHONPATH", None)
         env.pop("PYTHONHOME", None)
         env.pop("VIRTUAL_ENV", None)
+        _check_shared_libraries(server_dir / "bin" / "tritonserver", env)
+        _check_shared_libraries(server_dir / "backends" / "python" / "triton_python_backend_stub", env)
         command = self.command(server_dir, rendered)
         logger.info("starting tritonserver: %s", " ".join(command))
         if self.log_path is not None:
