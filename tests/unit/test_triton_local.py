@@ -51,3 +51,23 @@ def test_rendering_refuses_an_empty_folder(tmp_path: Path) -> None:
 def test_missing_triton_venv_says_how_to_install(tmp_path: Path) -> None:
     with pytest.raises(TritonStartError, match="make triton-env"):
         find_distribution(tmp_path / "no-venv")
+
+
+def test_a_binary_that_cannot_load_its_libraries_is_named(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from ich.triton_local import _check_shared_libraries, default_venv
+
+    try:
+        distribution = find_distribution(default_venv())
+    except TritonStartError:
+        pytest.skip(".venv-triton not installed")
+    stub = tmp_path / "stub"
+    shutil.copy2(distribution.stub, stub)  # away from its bundled libraries, found through its rpath
+    with pytest.raises(TritonStartError, match="cannot load libcudart"):
+        _check_shared_libraries(stub, {"PATH": os.environ.get("PATH", "")})
+    library_path = [str(distribution.libs_dir), str(distribution.python_libdir or "")]
+    _check_shared_libraries(
+        stub, {"PATH": os.environ.get("PATH", ""), "LD_LIBRARY_PATH": ":".join(library_path)}
+    )
