@@ -40,6 +40,7 @@ from ich.intake import IntakeLimits, Study, read_study
 from ich.overlay import render_overlay, top_slice_indices
 from ich.preprocess import preprocess_volume
 from ich.seg import resize_mask_to_source
+from ich.volume import CTVolume
 
 logger = logging.getLogger(__name__)
 
@@ -135,14 +136,14 @@ async def analyse_case(
 
 
 def _aggregate(
-    output: EnsembleOutput, volume: Any, settings: Settings, include: frozenset[str]
+    output: EnsembleOutput, volume: CTVolume, settings: Settings, include: frozenset[str]
 ) -> tuple[CaseFindings, list[Overlay] | None]:
     findings = aggregate(output, volume, threshold=settings.threshold, band=settings.indeterminate_band)
     overlays = _overlays(output, volume, findings) if "overlays" in include else None
     return findings, overlays
 
 
-def _overlays(output: EnsembleOutput, volume: Any, findings: CaseFindings) -> list[Overlay]:
+def _overlays(output: EnsembleOutput, volume: CTVolume, findings: CaseFindings) -> list[Overlay]:
     """PNG previews of the up to three most certain lesion slices, at the source matrix."""
     hu = np.asarray(volume.hu)
     counted = np.asarray(findings.mask.reshape(findings.mask.shape[0], -1).any(axis=1), dtype=bool)
