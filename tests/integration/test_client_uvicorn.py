@@ -218,9 +218,11 @@ def test_sdk_over_a_real_socket(gateway: Gateway, study_files: tuple[Path, Path]
         assert info.value.request_id and info.value.detail
         big = tmp_path / "big.zip"
         with zipfile.ZipFile(big, "w", zipfile.ZIP_STORED) as archive:
-            archive.writestr("noise.bin", np.random.default_rng(0).bytes(MAX_UPLOAD + 1024))
-        with pytest.raises(PayloadTooLargeError):
+            archive.writestr("noise.bin", np.random.default_rng(0).bytes(8 * MAX_UPLOAD))
+        # Refused from Content-Length while the body is still being sent: still a 413, not a broken pipe.
+        with pytest.raises(PayloadTooLargeError) as too_large:
             client.analyze(big)
+        assert too_large.value.code and too_large.value.request_id
     with ICHClient(gateway.url, api_key="not-the-key") as client, pytest.raises(AuthenticationError):
         client.models()
 
