@@ -14,7 +14,7 @@ import httpx
 import pytest
 from ich_client import ICHClient, cli
 
-from tests.unit.test_client import case_payload
+from tests.unit.test_client import case_payload, closed_port_url
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -144,10 +144,11 @@ def test_folder_and_missing_path(service: Any, tmp_path: Path, capsys: pytest.Ca
 
 def test_connection_failure_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     study = write_zip(tmp_path / "s.zip", "a")
-    code = cli.main(["analyze", str(study), "--url", "http://127.0.0.1:9", "--max-retries", "0"])
+    url = closed_port_url()
+    code = cli.main(["analyze", str(study), "--url", url, "--max-retries", "0"])
     captured = capsys.readouterr()
     assert code == 1 and captured.out == ""
-    assert "s.zip" in captured.err and "127.0.0.1:9" in captured.err
+    assert "s.zip" in captured.err and url in captured.err
 
 
 def test_health_exit_code_follows_readiness(service: Any, capsys: pytest.CaptureFixture[str]) -> None:
