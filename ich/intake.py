@@ -113,12 +113,15 @@ class Study:
         skipped: files not used, with reasons (non-DICOM, unreadable, duplicates, undecodable...).
         passed_over: series not chosen, with reasons.
         warnings: notes on the chosen series (gaps, tilt, missing positions).
+        source_headers: the headers (no pixel data) of the slices in ``volume``, in its order; what a DICOM
+            SEG of the result references (``ich.seg.build_segmentation``).
     """
 
     volume: CTVolume
     skipped: list[Skipped]
     passed_over: list[PassedOver]
     warnings: list[str]
+    source_headers: tuple[Dataset, ...] = ()
 
 
 def read_study(data: bytes, limits: IntakeLimits | None = None) -> Study:
@@ -216,8 +219,16 @@ def study_from_headers(headers: list[SliceHeader], skipped: list[Skipped]) -> St
         len(skipped),
         len(result.passed_over),
     )
+    # Matched by UID: load_volume may drop slices that fail to decode. Without unique UIDs no SEG can
+    # reference the slices anyway, so the headers are left out.
+    by_uid = {str(h.dataset.get("SOPInstanceUID", "")): h.dataset for h in selection.slices}
+    unique = "" not in by_uid and len(by_uid) == len(selection.slices)
     return Study(
-        volume=volume, skipped=skipped, passed_over=result.passed_over, warnings=list(volume.warnings)
+        volume=volume,
+        skipped=skipped,
+        passed_over=result.passed_over,
+        warnings=list(volume.warnings),
+        source_headers=tuple(by_uid[uid] for uid in volume.sop_instance_uids) if unique else (),
     )
 
 
