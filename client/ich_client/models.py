@@ -8,6 +8,7 @@ these models with the service's OpenAPI schema so that the two cannot drift apar
 from __future__ import annotations
 
 import base64
+import struct
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -123,13 +124,14 @@ class CaseResult(_Model):
         ``ich_detected`` becomes ``ich_probability >= threshold`` and ``threshold`` is replaced. The
         service's own decision uses its configured threshold; this lets a site apply a locally validated
         operating point without redeploying the service. ``indeterminate`` (the fixed [0.4, 0.6] band of the
-        method) is left as the service computed it.
+        method) is left as the service computed it. Both numbers are compared in float32, as the service
+        does (the models' precision), so that a threshold equal to the service's gives the service's
+        decision; the probability is the value the service sent (rounded to 6 decimals).
         """
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        return self.model_copy(
-            update={"threshold": threshold, "ich_detected": self.ich_probability >= threshold}
-        )
+        detected = _float32(self.ich_probability) >= _float32(threshold)
+        return self.model_copy(update={"threshold": threshold, "ich_detected": detected})
 
 
 class Health(_Model):
@@ -176,6 +178,11 @@ class ModelsInfo(_Model):
     threshold: float | None = None
     indeterminate_band: tuple[float, float] | None = None
     models: list[ModelInfo] = Field(default_factory=list)
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (no numpy: the client stays light)."""
+    return float(struct.unpack("<f", struct.pack("<f", value))[0])
 
 
 def as_dict(model: BaseModel) -> dict[str, Any]:

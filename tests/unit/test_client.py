@@ -197,6 +197,9 @@ def test_top_slices_and_client_side_threshold() -> None:
     assert result.with_threshold(0.46).ich_detected is False
     with pytest.raises(ValueError, match="threshold"):
         result.with_threshold(1.5)
+    # Compared in float32 like the service: in float64, 0.3 < 0.1 + 0.2 (= 0.30000000000000004).
+    assert result.model_copy(update={"ich_probability": 0.3}).with_threshold(0.1 + 0.2).ich_detected is True
+    assert result.model_copy(update={"ich_probability": 0.6999}).with_threshold(0.7).ich_detected is False
 
 
 def test_environment_gives_url_and_key(monkeypatch: pytest.MonkeyPatch) -> None:
