@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import io
 import logging
 import time
 import uuid
@@ -22,12 +23,14 @@ import numpy as np
 
 from api.deps import Engine
 from api.engines import EngineUnavailableError
+from api.errors import ApiError
 from api.metrics import GatewayMetrics
 from api.schemas import (
     CaseResult,
     ModelScores,
     Overlay,
     PassedOverSeries,
+    SegObject,
     SeriesInfo,
     SkippedFile,
     SliceResult,
@@ -39,7 +42,7 @@ from ich.ensemble import EnsembleOutput
 from ich.intake import IntakeLimits, Study, read_study
 from ich.overlay import render_overlay, top_slice_indices
 from ich.preprocess import preprocess_volume
-from ich.seg import resize_mask_to_source
+from ich.seg import build_segmentation, resize_mask_to_source
 from ich.volume import CTVolume
 
 logger = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Optional outputs a caller may ask for with ``?include=``.
-INCLUDE_OPTIONS = frozenset({"overlays"})
+INCLUDE_OPTIONS = frozenset({"overlays", "seg"})
 #: Most overlay previews in one result (they are base64 PNGs inside the JSON).
 MAX_OVERLAYS = 3
 
@@ -96,7 +99,8 @@ async def analyse_case(
 ) -> CaseResult:
     """Analyse one zipped study; ``started`` is the request's ``perf_counter`` start, for ``total``.
 
-    ``include`` may hold ``"overlays"`` (PNG previews of the lesion slices, rendered in the aggregate stage).
+    ``include`` may hold ``"overlays"`` (PNG previews of the lesion slices) and ``"seg"`` (the lesion mask
+    as a DICOM SEG); both are rendered in the aggregate stage, at the source matrix.
 
     Raises:
         ich.errors.IntakeError: the zip is unreadable, too large, or holds no usable CT series.
@@ -125,29 +129,55 @@ async def analyse_case(
     clock.record("inference", t)
 
     t = time.perf_counter()
-    findings, overlays = await run_blocking(executor, _aggregate, output, volume, settings, include)
+    findings, extras = await run_blocking(
+        executor, _aggregate, output, study, settings, include, engine.model_version
+    )
     clock.record("aggregate", t)
 
     total = time.perf_counter() - started
     result = _result(study, findings, engine, clock.seconds, total)
-    if overlays is not None:
-        result.overlays = overlays
+    if "overlays" in include:
+        result.overlays = extras.overlays
+    if "seg" in include:
+        result.seg = extras.seg
     return result
 
 
+@dataclass
+class _Extras:
+    """Optional outputs rendered on request (``?include=``)."""
+
+    overlays: list[Overlay] | None = None
+    seg: SegObject | None = None
+
+
 def _aggregate(
-    output: EnsembleOutput, volume: CTVolume, settings: Settings, include: frozenset[str]
-) -> tuple[CaseFindings, list[Overlay] | None]:
+    output: EnsembleOutput, study: Study, settings: Settings, include: frozenset[str], model_version: str
+) -> tuple[CaseFindings, _Extras]:
+    volume = study.volume
     findings = aggregate(output, volume, threshold=settings.threshold, band=settings.indeterminate_band)
-    overlays = _overlays(output, volume, findings) if "overlays" in include else None
-    return findings, overlays
+    extras = _Extras()
+    if include:
+        mask = _source_mask(output, volume, findings)
+        if "overlays" in include:
+            extras.overlays = _overlays(output, volume, findings, mask)
+        if "seg" in include:
+            extras.seg = _seg(study, mask, model_version)
+    return findings, extras
 
 
-def _overlays(output: EnsembleOutput, volume: CTVolume, findings: CaseFindings) -> list[Overlay]:
-    """PNG previews of the up to three most certain lesion slices, at the source matrix."""
+def _source_mask(output: EnsembleOutput, volume: CTVolume, findings: CaseFindings) -> np.ndarray:
+    """The lesion mask at the source matrix, on the slices whose volume was counted."""
     hu = np.asarray(volume.hu)
     counted = np.asarray(findings.mask.reshape(findings.mask.shape[0], -1).any(axis=1), dtype=bool)
-    mask = resize_mask_to_source(output.fused, (hu.shape[1], hu.shape[2]), keep_slices=counted)
+    return resize_mask_to_source(output.fused, (hu.shape[1], hu.shape[2]), keep_slices=counted)
+
+
+def _overlays(
+    output: EnsembleOutput, volume: CTVolume, findings: CaseFindings, mask: np.ndarray
+) -> list[Overlay]:
+    """PNG previews of the up to three most certain lesion slices, at the source matrix."""
+    hu = np.asarray(volume.hu)
     return [
         Overlay(
             index=i,
@@ -156,6 +186,36 @@ def _overlays(output: EnsembleOutput, volume: CTVolume, findings: CaseFindings) 
         )
         for i in top_slice_indices(output.slice_prob, mask, k=MAX_OVERLAYS)
     ]
+
+
+def _seg(study: Study, mask: np.ndarray, model_version: str) -> SegObject | None:
+    """The mask as a DICOM SEG over the analysed series; None when there is no lesion to segment.
+
+    Raises:
+        ApiError: 422 when the series' headers lack what a SEG must reference (unique SOP Instance UIDs,
+            Frame of Reference, positions...); the analysis itself is fine, only this output is impossible.
+    """
+    if not mask.any():
+        return None
+    if len(study.source_headers) != mask.shape[0]:
+        raise ApiError(
+            422, "seg_unavailable", "a DICOM SEG needs a unique SOP Instance UID on every slice of the series"
+        )
+    try:
+        seg = build_segmentation(list(study.source_headers), mask, model_version=model_version)
+    except ValueError as exc:
+        # highdicom's and ich.seg's messages name missing attributes, never their values.
+        raise ApiError(422, "seg_unavailable", f"no DICOM SEG for this series: {exc}") from exc
+    if seg is None:
+        return None
+    buffer = io.BytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    return SegObject(
+        series_instance_uid=str(seg.SeriesInstanceUID),
+        sop_instance_uid=str(seg.SOPInstanceUID),
+        frames=int(seg.NumberOfFrames),
+        data_base64=base64.b64encode(buffer.getvalue()).decode("ascii"),
+    )
 
 
 def _round(value: float) -> float:

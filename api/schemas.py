@@ -1,7 +1,7 @@
 """Response bodies of the HTTP API, field for field as docs/DESIGN.md fixes them.
 
 Additions beyond the contract (never renames): ``indeterminate_band``, ``warnings``, ``series.passed_over``,
-each slice's ``hemorrhage_volume_ml``, and ``overlays`` on request. Errors are :class:`ErrorBody`.
+each slice's ``hemorrhage_volume_ml``, and ``overlays`` and ``seg`` on request. Errors are :class:`ErrorBody`.
 """
 
 from __future__ import annotations
@@ -78,6 +78,16 @@ class Overlay(BaseModel):
     data_base64: str
 
 
+class SegObject(BaseModel):
+    """The lesion mask as a DICOM Segmentation over the analysed series (``?include=seg``)."""
+
+    media_type: str = "application/dicom"
+    series_instance_uid: str
+    sop_instance_uid: str
+    frames: int
+    data_base64: str
+
+
 class Timing(BaseModel):
     """Milliseconds per stage; ``total`` is the whole request including reading the upload."""
 
@@ -106,6 +116,9 @@ class CaseResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     overlays: list[Overlay] | None = Field(
         default=None, description="Only with ?include=overlays: up to 3 slices with the most certain lesion."
+    )
+    seg: SegObject | None = Field(
+        default=None, description="Only with ?include=seg: the mask as a DICOM SEG; null when no lesion."
     )
 
 

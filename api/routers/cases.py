@@ -7,7 +7,6 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from ich.errors import IntakeError
 
 from api.auth import require_api_key
 from api.deps import EngineDep, ExecutorDep, MetricsDep, SettingsDep
@@ -16,6 +15,7 @@ from api.errors import ApiError
 from api.pipeline import INCLUDE_OPTIONS, analyse_case
 from api.schemas import ERROR_RESPONSES, CaseResult
 from api.upload import FILE_FIELD, read_zip_upload
+from ich.errors import IntakeError
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,10 @@ async def create_case(
     executor: ExecutorDep,
     include: Annotated[
         str | None,
-        Query(description="Comma-separated optional outputs: 'overlays' (PNG previews of lesion slices)."),
+        Query(
+            description="Comma-separated optional outputs: 'overlays' (PNG previews of lesion slices), "
+            "'seg' (the lesion mask as a base64 DICOM SEG)."
+        ),
     ] = None,
 ) -> CaseResult:
     """Read the zip (capped while streaming), choose the CT series, run the ensemble, aggregate."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -309,3 +310,28 @@ async def test_over_the_inflight_limit_is_503_busy_while_probes_still_answer() -
             assert (await first).status_code == 200
             third = await client.post("/v1/cases", content=data, headers=ZIP)
             assert third.status_code == 200
+
+
+def test_include_seg_returns_a_dicom_seg_referencing_the_series(client: TestClient) -> None:
+    data, uids = study_zip(blob_volume())
+    body = client.post("/v1/cases?include=seg,overlays", content=data, headers=ZIP).json()
+    assert body["overlays"] and body["seg"]
+    seg = pydicom.dcmread(io.BytesIO(base64.b64decode(body["seg"]["data_base64"])))
+    assert seg.Modality == "SEG"
+    assert str(seg.SOPInstanceUID) == body["seg"]["sop_instance_uid"]
+    assert seg.SeriesInstanceUID != body["series"]["series_instance_uid"]  # a new series over the CT
+    referenced = {
+        str(item.ReferencedSOPInstanceUID)
+        for frame in seg.PerFrameFunctionalGroupsSequence
+        for item in frame.DerivationImageSequence[0].SourceImageSequence
+    }
+    assert referenced == {uids[2]}  # only the lesion slice has a frame
+    frames = seg.pixel_array.reshape(-1, 64, 64)
+    assert frames.shape[0] == body["seg"]["frames"] == 1
+    assert frames[0, 26:38, 26:38].all() and not frames[0, :20].any()
+
+
+def test_include_seg_is_null_for_a_case_without_lesion(client: TestClient) -> None:
+    data, _ = study_zip(blob_volume(blob_slice=None))
+    body = client.post("/v1/cases?include=seg", content=data, headers=ZIP).json()
+    assert body["seg"] is None and body["overlays"] is None
