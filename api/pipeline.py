@@ -16,14 +16,13 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
 from api.deps import Engine
 from api.engines import EngineUnavailableError
-from api.errors import ApiError
 from api.metrics import GatewayMetrics
 from api.schemas import (
     CaseResult,
@@ -140,6 +139,7 @@ async def analyse_case(
         result.overlays = extras.overlays
     if "seg" in include:
         result.seg = extras.seg
+    result.warnings.extend(extras.warnings)
     return result
 
 
@@ -149,6 +149,7 @@ class _Extras:
 
     overlays: list[Overlay] | None = None
     seg: SegObject | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _aggregate(
@@ -162,7 +163,9 @@ def _aggregate(
         if "overlays" in include:
             extras.overlays = _overlays(output, volume, findings, mask)
         if "seg" in include:
-            extras.seg = _seg(study, mask, model_version)
+            extras.seg, note = _seg(study, mask, model_version)
+            if note:
+                extras.warnings.append(note)
     return findings, extras
 
 
@@ -188,34 +191,33 @@ def _overlays(
     ]
 
 
-def _seg(study: Study, mask: np.ndarray, model_version: str) -> SegObject | None:
-    """The mask as a DICOM SEG over the analysed series; None when there is no lesion to segment.
+def _seg(study: Study, mask: np.ndarray, model_version: str) -> tuple[SegObject | None, str | None]:
+    """The mask as a DICOM SEG over the analysed series, or None and why not.
 
-    Raises:
-        ApiError: 422 when the series' headers lack what a SEG must reference (unique SOP Instance UIDs,
-            Frame of Reference, positions...); the analysis itself is fine, only this output is impossible.
+    No lesion gives None without a note. A series whose headers lack what a SEG must reference (unique SOP
+    Instance UIDs, a Frame of Reference, positions) gives None and a warning: the analysis stands, only this
+    optional output is impossible, so the request does not fail for it.
     """
     if not mask.any():
-        return None
+        return None, None
     if len(study.source_headers) != mask.shape[0]:
-        raise ApiError(
-            422, "seg_unavailable", "a DICOM SEG needs a unique SOP Instance UID on every slice of the series"
-        )
+        return None, "no DICOM SEG: the series lacks unique SOP Instance UIDs"
     try:
         seg = build_segmentation(list(study.source_headers), mask, model_version=model_version)
     except ValueError as exc:
-        # highdicom's and ich.seg's messages name missing attributes, never their values.
-        raise ApiError(422, "seg_unavailable", f"no DICOM SEG for this series: {exc}") from exc
+        # ich.seg's messages name the missing attributes, never their values.
+        return None, f"no DICOM SEG: {exc}"
     if seg is None:
-        return None
+        return None, None
     buffer = io.BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
-    return SegObject(
+    encoded = SegObject(
         series_instance_uid=str(seg.SeriesInstanceUID),
         sop_instance_uid=str(seg.SOPInstanceUID),
         frames=int(seg.NumberOfFrames),
         data_base64=base64.b64encode(buffer.getvalue()).decode("ascii"),
     )
+    return encoded, None
 
 
 def _round(value: float) -> float:

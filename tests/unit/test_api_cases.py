@@ -23,6 +23,7 @@ from PIL import Image
 from api.app import create_app
 from api.settings import Settings
 from ich import spec
+from ich.dicom_writer import dataset_bytes, series_datasets, zip_members
 from tests.support.dicom_study import study_zip
 from tests.support.fake_engine import FakeEngine
 
@@ -335,3 +336,15 @@ def test_include_seg_is_null_for_a_case_without_lesion(client: TestClient) -> No
     data, _ = study_zip(blob_volume(blob_slice=None))
     body = client.post("/v1/cases?include=seg", content=data, headers=ZIP).json()
     assert body["seg"] is None and body["overlays"] is None
+
+
+def test_seg_impossible_for_the_series_is_a_warning_not_a_failure(client: TestClient) -> None:
+    datasets = series_datasets(blob_volume())
+    for ds in datasets:
+        del ds.FrameOfReferenceUID  # a SEG must reference a frame of reference
+    data = zip_members({f"s/{i}.dcm": dataset_bytes(ds) for i, ds in enumerate(datasets)})
+    response = client.post("/v1/cases?include=seg", content=data, headers=ZIP)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["seg"] is None and body["ich_detected"] is True
+    assert any("DICOM SEG" in w and "FrameOfReferenceUID" in w for w in body["warnings"]), body["warnings"]
