@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --out: also write PNG previews of the slices with the most certain lesion",
     )
     analyze.add_argument(
+        "--seg",
+        action="store_true",
+        help="with --out: also write the lesion mask as a DICOM SEG (<study>-seg.dcm), when there is one",
+    )
+    analyze.add_argument(
         "--one-study",
         action="store_true",
         help="all PATHs are files and folders of ONE study (default: each PATH is a study)",
@@ -132,8 +137,8 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
     if args.top < 0:
         _err("--top must be >= 0")
         return EXIT_USAGE
-    if args.overlays and args.out is None:
-        _err("--overlays needs --out DIR (the PNG files go there)")
+    if (args.overlays or args.seg) and args.out is None:
+        _err("--overlays and --seg need --out DIR (the files go there)")
         return EXIT_USAGE
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +164,12 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
     with overall:
         for study, path in studies:
             result = _analyze_one(
-                client, study, path, disable, position=1 if len(studies) > 1 else 0, overlays=args.overlays
+                client,
+                study,
+                path,
+                disable,
+                position=1 if len(studies) > 1 else 0,
+                include=(args.overlays, args.seg),
             )
             if result is not None and args.threshold is not None:
                 result = result.with_threshold(args.threshold)
@@ -173,6 +183,8 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
                 target.write_text(json.dumps(as_dict(result), indent=2) + "\n", encoding="utf-8")
                 for overlay in result.overlays or []:
                     (args.out / f"{name}-slice{overlay.index:03d}.png").write_bytes(overlay.image_bytes())
+                if result.seg is not None:
+                    (args.out / f"{name}-seg.dcm").write_bytes(result.seg.dicom_bytes())
             if not args.json:
                 # tqdm.write keeps the summary from tearing a progress bar that is still drawn.
                 tqdm.write(_summary(path, result, args.top), file=sys.stdout)
@@ -194,7 +206,7 @@ def _analyze_one(
     path: str,
     disable: bool | None,
     position: int,
-    overlays: bool = False,
+    include: tuple[bool, bool] = (False, False),
 ) -> CaseResult | None:
     label = Path(path).name or path
     try:
@@ -241,7 +253,9 @@ def _analyze_one(
                 if sent == total:
                     upload.set_description_str(f"analyse {label}")
 
-            return client.analyze_packed(packed, include_overlays=overlays, progress=on_bytes)
+            return client.analyze_packed(
+                packed, include_overlays=include[0], include_seg=include[1], progress=on_bytes
+            )
     except APIStatusError as exc:
         _err(f"{path}: {exc.status_code} {exc.code}: {exc.detail}" + _request_id(exc))
     except ICHError as exc:

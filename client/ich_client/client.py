@@ -76,8 +76,9 @@ class _BaseClient:
         return {"Content-Type": "application/zip", "Content-Length": str(packed.size)}
 
     @staticmethod
-    def _cases_path(include_overlays: bool) -> str:
-        return "/v1/cases?include=overlays" if include_overlays else "/v1/cases"
+    def _cases_path(include_overlays: bool, include_seg: bool) -> str:
+        include = [name for name, wanted in (("overlays", include_overlays), ("seg", include_seg)) if wanted]
+        return f"/v1/cases?include={','.join(include)}" if include else "/v1/cases"
 
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
         """Seconds to wait before retrying, or None when this outcome must not be retried."""
@@ -166,6 +167,7 @@ class ICHClient(_BaseClient):
         study: StudyInput,
         *,
         include_overlays: bool = False,
+        include_seg: bool = False,
         progress: ProgressCallback | None = None,
         spool_bytes: int = DEFAULT_SPOOL_BYTES,
     ) -> CaseResult:
@@ -176,6 +178,8 @@ class ICHClient(_BaseClient):
                 (see ``ich_client.study.pack_study``).
             include_overlays: also ask for PNG previews of the slices with the most certain lesion
                 (``result.overlays``; ``Overlay.image_bytes()`` decodes one).
+            include_seg: also ask for the lesion mask as a DICOM SEG (``result.seg``, None when there is
+                no lesion; ``SegObject.dicom_bytes()`` decodes it).
             progress: called as ``progress(bytes_sent, total_bytes)`` while uploading (again from 0 on a
                 retry).
             spool_bytes: a folder's zip larger than this is built in a temporary file, not in memory.
@@ -186,19 +190,22 @@ class ICHClient(_BaseClient):
             FileNotFoundError / ValueError: the study could not be read locally.
         """
         with pack_study(study, spool_bytes=spool_bytes) as packed:
-            return self.analyze_packed(packed, include_overlays=include_overlays, progress=progress)
+            return self.analyze_packed(
+                packed, include_overlays=include_overlays, include_seg=include_seg, progress=progress
+            )
 
     def analyze_packed(
         self,
         packed: PackedStudy,
         *,
         include_overlays: bool = False,
+        include_seg: bool = False,
         progress: ProgressCallback | None = None,
     ) -> CaseResult:
         """Upload an already packed study (lets a caller show zipping and uploading separately)."""
         response = self._request(
             "POST",
-            self._cases_path(include_overlays),
+            self._cases_path(include_overlays, include_seg),
             body=lambda: packed.chunks(progress=progress),
             headers=self._upload_headers(packed),
         )
@@ -289,13 +296,16 @@ class AsyncICHClient(_BaseClient):
         study: StudyInput,
         *,
         include_overlays: bool = False,
+        include_seg: bool = False,
         progress: ProgressCallback | None = None,
         spool_bytes: int = DEFAULT_SPOOL_BYTES,
     ) -> CaseResult:
         """Upload one study; see ``ICHClient.analyze``. Zipping a folder runs in a worker thread."""
         packed = await asyncio.to_thread(pack_study, study, spool_bytes=spool_bytes)
         try:
-            return await self.analyze_packed(packed, include_overlays=include_overlays, progress=progress)
+            return await self.analyze_packed(
+                packed, include_overlays=include_overlays, include_seg=include_seg, progress=progress
+            )
         finally:
             packed.close()
 
@@ -304,6 +314,7 @@ class AsyncICHClient(_BaseClient):
         packed: PackedStudy,
         *,
         include_overlays: bool = False,
+        include_seg: bool = False,
         progress: ProgressCallback | None = None,
     ) -> CaseResult:
         """Upload an already packed study."""
@@ -314,7 +325,10 @@ class AsyncICHClient(_BaseClient):
                 yield chunk
 
         response = await self._request(
-            "POST", self._cases_path(include_overlays), body=body, headers=self._upload_headers(packed)
+            "POST",
+            self._cases_path(include_overlays, include_seg),
+            body=body,
+            headers=self._upload_headers(packed),
         )
         return self._decode(response, CaseResult)
 

@@ -79,6 +79,20 @@ class Overlay(_Model):
         return base64.b64decode(self.data_base64, validate=True)
 
 
+class SegObject(_Model):
+    """The lesion mask as a DICOM Segmentation over the analysed series (``include_seg=True``)."""
+
+    media_type: str = "application/dicom"
+    series_instance_uid: str
+    sop_instance_uid: str
+    frames: int
+    data_base64: str
+
+    def dicom_bytes(self) -> bytes:
+        """The decoded DICOM SEG file, e.g. to write to a file or send to a PACS."""
+        return base64.b64decode(self.data_base64, validate=True)
+
+
 class Timing(_Model):
     """Milliseconds spent in each stage of the service's pipeline."""
 
@@ -93,7 +107,7 @@ class CaseResult(_Model):
     """The service's answer for one study.
 
     Fields the design contract fixes are required; the service's additions (``indeterminate_band``,
-    ``warnings``, ``series.passed_over``, a slice's ``hemorrhage_volume_ml``, ``overlays``) have
+    ``warnings``, ``series.passed_over``, a slice's ``hemorrhage_volume_ml``, ``overlays``, ``seg``) have
     defaults, so the client also reads a service that does not send them.
     """
 
@@ -111,6 +125,7 @@ class CaseResult(_Model):
     timing_ms: Timing
     warnings: list[str] = Field(default_factory=list)
     overlays: list[Overlay] | None = None
+    seg: SegObject | None = None
 
     def top_slices(self, n: int = 3) -> list[SliceResult]:
         """The ``n`` slices with the highest probability, highest first (ties: lower index first)."""

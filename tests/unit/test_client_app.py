@@ -102,6 +102,20 @@ async def test_real_response_validates_and_matches_a_direct_post(repository: Pat
     assert result.ich_detected == (result.ich_probability >= result.threshold)
 
 
+async def test_overlays_and_seg_decode(repository: Path, study: bytes) -> None:
+    app = create_app(settings_for(repository))
+    async with serve(app) as (client, _):
+        plain = await client.analyze(study)
+        full = await client.analyze(study, include_overlays=True, include_seg=True)
+    assert plain.overlays is None and plain.seg is None
+    assert_no_unknown_fields(full)
+    assert full.hemorrhage_volume_ml > 0  # this study has a lesion on the tiny model, so both are sent
+    assert full.overlays and all(o.image_bytes().startswith(b"\x89PNG") for o in full.overlays)
+    assert {o.sop_instance_uid for o in full.overlays} <= {s.sop_instance_uid for s in full.slices}
+    assert full.seg is not None and full.seg.dicom_bytes()[128:132] == b"DICM"
+    assert full.seg.frames >= 1
+
+
 async def test_every_input_form_gives_the_same_answer(repository: Path, study: bytes, tmp_path: Path) -> None:
     zip_path = tmp_path / "study.zip"
     zip_path.write_bytes(study)

@@ -220,9 +220,18 @@ def test_overlays_are_asked_for_and_written(service: Any, tmp_path: Path, capsys
     png = b"\x89PNG\r\n\x1a\n" + b"fake"
     overlay = {"index": 3, "sop_instance_uid": "1.2.3.4.3", "data_base64": base64.b64encode(png).decode()}
 
+    seg = {"series_instance_uid": "9.8", "sop_instance_uid": "9.8.1", "frames": 2, "data_base64": "RElDTQ=="}
+
     def handler(request: httpx.Request) -> httpx.Response:
-        wanted = request.url.params.get("include") == "overlays"
-        return httpx.Response(200, json=case_payload(0.9, overlays=[overlay] if wanted else None))
+        wanted = request.url.params.get("include", "").split(",")
+        return httpx.Response(
+            200,
+            json=case_payload(
+                0.9,
+                overlays=[overlay] if "overlays" in wanted else None,
+                seg=seg if "seg" in wanted else None,
+            ),
+        )
 
     requests = service(handler)
     study = write_zip(tmp_path / "ct.zip", "a")
@@ -230,7 +239,11 @@ def test_overlays_are_asked_for_and_written(service: Any, tmp_path: Path, capsys
     assert cli.main(["analyze", str(study), "--overlays", "--out", str(out), "--no-progress"]) == 0
     assert requests[0].url.params["include"] == "overlays"
     assert (out / "ct-slice003.png").read_bytes() == png
-    assert cli.main(["analyze", str(study), "--overlays"]) == 2
-    assert "--overlays needs --out" in capsys.readouterr().err
+    assert not (out / "ct-seg.dcm").exists()
+    assert cli.main(["analyze", str(study), "--seg", "--overlays", "--out", str(out / "2")]) == 0
+    assert requests[1].url.params["include"] == "overlays,seg"
+    assert (out / "2" / "ct-seg.dcm").read_bytes() == b"DICM"
+    assert cli.main(["analyze", str(study), "--seg"]) == 2
+    assert "need --out" in capsys.readouterr().err
     assert cli.main(["analyze", str(study), "--json"]) == 0
     assert "include" not in requests[-1].url.params
