@@ -76,7 +76,10 @@ def decode_hu(ds: Dataset) -> np.ndarray:
     expected = (int(ds.Rows), int(ds.Columns))
     if pixels.shape != expected:
         raise ValueError(f"decoded shape {pixels.shape} is not Rows x Columns {expected}")
-    return np.asarray(apply_rescale(pixels, ds), dtype=np.float32)
+    hu = np.asarray(apply_rescale(pixels, ds), dtype=np.float32)
+    if not np.isfinite(hu).all():  # e.g. a RescaleSlope of "inf": never hand non-numbers to the models
+        raise ValueError("rescaled values are not all finite")
+    return hu
 
 
 def _reason(exc: Exception) -> str:
