@@ -501,3 +501,11 @@ def test_the_client_imports_nothing_of_the_service() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_base_url_with_a_path_prefix_is_kept() -> None:
+    """A gateway behind an ingress at /ich: every route goes below the prefix."""
+    recorder = Recorder(httpx.Response(200, json=case_payload()))
+    with ICHClient("https://hospital.example/ich/", transport=httpx.MockTransport(recorder)) as client:
+        client.analyze(zip_bytes(), include_overlays=True)
+    assert str(recorder.requests[0].url) == "https://hospital.example/ich/v1/cases?include=overlays"
