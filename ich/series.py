@@ -7,7 +7,8 @@ choice is explicit and every series passed over gets a reason the caller can sho
 Rules, in the order they are checked for each series (the first that fails is the reason):
 
 1. Modality is CT.
-2. Not a localizer or scout (``ImageType`` holds ``LOCALIZER`` or ``SCOUT``).
+2. Not a localizer or scout (``ImageType`` holds ``LOCALIZER`` or ``SCOUT``). A series made only of them is
+   passed over; a localizer filed inside an axial series is left out of it, with a reason.
 3. Single-frame greyscale images (``NumberOfFrames`` absent or 1, ``SamplesPerPixel`` 1). Enhanced
    (multi-frame) CT is not supported yet.
 4. Pixel spacing known (``PixelSpacing``, else ``ImagerPixelSpacing``): without it no lesion volume.
@@ -312,9 +313,14 @@ def _assess(uid: str, headers: list[SliceHeader]) -> _Candidate:
         shown = ", ".join(sorted(m or "none" for m in modalities))
         candidate.reason = f"modality {shown}, not CT"
         return candidate
-    if any({"LOCALIZER", "SCOUT"} & set(_image_type(h.dataset)) for h in headers):
+    scouts = [h for h in headers if {"LOCALIZER", "SCOUT"} & set(_image_type(h.dataset))]
+    if len(scouts) == len(headers):
         candidate.reason = "localizer (scout) images, not axial slices"
         return candidate
+    excluded = [Skipped(h.file, "localizer (scout) image inside the series") for h in scouts]
+    scout_ids = {id(h) for h in scouts}
+    headers = [h for h in headers if id(h) not in scout_ids]
+    first = headers[0].dataset
     if any((_int(h.dataset, "NumberOfFrames") or 1) > 1 for h in headers):
         candidate.reason = "multi-frame (enhanced) CT images are not supported; export single-frame slices"
         return candidate
@@ -338,7 +344,6 @@ def _assess(uid: str, headers: list[SliceHeader]) -> _Candidate:
         candidate.reason = f"not axial: slice normal {angle:.0f} degrees from the patient's z axis"
         return candidate
 
-    excluded: list[Skipped] = []
     kept = _common_matrix(headers, excluded)
     ordered, positions = _sort(kept, normal, excluded, warnings)
     ordered, positions = _dedupe(ordered, positions, excluded)

@@ -210,3 +210,18 @@ def test_files_that_are_not_images_or_lack_a_series_are_skipped_before_grouping(
 def test_no_headers_no_selection() -> None:
     result = select_series([])
     assert result.selection is None and result.passed_over == [] and result.skipped == []
+
+
+def test_a_localizer_filed_inside_the_axial_series_is_left_out_of_it() -> None:
+    axial = series_datasets(hu(3), slice_thickness_mm=5.0)
+    (scout,) = series_datasets(
+        hu(1), image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), series_instance_uid=axial[0].SeriesInstanceUID
+    )
+    scout.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # sagittal, as scouts are
+    scout.SliceThickness = 1.0
+    result = select_series(headers([scout, *axial]))
+    assert result.selection is not None and len(result.selection.slices) == 3
+    assert [(e.file, e.reason) for e in result.selection.excluded] == [
+        ("s/0", "localizer (scout) image inside the series")
+    ]
+    assert result.selection.slice_spacing_mm == pytest.approx(5.0)
