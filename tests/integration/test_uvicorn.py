@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 SHIPPED_REPOSITORY = ROOT / "model_repository"
+UPLOAD_CAP = 1024 * 1024
 EXAMPLES = sorted((ROOT / "examples").glob("*.zip"))
 
 
@@ -72,7 +73,12 @@ def serve(log: Path, **settings: str) -> Iterator[str]:
 def gateway(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The gateway on the tiny repository, with its log file."""
     log = tmp_path_factory.mktemp("uvicorn") / "gateway.log"
-    settings = {"ICH_MODEL_REPOSITORY": str(tiny_repository), "ICH_INTRA_OP_THREADS": "1", "ICH_THREADS": "2"}
+    settings = {
+        "ICH_MODEL_REPOSITORY": str(tiny_repository),
+        "ICH_INTRA_OP_THREADS": "1",
+        "ICH_THREADS": "2",
+        "ICH_MAX_UPLOAD_BYTES": str(UPLOAD_CAP),
+    }
     with serve(log, **settings) as base:
         yield base, log
 
@@ -148,6 +154,24 @@ def test_sigterm_stops_the_gateway_cleanly(tiny_repository: Path, tmp_path: Path
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_oversized_uploads_are_refused_over_tcp_and_the_server_stays_up(gateway: tuple[str, Path]) -> None:
+    base, _ = gateway
+    big = b"\0" * (3 * UPLOAD_CAP)
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    with httpx.Client(base_url=base, timeout=60.0) as client:
+        declared = client.post("/v1/cases", content=big, headers={"content-type": "application/zip"})
+        streamed = client.post("/v1/cases", content=chunks(), headers={"content-type": "application/zip"})
+        form = client.post("/v1/cases", files={"file": ("big.zip", big, "application/zip")})
+        for response in (declared, streamed, form):
+            assert response.status_code == 413, response.text
+            assert response.json()["code"] == "upload_too_large"
+        assert client.get("/healthz").status_code == 200
 
 
 @pytest.mark.skipif(
