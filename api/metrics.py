@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 #: Outcomes of ``ich_cases_total``: a finding (positive, negative, indeterminate), a refusal, a failure.
+#: Exactly one per case: a case in the indeterminate band counts as indeterminate, not as positive/negative.
 OUTCOMES: Final[tuple[str, ...]] = ("positive", "negative", "indeterminate", "rejected", "error")
 #: Stages of ``ich_stage_seconds``, the same names as the result's ``timing_ms``.
 STAGES: Final[tuple[str, ...]] = ("decode", "preprocess", "inference", "aggregate")
@@ -35,7 +36,7 @@ class GatewayMetrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.cases = Counter(
             "ich_cases_total",
-            "Cases posted to /v1/cases, by outcome (positive, negative, indeterminate, rejected, error).",
+            "Cases posted to /v1/cases, one outcome each (indeterminate before positive/negative).",
             ["outcome"],
             registry=self.registry,
         )
