@@ -108,7 +108,7 @@ async def read_zip_upload(request: Request, limit: int) -> bytes:
         415,
         "unsupported_media_type",
         f"send the study as application/zip or as multipart/form-data field '{FILE_FIELD}'"
-        f" (got {media_type or 'no content type'})",
+        f" (got {media_type[:100] or 'no content type'})",
     )
 
 
