@@ -11,8 +11,9 @@ The zip comes from outside, so it is treated as hostile:
   trusted either.
 - Skipped with a reason (``series.skipped``): nested archives (a zip, gzip, tar, 7z or rar inside the zip
   is never opened: that is how bombs nest), encrypted members, members that fail to inflate, files that are
-  not DICOM (no ``DICM`` marker at byte 128, as DICOM Part 10 files have), DICOM files whose header does not
-  parse, files that are not images.
+  not DICOM (no ``DICM`` marker at byte 128, as DICOM Part 10 files have, and not starting like a bare
+  dataset without preamble, which older exports write and which is read too), DICOM files whose header
+  does not parse, files that are not images.
 - Skipped quietly: directories and the operating systems' litter (``__MACOSX/``, ``.DS_Store``,
   ``Thumbs.db``).
 
@@ -32,12 +33,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import pydicom
 from pydicom.dataset import Dataset
 
 from ich.errors import InvalidArchiveError, NoUsableSeriesError, StudyTooLargeError, UnsafeArchiveError
 from ich.series import PassedOver, Skipped, SliceHeader, select_series
-from ich.volume import CTVolume, load_volume
+from ich.volume import CTVolume, is_part10, load_volume, looks_like_raw_dataset, parse_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ _ARCHIVE_MAGIC: tuple[bytes, ...] = (
 )
 _ARCHIVE_SUFFIXES = frozenset({".zip", ".gz", ".tgz", ".tar", ".bz2", ".xz", ".7z", ".rar"})
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_NOT_DICOM = "not a DICOM file (no DICM marker at byte 128)"
+_NOT_DICOM = "not a DICOM file (no DICM marker at byte 128, nor a bare DICOM dataset)"
 #: Header values series selection reads.
 _SELECTION_KEYWORDS = (
     "Modality",
@@ -163,7 +163,7 @@ def read_files(paths: Iterable[Path], root: Path | None = None) -> Study:
         except OSError as exc:
             skipped.append(Skipped(name, f"could not be read ({type(exc).__name__})"))
             continue
-        if head[128:132] != b"DICM":
+        if not (is_part10(head) or looks_like_raw_dataset(head)):
             skipped.append(Skipped(name, _NOT_DICOM))
             continue
         header = _parse_header(name, path, skipped)
@@ -288,7 +288,7 @@ def _read_archive(data: bytes, limits: IntakeLimits) -> tuple[list[SliceHeader],
             if payload.startswith(_ARCHIVE_MAGIC):
                 skipped.append(Skipped(name, "nested archive: not opened (zip the DICOM files themselves)"))
                 continue
-            if payload[128:132] != b"DICM":
+            if not (is_part10(payload) or looks_like_raw_dataset(payload)):
                 skipped.append(Skipped(name, _NOT_DICOM))
                 continue
             header = _parse_header(name, payload, skipped)
@@ -351,10 +351,7 @@ def _is_litter(name: str) -> bool:
 def _parse_header(name: str, source: bytes | Path, skipped: list[Skipped]) -> SliceHeader | None:
     """Parse a header without pixel data; an unparsable file is skipped, not fatal."""
     try:
-        if isinstance(source, bytes):
-            dataset: Dataset = pydicom.dcmread(io.BytesIO(source), stop_before_pixels=True)
-        else:
-            dataset = pydicom.dcmread(source, stop_before_pixels=True)
+        dataset = parse_dicom(source, stop_before_pixels=True)
     except Exception as exc:  # third-party parser on untrusted bytes: any failure skips the file
         skipped.append(Skipped(name, f"DICOM header could not be read ({type(exc).__name__})"))
         return None

@@ -15,11 +15,13 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_rescale
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ich.errors import NoUsableSeriesError
 from ich.series import SeriesSelection, Skipped, SliceHeader, describe_spacing
@@ -55,11 +57,50 @@ class CTVolume:
     warnings: tuple[str, ...] = field(default=())
 
 
+#: Leading tags of a DICOM dataset written without the Part 10 preamble and "DICM" (group 0002 or 0008,
+#: little endian), as some older exports do.
+RAW_DATASET_STARTS: tuple[bytes, ...] = (b"\x02\x00", b"\x08\x00")
+
+
+def is_part10(head: bytes) -> bool:
+    """Whether ``head`` (the file's first 132 bytes or more) carries the Part 10 "DICM" marker."""
+    return head[128:132] == b"DICM"
+
+
+def looks_like_raw_dataset(head: bytes) -> bool:
+    """Whether a file without the "DICM" marker starts like a bare little-endian DICOM dataset."""
+    return len(head) >= 8 and head[:2] in RAW_DATASET_STARTS and head[2:4] != b"\x00\x00"
+
+
+def parse_dicom(source: bytes | Path, *, stop_before_pixels: bool = False) -> Dataset:
+    """Parse a DICOM file from bytes or a path: Part 10, or a bare dataset without preamble.
+
+    A bare dataset has no file meta information, so no transfer syntax; pydicom detects the encoding
+    (implicit or explicit VR, byte order) while reading, and that is recorded as the transfer syntax so the
+    (necessarily uncompressed) pixel data can be decoded.
+    """
+    fileobj: io.BytesIO | Path
+    if isinstance(source, bytes):
+        head, fileobj = source[:132], io.BytesIO(source)
+    else:
+        with source.open("rb") as handle:
+            head = handle.read(132)
+        fileobj = source
+    bare = not is_part10(head)
+    ds = pydicom.dcmread(fileobj, stop_before_pixels=stop_before_pixels, force=bare)
+    if bare and "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        if implicit is None or little is None:
+            raise ValueError("encoding of the bare dataset could not be determined")
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    return ds
+
+
 def read_dataset(header: SliceHeader) -> Dataset:
     """Read the whole file (pixel data included) that ``header`` came from."""
-    if isinstance(header.source, bytes):
-        return pydicom.dcmread(io.BytesIO(header.source))
-    return pydicom.dcmread(header.source)
+    return parse_dicom(header.source)
 
 
 def decode_hu(ds: Dataset) -> np.ndarray:

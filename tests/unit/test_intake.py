@@ -169,7 +169,25 @@ def test_non_dicom_members_are_skipped_with_a_reason_and_litter_quietly() -> Non
     study = read_study(data)
     np.testing.assert_array_equal(study.volume.hu, hu)
     assert sorted(s.file for s in study.skipped) == ["report.pdf", "s/preview.jpg"]
-    assert reason_of(study.skipped, "report.pdf") == "not a DICOM file (no DICM marker at byte 128)"
+    assert reason_of(study.skipped, "report.pdf") == intake._NOT_DICOM
+
+
+@pytest.mark.parametrize("implicit_vr", [False, True])
+def test_bare_datasets_without_preamble_are_read_too(implicit_vr: bool) -> None:
+    """Older exports write the dataset alone: no 128-byte preamble, no "DICM", no file meta."""
+    from pydicom.filewriter import dcmwrite
+
+    hu = volume(3)
+    files = {}
+    for i, ds in enumerate(series_datasets(hu)):
+        del ds.file_meta
+        buffer = io.BytesIO()
+        dcmwrite(buffer, ds, enforce_file_format=False, implicit_vr=implicit_vr, little_endian=True)
+        assert buffer.getvalue()[128:132] != b"DICM"
+        files[f"s/{2 - i}"] = buffer.getvalue()
+    study = read_study(zip_members(files))
+    np.testing.assert_array_equal(study.volume.hu, hu)
+    assert study.skipped == []
 
 
 def test_directories_are_skipped_quietly() -> None:
