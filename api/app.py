@@ -76,12 +76,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ich-work")
-        owned = engine is None
         current = engine
-        if current is None:
-            # Loading ONNX sessions takes seconds: off the loop, though nothing else runs yet.
-            current = await asyncio.get_running_loop().run_in_executor(executor, _make_engine, settings)
         try:
+            if current is None:
+                # Loading ONNX sessions takes seconds: off the loop, though nothing else runs yet.
+                current = await asyncio.get_running_loop().run_in_executor(executor, _make_engine, settings)
             _check_input_size(settings, current)
             app.state.executor = executor
             app.state.engine = current
@@ -93,7 +92,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             yield
         finally:
             app.state.engine = None
-            if owned:
+            if engine is None and current is not None:  # only the engine made here is ours to close
                 await current.close()
             executor.shutdown(wait=False, cancel_futures=True)
 
