@@ -23,7 +23,8 @@ models were trained on, then to the lower SeriesNumber, then to the UID (determi
 
 Within the chosen series:
 
-- Slices whose matrix (Rows x Columns) differs from the series' most common one are left out, with a reason.
+- Slices whose matrix (Rows x Columns) or pixel spacing differs from the series' most common one are left
+  out, with a reason.
 - Slices are sorted by their position along the slice normal (``ImagePositionPatient`` dotted with the
   normal), never by InstanceNumber, which scanners and PACS exports do not keep consistent.
 - Missing positions: if some slices have ``ImagePositionPatient`` and others not, those without are left
@@ -320,7 +321,6 @@ def _assess(uid: str, headers: list[SliceHeader]) -> _Candidate:
     excluded = [Skipped(h.file, "localizer (scout) image inside the series") for h in scouts]
     scout_ids = {id(h) for h in scouts}
     headers = [h for h in headers if id(h) not in scout_ids]
-    first = headers[0].dataset
     if any((_int(h.dataset, "NumberOfFrames") or 1) > 1 for h in headers):
         candidate.reason = "multi-frame (enhanced) CT images are not supported; export single-frame slices"
         return candidate
@@ -328,7 +328,9 @@ def _assess(uid: str, headers: list[SliceHeader]) -> _Candidate:
         candidate.reason = "colour images (SamplesPerPixel > 1), not greyscale CT"
         return candidate
 
-    spacing = _pixel_spacing(headers)
+    headers = _common_geometry(headers, excluded)
+    first = headers[0].dataset
+    spacing = _slice_pixel_spacing(first)
     if spacing is None:
         candidate.reason = "no PixelSpacing: the lesion volume could not be measured"
         return candidate
@@ -344,8 +346,7 @@ def _assess(uid: str, headers: list[SliceHeader]) -> _Candidate:
         candidate.reason = f"not axial: slice normal {angle:.0f} degrees from the patient's z axis"
         return candidate
 
-    kept = _common_matrix(headers, excluded)
-    ordered, positions = _sort(kept, normal, excluded, warnings)
+    ordered, positions = _sort(headers, normal, excluded, warnings)
     ordered, positions = _dedupe(ordered, positions, excluded)
 
     median, spacing_warnings = describe_spacing(positions)
@@ -379,9 +380,9 @@ def _assess(uid: str, headers: list[SliceHeader]) -> _Candidate:
     return candidate
 
 
-def _pixel_spacing(headers: list[SliceHeader]) -> tuple[float, float] | None:
+def _slice_pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        values = _float_list(headers[0].dataset, keyword, 2)
+        values = _float_list(ds, keyword, 2)
         if values is not None and values[0] > 0 and values[1] > 0:
             return (values[0], values[1])
     return None
@@ -410,22 +411,32 @@ def _series_normal(headers: list[SliceHeader], warnings: list[str]) -> tuple[np.
     return reference, None
 
 
-def _common_matrix(headers: list[SliceHeader], excluded: list[Skipped]) -> list[SliceHeader]:
-    """Keep the slices of the most common Rows x Columns; a volume needs one matrix size."""
+def _common_geometry(headers: list[SliceHeader], excluded: list[Skipped]) -> list[SliceHeader]:
+    """Keep the slices of the most common matrix and pixel spacing; a volume needs one of each."""
     shapes = [(_int(h.dataset, "Rows"), _int(h.dataset, "Columns")) for h in headers]
-    common, _ = Counter(shapes).most_common(1)[0]
+    spacings = [_slice_pixel_spacing(h.dataset) for h in headers]
+    keys = [
+        (shape, None if sp is None else (round(sp[0], 4), round(sp[1], 4)))
+        for shape, sp in zip(shapes, spacings, strict=True)
+    ]
+    (common_shape, common_spacing), _ = Counter(keys).most_common(1)[0]
     kept: list[SliceHeader] = []
-    for header, shape in zip(headers, shapes, strict=True):
-        if shape == common:
-            kept.append(header)
-        else:
-            excluded.append(
-                Skipped(
-                    header.file,
-                    f"matrix {shape[0]}x{shape[1]} differs from the series' {common[0]}x{common[1]}",
-                )
+    for header, (shape, spacing) in zip(headers, keys, strict=True):
+        if shape != common_shape:
+            reason = (
+                f"matrix {shape[0]}x{shape[1]} differs from the series' {common_shape[0]}x{common_shape[1]}"
             )
+        elif spacing != common_spacing:
+            reason = f"pixel spacing {_show(spacing)} differs from the series' {_show(common_spacing)}"
+        else:
+            kept.append(header)
+            continue
+        excluded.append(Skipped(header.file, reason))
     return kept
+
+
+def _show(spacing: tuple[float, float] | None) -> str:
+    return "missing" if spacing is None else f"{spacing[0]:g} x {spacing[1]:g} mm"
 
 
 def _tie_key(header: SliceHeader) -> tuple[int, str]:

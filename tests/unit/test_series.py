@@ -225,3 +225,14 @@ def test_a_localizer_filed_inside_the_axial_series_is_left_out_of_it() -> None:
         ("s/0", "localizer (scout) image inside the series")
     ]
     assert result.selection.slice_spacing_mm == pytest.approx(5.0)
+
+
+def test_a_slice_with_another_pixel_spacing_is_left_out() -> None:
+    datasets = series_datasets(hu(4), pixel_spacing_mm=(0.5, 0.5))
+    datasets[3].PixelSpacing = [0.7, 0.7]
+    result = select_series(headers(datasets))
+    assert result.selection is not None and len(result.selection.slices) == 3
+    assert result.selection.pixel_spacing_mm == (0.5, 0.5)
+    assert [(e.file, e.reason) for e in result.selection.excluded] == [
+        ("s/3", "pixel spacing 0.7 x 0.7 mm differs from the series' 0.5 x 0.5 mm")
+    ]
