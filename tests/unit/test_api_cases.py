@@ -348,3 +348,20 @@ def test_seg_impossible_for_the_series_is_a_warning_not_a_failure(client: TestCl
     body = response.json()
     assert body["seg"] is None and body["ich_detected"] is True
     assert any("DICOM SEG" in w and "FrameOfReferenceUID" in w for w in body["warnings"]), body["warnings"]
+
+
+@pytest.mark.parametrize("media_type", ["application/x-zip-compressed", "Application/ZIP; charset=binary"])
+def test_zip_media_type_variants_are_accepted(client: TestClient, media_type: str) -> None:
+    data, _ = study_zip(blob_volume())
+    assert client.post("/v1/cases", content=data, headers={"content-type": media_type}).status_code == 200
+
+
+def test_multipart_with_other_fields_uses_the_file_field(client: TestClient) -> None:
+    data, _ = study_zip(blob_volume())
+    response = client.post(
+        "/v1/cases",
+        data={"note": "from the RIS", "priority": "high"},
+        files={"file": ("study.zip", data, "application/zip"), "extra": ("x.bin", b"junk", "text/plain")},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["ich_detected"] is True
