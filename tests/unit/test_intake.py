@@ -576,3 +576,21 @@ def test_mutated_archives_give_a_study_or_an_intake_error_never_anything_else() 
             assert np.isfinite(study.volume.hu).all() and study.volume.hu.shape[1:] == (16, 12)
             outcomes.add("study")
     assert {"study", "NoUsableSeriesError", "InvalidArchiveError"} <= outcomes
+
+
+def test_intake_logs_no_patient_data(caplog: pytest.LogCaptureFixture) -> None:
+    """File names and headers can hold names; logs carry counts and reasons only."""
+    datasets = series_datasets(volume(3))
+    for ds in datasets:
+        ds.PatientName = "Doe^Jane"
+        ds.PatientID = "MRN-0042"
+    files = {f"Doe_Jane_MRN-0042/{i}.dcm": dataset_bytes(ds) for i, ds in enumerate(datasets)}
+    files["Doe_Jane_MRN-0042/broken.dcm"] = b"\0" * 128 + b"DICM" + b"\xff" * 64
+    files["Doe_Jane_MRN-0042/notes.txt"] = b"Doe Jane"
+    with caplog.at_level("DEBUG", logger="ich"):
+        read_study(zip_members(files))
+        with pytest.raises(NoUsableSeriesError):
+            read_study(zip_members({"Doe_Jane_MRN-0042/notes.txt": b"Doe Jane"}))
+    assert caplog.records, "intake should log what it did"
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Doe" not in text and "0042" not in text
