@@ -30,7 +30,8 @@ def _default_threads() -> int:
 class Settings(BaseSettings):
     """Everything the gateway reads from its environment (the README's settings table)."""
 
-    model_config = SettingsConfigDict(env_prefix="ICH_", extra="ignore", frozen=True)
+    # env_ignore_empty: ICH_API_KEYS_FILE= (set but empty, as templated manifests leave it) means unset.
+    model_config = SettingsConfigDict(env_prefix="ICH_", extra="ignore", frozen=True, env_ignore_empty=True)
 
     #: Which engine runs the ensemble: in-process onnxruntime (``embedded``) or a Triton server.
     engine: Literal["embedded", "triton"] = "embedded"

@@ -133,6 +133,13 @@ def test_settings_come_from_ich_environment_variables(monkeypatch: pytest.Monkey
         get_settings.cache_clear()
 
 
+def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ICH_API_KEYS_FILE", "")
+    monkeypatch.setenv("ICH_INPUT_SIZE", "")
+    settings = Settings()
+    assert settings.api_keys_file is None and settings.input_size is None
+
+
 @pytest.mark.parametrize(
     ("name", "value"), [("ICH_ENGINE", "gpu"), ("ICH_THRESHOLD", "1.5"), ("ICH_PORT", "0")]
 )
