@@ -37,7 +37,7 @@ def resize_channel(image: np.ndarray, size: int) -> np.ndarray:
     factor = max(h, w) / float(size)
     src = image.astype(np.float32)
     if factor > 1.5:
-        src = ndimage.uniform_filter(src, size=int(round(factor)), mode="nearest")
+        src = ndimage.uniform_filter(src, size=round(factor), mode="nearest")
     out = ndimage.zoom(src, (size / h, size / w), order=1, mode="nearest", grid_mode=True)
     if out.shape != (size, size):  # zoom rounds the output shape; pin it exactly
         fixed = np.zeros((size, size), dtype=np.float32)

@@ -34,7 +34,9 @@ class SliceTable:
     patient_volume_ml: dict[str, float]
 
 
-def selection_indices(table: SliceTable, name: str, train_pids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def selection_indices(
+    table: SliceTable, name: str, train_pids: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """(positive indices, negative indices) of one selection, restricted to training patients.
 
     Positives must have a non-empty mask at model size (segmentation needs a target); negatives are all

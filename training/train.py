@@ -64,8 +64,8 @@ def build_cache(data: Path, size: int, path: Path) -> Cache:
     """Read and preprocess the whole data set once (the slow part), store it as ``.npz``."""
     if path.exists():
         z = np.load(path, allow_pickle=False)
-        vols = json.loads(str(z["volumes"]))
-        table = SliceTable(z["pids"], z["subtypes"], z["positive"], z["mask_pixels"], vols)
+        cached_vols: dict[str, float] = json.loads(str(z["volumes"]))
+        table = SliceTable(z["pids"], z["subtypes"], z["positive"], z["mask_pixels"], cached_vols)
         return Cache(z["images"], z["masks"], table)
     t0 = time.time()
     images, masks, pids, subs, pos = [], [], [], [], []
@@ -93,7 +93,9 @@ def build_cache(data: Path, size: int, path: Path) -> Cache:
         mask_pixels=table.mask_pixels,
         volumes=json.dumps(vols),
     )
-    logger.info("cached %d slices of %d patients at %d px in %.0f s", len(img), len(vols), size, time.time() - t0)
+    logger.info(
+        "cached %d slices of %d patients at %d px in %.0f s", len(img), len(vols), size, time.time() - t0
+    )
     return Cache(img, msk, table)
 
 
@@ -173,8 +175,15 @@ def _batch(
 
 
 def train_unet_step(
-    name: str, cfg: dict[str, Any], net_cfg: dict[str, Any], cache: Cache, split: dict[str, list[str]],
-    run_dir: Path, seed: int, opening: int, eval_batch: int,
+    name: str,
+    cfg: dict[str, Any],
+    net_cfg: dict[str, Any],
+    cache: Cache,
+    split: dict[str, list[str]],
+    run_dir: Path,
+    seed: int,
+    opening: int,
+    eval_batch: int,
 ) -> dict[str, Any]:
     """Train one base model: optional subtype-classifier pre-training, then Dice+BCE segmentation."""
     step_dir = run_dir / name
@@ -182,9 +191,16 @@ def train_unet_step(
     val_idx = np.flatnonzero(np.isin(cache.table.pids, split["val"]))
     val_images = cache.images[val_idx]
     aug = AugmentConfig(**cfg.get("augment", {}))
-    iters, peak, warmup, batch = int(cfg["iterations"]), float(cfg["lr"]), int(cfg["warmup"]), int(cfg["batch"])
+    iters, peak, warmup, batch = (
+        int(cfg["iterations"]),
+        float(cfg["lr"]),
+        int(cfg["warmup"]),
+        int(cfg["batch"]),
+    )
     eval_every = int(cfg["eval_every"])
-    logger.info("step %s: %d positive / %d negative training slices, %d iterations", name, len(pos), len(neg), iters)
+    logger.info(
+        "step %s: %d positive / %d negative training slices, %d iterations", name, len(pos), len(neg), iters
+    )
 
     torch.manual_seed(seed)
     model = InceptionUNet(**net_cfg)
@@ -204,8 +220,10 @@ def train_unet_step(
     cls_iters = int(cfg.get("cls_iterations", 0))
     if start == 0 and cls_iters > 0:
         # Subtype pre-training: the encoder learns the five subtype labels before segmentation.
-        copt = torch.optim.Adam(list(model.stem.parameters()) + list(model.down.parameters())
-                                + list(model.cls_head.parameters()), lr=peak)
+        copt = torch.optim.Adam(
+            list(model.stem.parameters()) + list(model.down.parameters()) + list(model.cls_head.parameters()),
+            lr=peak,
+        )
         subs = torch.from_numpy(cache.table.subtypes.astype(np.float32))
         model.train()
         for it in range(cls_iters):
@@ -239,19 +257,34 @@ def train_unet_step(
             maps = predict_maps(model, val_images, eval_batch)
             fig = evaluate_maps(maps, cache, val_idx, opening)
             score = criterion(fig)
-            rate = (time.time() - t0) / max(1, len(losses))
+            rate = (time.time() - t0) / max(1, len(losses))  # training + this evaluation, per iteration
             history.append({"iteration": it + 1, "loss": float(np.mean(losses)), **fig})
             logger.info(
                 "step %s it %d/%d loss %.4f lr %.2e | val slice AUC %.3f case AUC %.3f Dice %.3f | %.2f s/it",
-                name, it + 1, iters, np.mean(losses), _lr(it, iters, peak, warmup),
-                fig["slice_auc"], fig["case_auc"], fig["dice"], rate,
+                name,
+                it + 1,
+                iters,
+                np.mean(losses),
+                _lr(it, iters, peak, warmup),
+                fig["slice_auc"],
+                fig["case_auc"],
+                fig["dice"],
+                rate,
             )
-            losses = []
+            t0, losses = time.time(), []
             if score > best["score"]:
                 best = {"score": score, "iteration": it + 1, **fig}
                 save_checkpoint(step_dir / "best.pt", "unet", model, step=name, iteration=it + 1, val=fig)
-            torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it + 1,
-                        "best": best, "history": history}, last)
+            torch.save(
+                {
+                    "state_dict": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "iteration": it + 1,
+                    "best": best,
+                    "history": history,
+                },
+                last,
+            )
     result = {"step": name, "best": best, "history": history}
     (step_dir / "done.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -259,7 +292,12 @@ def train_unet_step(
 
 # --------------------------------------------------------------------------------------- weight step
 def train_weight_step(
-    cfg: dict[str, Any], cache: Cache, split: dict[str, list[str]], run_dir: Path, seed: int, eval_batch: int,
+    cfg: dict[str, Any],
+    cache: Cache,
+    split: dict[str, list[str]],
+    run_dir: Path,
+    seed: int,
+    eval_batch: int,
 ) -> dict[str, Any]:
     """Train the WeightModel on cached maps of the frozen base models (training patients only)."""
     step_dir = run_dir / "weight"
@@ -267,8 +305,9 @@ def train_weight_step(
     opening = int(cfg["opening"])
     pos, neg = selection_indices(cache.table, "all", split["train"])
     rng = np.random.default_rng(seed)
-    neg_sub = np.sort(rng.choice(neg, size=min(len(neg), int(cfg["negatives_per_positive"]) * len(pos)),
-                                 replace=False))
+    neg_sub = np.sort(
+        rng.choice(neg, size=min(len(neg), int(cfg["negatives_per_positive"]) * len(pos)), replace=False)
+    )
     train_idx = np.concatenate([pos, neg_sub])
     val_idx = np.flatnonzero(np.isin(cache.table.pids, split["val"]))
     maps_path = step_dir / "maps.npz"
@@ -283,13 +322,24 @@ def train_weight_step(
             va.append(predict_maps(base, cache.images[val_idx], eval_batch))
         tr_maps, va_maps = np.concatenate(tr, axis=1), np.concatenate(va, axis=1)
         np.savez(maps_path, train=tr_maps, val=va_maps)
-    per_model = {key: evaluate_maps(va_maps[:, i : i + 1], cache, val_idx, opening) for i, key in enumerate(MODEL_KEYS)}
+    per_model = {
+        key: evaluate_maps(va_maps[:, i : i + 1], cache, val_idx, opening) for i, key in enumerate(MODEL_KEYS)
+    }
     mean_fig = evaluate_maps(va_maps.mean(axis=1, keepdims=True), cache, val_idx, opening)
     for key, fig in per_model.items():
-        logger.info("weight: base %s val slice AUC %.3f case AUC %.3f Dice %.3f", key, fig["slice_auc"],
-                    fig["case_auc"], fig["dice"])
-    logger.info("weight: plain mean val slice AUC %.3f case AUC %.3f Dice %.3f", mean_fig["slice_auc"],
-                mean_fig["case_auc"], mean_fig["dice"])
+        logger.info(
+            "weight: base %s val slice AUC %.3f case AUC %.3f Dice %.3f",
+            key,
+            fig["slice_auc"],
+            fig["case_auc"],
+            fig["dice"],
+        )
+    logger.info(
+        "weight: plain mean val slice AUC %.3f case AUC %.3f Dice %.3f",
+        mean_fig["slice_auc"],
+        mean_fig["case_auc"],
+        mean_fig["dice"],
+    )
 
     torch.manual_seed(seed)
     model = WeightModel(hidden=int(cfg["hidden"]), opening=opening)
@@ -323,13 +373,27 @@ def train_weight_step(
         if (it + 1) % int(cfg["eval_every"]) == 0 or it == 0:
             fig, mean_w = run_val()
             history.append({"iteration": it + 1, "loss": float(loss), **fig})
-            logger.info("weight it %d loss %.4f | val slice AUC %.3f case AUC %.3f Dice %.3f | mean weights %s",
-                        it + 1, float(loss), fig["slice_auc"], fig["case_auc"], fig["dice"],
-                        np.round(mean_w, 3).tolist())
+            logger.info(
+                "weight it %d loss %.4f | val slice AUC %.3f case AUC %.3f Dice %.3f | mean weights %s",
+                it + 1,
+                float(loss),
+                fig["slice_auc"],
+                fig["case_auc"],
+                fig["dice"],
+                np.round(mean_w, 3).tolist(),
+            )
             if criterion(fig) > best["score"]:
                 best = {"score": criterion(fig), "iteration": it + 1, **fig}
-                save_checkpoint(step_dir / "best.pt", "weight", model, step="weight", iteration=it + 1, val=fig)
-    result = {"step": "weight", "best": best, "history": history, "base_models": per_model, "plain_mean": mean_fig}
+                save_checkpoint(
+                    step_dir / "best.pt", "weight", model, step="weight", iteration=it + 1, val=fig
+                )
+    result = {
+        "step": "weight",
+        "best": best,
+        "history": history,
+        "base_models": per_model,
+        "plain_mean": mean_fig,
+    }
     (step_dir / "done.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -374,10 +438,21 @@ def run(args: argparse.Namespace) -> int:
             continue
         t0 = time.time()
         if name == "weight":
-            results[name] = train_weight_step(cfg["weight"], cache, split, run_dir, seed + i, int(rc["eval_batch"]))
+            results[name] = train_weight_step(
+                cfg["weight"], cache, split, run_dir, seed + i, int(rc["eval_batch"])
+            )
         else:
-            results[name] = train_unet_step(name, cfg["steps"][name], cfg["network"], cache, split, run_dir,
-                                            seed + i, opening, int(rc["eval_batch"]))
+            results[name] = train_unet_step(
+                name,
+                cfg["steps"][name],
+                cfg["network"],
+                cache,
+                split,
+                run_dir,
+                seed + i,
+                opening,
+                int(rc["eval_batch"]),
+            )
         logger.info("step %s finished in %.1f min", name, (time.time() - t0) / 60)
     summary = {k: {"best": v["best"]} for k, v in results.items()}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -112,3 +112,39 @@ def test_labels_csv_with_bom(tmp_path) -> None:
 def test_missing_folder_raises(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
         read_dataset(tmp_path)
+
+
+def test_weak_csv_long_rsna_form(tmp_path) -> None:
+    from training.data.weak_csv import read_weak_labels
+
+    csv = tmp_path / "stage_2_train.csv"
+    csv.write_text(
+        "ID,Label\nID_abc_epidural,0\nID_abc_subdural,1\nID_abc_any,1\nID_def_any,0\nID_def_subdural,0\n"
+    )
+    labels = read_weak_labels(csv)
+    assert labels["ID_abc"].any == 1
+    assert labels["ID_abc"].subtypes == (0, 0, 0, 0, 1)
+    assert labels["ID_def"].any == 0 and sum(labels["ID_def"].subtypes) == 0
+
+
+def test_weak_csv_wide_form_and_any_derived(tmp_path) -> None:
+    from training.data.weak_csv import read_weak_labels
+
+    csv = tmp_path / "labels.csv"
+    csv.write_text("SOPInstanceUID,Subarachnoid,Subdural\n1.2.3,1,0\n1.2.4,0,0\n")
+    labels = read_weak_labels(csv)
+    assert labels["1.2.3"].any == 1 and labels["1.2.3"].subtypes[2] == 1
+    assert labels["1.2.4"].any == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["ID,Label\nnounderscore,1\n", "ID,Label\nID_a_any,2\n", "foo,bar\n1,2\n", "ID,Label\nID_a_unknown,1\n"],
+)
+def test_weak_csv_rejects_bad_input(tmp_path, text) -> None:
+    from training.data.weak_csv import read_weak_labels
+
+    csv = tmp_path / "bad.csv"
+    csv.write_text(text)
+    with pytest.raises(ValueError):
+        read_weak_labels(csv)

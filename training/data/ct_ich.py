@@ -14,7 +14,8 @@ Known faults corrected here (both found by comparing the windows where both are 
 - patient 050: bone images are about 93 HU below the brain images; we add 93 HU to its bone-derived HU.
 
 Pixel spacing is not stored. We estimate it per patient from the skull: the widest left-right extent of
-the largest bone component (>= 250 HU: the skull, not the head rest) over the patient's slices is taken to be 150 mm (adult skulls are 140-160 mm wide), so
+the largest bone component (>= 250 HU: the skull, not the head rest) over the patient's slices is taken to
+be 150 mm (adult skulls are 140-160 mm wide), so
 spacing = 150 / width_px, clamped to a plausible 0.15-0.6 mm. Lesion volume in mL = mask pixels * spacing^2
 * 5 mm slice thickness / 1000.
 """
