@@ -35,6 +35,8 @@ class TritonPythonModel:
         if threads:
             options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+        # Five members run at once on few CPU cores: spinning idle threads would steal them from each other.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = os.path.join(args["model_repository"], args["model_version"], MODEL_FILENAME)
         self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
