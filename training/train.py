@@ -132,11 +132,14 @@ def val_figures(
 
 
 @torch.no_grad()
-def predict_maps(model: torch.nn.Module, images: np.ndarray, batch: int) -> np.ndarray:
+def predict_maps(model: torch.nn.Module, images: np.ndarray, batch: int, device: str = "cpu") -> np.ndarray:
     """[M, 4, S, S] -> [M, 1, S, S] float16 probability maps."""
     model.eval()
     out = [
-        model(torch.from_numpy(images[i : i + batch].astype(np.float32))).numpy().astype(np.float16)
+        model(torch.from_numpy(images[i : i + batch].astype(np.float32)).to(device))
+        .cpu()
+        .numpy()
+        .astype(np.float16)
         for i in range(0, len(images), batch)
     ]
     return np.concatenate(out)
@@ -184,6 +187,7 @@ def train_unet_step(
     seed: int,
     opening: int,
     eval_batch: int,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train one base model: optional subtype-classifier pre-training, then Dice+BCE segmentation."""
     step_dir = run_dir / name
@@ -207,6 +211,7 @@ def train_unet_step(
     init = cfg.get("init")
     if init:
         model.load_state_dict(load_checkpoint(run_dir / init / "best.pt").state_dict())
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=peak)
     start, best, history = 0, {"score": -1.0}, []
     last = step_dir / "last.pt"
@@ -229,7 +234,7 @@ def train_unet_step(
         for it in range(cls_iters):
             gen = torch.Generator().manual_seed(seed * 7919 + 100_000 + it)
             x, _, idx = _batch(cache, pos, neg, batch, gen)
-            loss = F.binary_cross_entropy_with_logits(model.classify(x), subs[idx])
+            loss = F.binary_cross_entropy_with_logits(model.classify(x.to(device)), subs[idx].to(device))
             copt.zero_grad()
             loss.backward()
             copt.step()
@@ -248,13 +253,13 @@ def train_unet_step(
         x, y = augment_batch(x, y, aug, gen)
         for g in opt.param_groups:
             g["lr"] = _lr(it, iters, peak, warmup)
-        loss = dice_bce_loss(model.logits(x), y, float(cfg.get("bce_weight", 1.0)))
+        loss = dice_bce_loss(model.logits(x.to(device)), y.to(device), float(cfg.get("bce_weight", 1.0)))
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
         if (it + 1) % eval_every == 0 or it + 1 == iters:
-            maps = predict_maps(model, val_images, eval_batch)
+            maps = predict_maps(model, val_images, eval_batch, device)
             fig = evaluate_maps(maps, cache, val_idx, opening)
             score = criterion(fig)
             rate = (time.time() - t0) / max(1, len(losses))  # training + this evaluation, per iteration
@@ -298,6 +303,7 @@ def train_weight_step(
     run_dir: Path,
     seed: int,
     eval_batch: int,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train the WeightModel on cached maps of the frozen base models (training patients only)."""
     step_dir = run_dir / "weight"
@@ -317,9 +323,9 @@ def train_weight_step(
     else:
         tr, va = [], []
         for key in MODEL_KEYS:
-            base = load_checkpoint(run_dir / key / "best.pt")
-            tr.append(predict_maps(base, cache.images[train_idx], eval_batch))
-            va.append(predict_maps(base, cache.images[val_idx], eval_batch))
+            base = load_checkpoint(run_dir / key / "best.pt").to(device)
+            tr.append(predict_maps(base, cache.images[train_idx], eval_batch, device))
+            va.append(predict_maps(base, cache.images[val_idx], eval_batch, device))
         tr_maps, va_maps = np.concatenate(tr, axis=1), np.concatenate(va, axis=1)
         np.savez(maps_path, train=tr_maps, val=va_maps)
     per_model = {
@@ -417,7 +423,12 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(int(rc.get("threads", 2)))
     seed, size = int(rc["seed"]), int(rc["size"])
     opening = int(cfg["weight"]["opening"])
-    logger.info("train: config %s, run dir %s, size %d, seed %d", args.config, run_dir, size, seed)
+    device = str(rc.get("device", "cpu"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    logger.info(
+        "train: config %s, run dir %s, size %d, seed %d, device %s", args.config, run_dir, size, seed, device
+    )
     (run_dir / "config.toml").write_bytes(args.config.read_bytes())
 
     cache = build_cache(args.data, size, run_dir / f"cache_{size}.npz")
@@ -439,7 +450,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.time()
         if name == "weight":
             results[name] = train_weight_step(
-                cfg["weight"], cache, split, run_dir, seed + i, int(rc["eval_batch"])
+                cfg["weight"], cache, split, run_dir, seed + i, int(rc["eval_batch"]), device
             )
         else:
             results[name] = train_unet_step(
@@ -452,6 +463,7 @@ def run(args: argparse.Namespace) -> int:
                 seed + i,
                 opening,
                 int(rc["eval_batch"]),
+                device,
             )
         logger.info("step %s finished in %.1f min", name, (time.time() - t0) / 60)
     summary = {k: {"best": v["best"]} for k, v in results.items()}
