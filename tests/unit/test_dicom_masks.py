@@ -56,3 +56,16 @@ def test_read_cases_and_missing_mask(tmp_path) -> None:
     (tmp_path / "plain" / "mask.nii.gz").unlink()
     with pytest.raises(FileNotFoundError):
         read_case(tmp_path / "plain")
+
+
+def test_dicom_seg_mask(tmp_path) -> None:
+    """A DICOM SEG (built with the service's own ich.seg) is read back onto the series' slices."""
+    seg_module = pytest.importorskip("ich.seg")
+    case_dir, mask = _write_case(tmp_path, False)
+    (case_dir / "mask.nii.gz").unlink()
+    sources = [pydicom.dcmread(p) for p in sorted((case_dir / "dicom").glob("*.dcm"))]
+    seg = seg_module.build_segmentation(sources, mask, model_version="test")
+    assert seg is not None
+    seg.save_as(case_dir / "seg.dcm")
+    case = read_case(case_dir)
+    assert np.array_equal(case.mask, mask)
