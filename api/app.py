@@ -24,6 +24,7 @@ from api.metrics import GatewayMetrics
 from api.routers import cases, health, models
 from api.settings import Settings, get_settings
 from ich.errors import IntakeError
+from ich.repository import RepositoryError
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +35,22 @@ DESCRIPTION = (
 
 
 def _make_engine(settings: Settings) -> Engine:
-    engine: Engine = create_engine(
-        settings.engine,
-        repository=settings.model_repository,
-        triton_url=settings.triton_url,
-        timeout_s=settings.triton_timeout_s,
-        intra_op_threads=settings.intra_op_threads,
-    )
+    try:
+        engine: Engine = create_engine(
+            settings.engine,
+            repository=settings.model_repository,
+            triton_url=settings.triton_url,
+            timeout_s=settings.triton_timeout_s,
+            intra_op_threads=settings.intra_op_threads,
+        )
+    except RepositoryError as exc:
+        logger.error(
+            "cannot load the model repository %s (%s): set ICH_MODEL_REPOSITORY to an exported repository "
+            "(ich-model export), or use ICH_ENGINE=triton",
+            settings.model_repository,
+            exc,
+        )
+        raise
     return engine
 
 
