@@ -430,7 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.serve:
         logger.error("nothing to do: pass --serve or --render DIR")
         return 2
-    repository.require_complete(args.repository)
+    try:
+        repository.require_complete(args.repository)
+    except RepositoryError as exc:
+        logger.error("%s (export the models first: `ich-model export`)", exc)
+        return 1
     server = LocalTriton(
         args.repository,
         venv=args.venv,
