@@ -420,6 +420,16 @@ def run(args: argparse.Namespace) -> int:
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
+    try:
+        return _run(args, cfg, run_dir)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path) -> int:
+    """The body of :func:`run`, with the run's log file attached."""
+    rc = cfg["run"]
     torch.set_num_threads(int(rc.get("threads", 2)))
     seed, size = int(rc["seed"]), int(rc["size"])
     opening = int(cfg["weight"]["opening"])
