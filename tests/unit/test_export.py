@@ -132,3 +132,22 @@ def test_cli_exports_from_checkpoints(tmp_path: Path) -> None:
     # a missing checkpoint is a clear failure, not a traceback
     (run_dir / "sah" / "best.pt").unlink()
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo2")]) == 1
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def test_shipped_repository_is_complete_small_and_runs() -> None:
+    assert repository.missing_files(SHIPPED) == []
+    version = repository.read_version(SHIPPED)
+    assert version != "unversioned"
+    card = (SHIPPED / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "NOT FOR CLINICAL USE" in card and "CC BY 4.0" in card and version in card
+    for name in repository.model_names()[:-1]:
+        assert repository.model_file(SHIPPED, name).stat().st_size < 20_000_000
+    runner = EnsembleRunner.from_repository(SHIPPED)
+    images = np.random.default_rng(0).random((2, 4, runner.input_size, runner.input_size), dtype=np.float32)
+    out = runner.run(images)
+    assert out.fused.shape == (2, 1, runner.input_size, runner.input_size)
+    assert np.all((out.slice_prob >= 0) & (out.slice_prob <= 1))
+    np.testing.assert_allclose(out.weights.sum(axis=1), 1.0, atol=1e-5)
