@@ -432,7 +432,9 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path) -> int:
     rc = cfg["run"]
     torch.set_num_threads(int(rc.get("threads", 2)))
     seed, size = int(rc["seed"]), int(rc["size"])
-    opening = int(cfg["weight"]["opening"])
+    # Post-processing used to score base-model checkpoints (max over the opened map); defaults to the
+    # weight model's own opening.
+    opening = int(rc.get("select_opening", cfg["weight"]["opening"]))
     device = str(rc.get("device", "cpu"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -452,6 +454,8 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path) -> int:
     for i, name in enumerate([*SELECTIONS, "weight"]):
         done = run_dir / name / "done.json"
         if name not in wanted:
+            if done.exists():  # keep finished steps in the summary
+                results[name] = json.loads(done.read_text())
             continue
         if done.exists():
             logger.info("step %s already done, skipped", name)
