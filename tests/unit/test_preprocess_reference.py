@@ -1,6 +1,6 @@
-"""The fast skull stripping in ``ich.skull`` must give exactly the masks of the plain scipy formulation the
-shipped models were trained on. The reference below is that formulation, kept verbatim; any difference in a
-single pixel would change the model input, so the comparisons are exact (``np.array_equal``).
+"""The fast ``ich.skull`` and ``ich.preprocess`` must give exactly the output of the plain scipy formulation
+the shipped models were trained on. The references below are that formulation, kept verbatim; any difference
+in a single bit would change the model input, so the comparisons are exact (``np.array_equal``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ich import skull
+from ich import preprocess, skull
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_ich"
 _CROSS = ndimage.generate_binary_structure(2, 1)
@@ -94,3 +94,62 @@ def test_brain_masks_rejects_wrong_rank() -> None:
         skull.brain_masks(np.zeros((4, 4)))
     with pytest.raises(ValueError):
         skull.brain_mask(np.zeros((2, 4, 4)))
+
+
+def _reference_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """The original ``resize_channel`` (full uniform_filter, then zoom)."""
+    h, w = image.shape
+    if (h, w) == (size, size):
+        return image.astype(np.float32, copy=True)
+    factor = max(h, w) / float(size)
+    src = image.astype(np.float32)
+    if factor > 1.5:
+        src = ndimage.uniform_filter(src, size=round(factor), mode="nearest")
+    out = ndimage.zoom(src, (size / h, size / w), order=1, mode="nearest", grid_mode=True)
+    if out.shape != (size, size):
+        fixed = np.zeros((size, size), dtype=np.float32)
+        fixed[: min(size, out.shape[0]), : min(size, out.shape[1])] = out[:size, :size]
+        out = fixed
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _reference_preprocess(hu: np.ndarray, size: int) -> np.ndarray:
+    """The original per-slice ``preprocess_volume`` loop."""
+    out = []
+    for s in np.asarray(hu):
+        channels = [preprocess.apply_window(s, level, width) for level, width in preprocess.WINDOWS]
+        stripped = preprocess.apply_window(s, *preprocess.STRIPPED_WINDOW) * _reference_brain_mask(s)
+        channels.append(stripped.astype(np.float32))
+        out.append(np.stack([_reference_resize(c, size) for c in channels]))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("size", [128, 256, 100])
+def test_preprocess_volume_equals_reference_on_fixture(size: int) -> None:
+    hu = _fixture_slices()
+    fast = preprocess.preprocess_volume(hu, size)
+    ref = _reference_preprocess(hu, size)
+    assert fast.dtype == ref.dtype and fast.shape == ref.shape
+    assert np.array_equal(fast, ref)
+    assert fast[:, 3].max() > 0.5  # not vacuous: the stripped channel carries the brain
+
+
+def test_preprocess_volume_equals_reference_on_odd_shapes_and_dtypes() -> None:
+    s = _fixture_slices()[3]
+    cases = [
+        (s[:, 50:-70], 128),  # non-square
+        (s[::5, ::5], 128),  # upsampling, no box filter
+        (s[:200, :190], 128),  # factor below 1.5
+        (s[:128, :128], 128),  # already at size
+        (np.round(s[None]).astype(np.int16), 64),
+        (s.astype(np.float64)[None] + 0.3, 97),
+        (np.full((2, 40, 40), -1000.0), 16),
+    ]
+    for hu, size in cases:
+        assert np.array_equal(
+            preprocess.preprocess_volume(hu, size),
+            _reference_preprocess(hu if hu.ndim == 3 else hu[None], size),
+        ), (hu.shape, size)
+    image = np.random.default_rng(3).random((173, 211)).astype(np.float32)
+    for size in (16, 64, 100, 173, 300):
+        assert np.array_equal(preprocess.resize_channel(image, size), _reference_resize(image, size)), size
