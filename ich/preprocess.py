@@ -14,6 +14,7 @@ with a non-zero weight; the other rows are left at zero, which multiplies a zero
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -56,34 +57,51 @@ def _read_rows(length: int, size: int) -> np.ndarray:
     return np.flatnonzero(np.any(probe != 0.0, axis=0))
 
 
-def _box_filter(src_t: np.ndarray, k: int, size: int) -> np.ndarray:
+class _BoxFilter:
     """``ndimage.uniform_filter(src, k, mode="nearest")`` at the rows a zoom of axis 0 to ``size`` reads.
 
-    Takes the image transposed (``src_t`` = ``src.T``, C-contiguous float32) so the axis-0 pass runs along
-    contiguous lines; returns [H, W] with the other rows zero. Bit-identical on the rows it fills to the full
-    filter: the same two 1D passes in the same order, each rounded to float32.
+    Takes the image transposed (``src.T``, C-contiguous float32) so the axis-0 pass runs along contiguous
+    lines, and returns [H, W] with the other rows zero. Bit-identical on the rows it fills to the full filter:
+    the same two 1D passes in the same order, each rounded to float32. Its buffers are reused for every
+    channel of a call: fresh megabyte arrays cost page faults each time. The returned array is one of them,
+    valid until the next call.
     """
-    w, h = src_t.shape
-    along0 = ndimage.uniform_filter1d(src_t, k, axis=1, mode="nearest")
-    rows = _read_rows(h, size)
-    out = np.zeros((h, w), dtype=np.float32)
-    out[rows] = ndimage.uniform_filter1d(np.ascontiguousarray(along0.T[rows]), k, axis=1, mode="nearest")
-    return out
+
+    def __init__(self, h: int, w: int, k: int, size: int) -> None:
+        self.k = k
+        self.rows = _read_rows(h, size)
+        self.along0 = np.empty((w, h), dtype=np.float32)
+        self.filtered = np.empty((len(self.rows), w), dtype=np.float32)
+        self.full = np.zeros((h, w), dtype=np.float32)
+
+    def __call__(self, src_t: np.ndarray) -> np.ndarray:
+        ndimage.uniform_filter1d(src_t, self.k, axis=1, output=self.along0, mode="nearest")
+        picked = np.ascontiguousarray(self.along0.T[self.rows])
+        ndimage.uniform_filter1d(picked, self.k, axis=1, output=self.filtered, mode="nearest")
+        self.full[self.rows] = self.filtered
+        return self.full
 
 
-def _resize_transposed(image_t: np.ndarray, size: int) -> np.ndarray:
-    """``resize_channel(image_t.T, size)`` for a C-contiguous float32 image given transposed."""
-    w, h = image_t.shape
-    if (h, w) == (size, size):
-        return image_t.T.copy()
+def _resizer(h: int, w: int, size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function mapping one C-contiguous float32 image given transposed ([W, H]) to ``size x size``.
+
+    Equals ``resize_channel(image_t.T, size)``; built once per image shape so buffers are reused.
+    """
     factor = max(h, w) / float(size)
-    src = _box_filter(image_t, round(factor), size) if factor > 1.5 else np.ascontiguousarray(image_t.T)
-    out = ndimage.zoom(src, (size / h, size / w), order=1, mode="nearest", grid_mode=True)
-    if out.shape != (size, size):  # zoom rounds the output shape; pin it exactly
-        fixed = np.zeros((size, size), dtype=np.float32)
-        fixed[: min(size, out.shape[0]), : min(size, out.shape[1])] = out[:size, :size]
-        out = fixed
-    return np.clip(out, 0.0, 1.0, out=out)
+    box = _BoxFilter(h, w, round(factor), size) if factor > 1.5 else None
+
+    def resize(image_t: np.ndarray) -> np.ndarray:
+        if (h, w) == (size, size):
+            return image_t.T.copy()
+        src = box(image_t) if box is not None else np.ascontiguousarray(image_t.T)
+        out = ndimage.zoom(src, (size / h, size / w), order=1, mode="nearest", grid_mode=True)
+        if out.shape != (size, size):  # zoom rounds the output shape; pin it exactly
+            fixed = np.zeros((size, size), dtype=np.float32)
+            fixed[: min(size, out.shape[0]), : min(size, out.shape[1])] = out[:size, :size]
+            out = fixed
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    return resize
 
 
 def resize_channel(image: np.ndarray, size: int) -> np.ndarray:
@@ -92,7 +110,8 @@ def resize_channel(image: np.ndarray, size: int) -> np.ndarray:
     Downsizing by a large factor with plain interpolation aliases (stray bright pixels from bone edges);
     a box filter as wide as the zoom factor first approximates area averaging.
     """
-    return _resize_transposed(np.ascontiguousarray(np.asarray(image).T, dtype=np.float32), size)
+    h, w = np.shape(image)
+    return _resizer(h, w, size)(np.ascontiguousarray(np.asarray(image).T, dtype=np.float32))
 
 
 def _windows_transposed(hu: np.ndarray) -> np.ndarray:
@@ -112,7 +131,8 @@ def _windows_transposed(hu: np.ndarray) -> np.ndarray:
 
 def preprocess_slice(hu: np.ndarray, size: int) -> np.ndarray:
     """One [H, W] HU slice -> [4, size, size] float32 in [0, 1]."""
-    return np.stack([_resize_transposed(c, size) for c in _windows_transposed(hu[None])[0]])
+    resize = _resizer(*np.shape(hu), size)
+    return np.stack([resize(c) for c in _windows_transposed(hu[None])[0]])
 
 
 def preprocess_volume(hu: np.ndarray, size: int) -> np.ndarray:
@@ -138,9 +158,10 @@ def preprocess_volume(hu: np.ndarray, size: int) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
         raise ValueError("HU values must be finite numbers")
     out = np.empty((arr.shape[0], 4, size, size), dtype=np.float32)
+    resize = _resizer(arr.shape[1], arr.shape[2], size)
     for start in range(0, arr.shape[0], _CHUNK):
         chunk = _windows_transposed(arr[start : start + _CHUNK])
         for i, channels in enumerate(chunk, start):
             for c, channel in enumerate(channels):
-                out[i, c] = _resize_transposed(channel, size)
+                out[i, c] = resize(channel)
     return out
