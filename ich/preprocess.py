@@ -131,7 +131,8 @@ def _windows_transposed(hu: np.ndarray) -> np.ndarray:
 
 def preprocess_slice(hu: np.ndarray, size: int) -> np.ndarray:
     """One [H, W] HU slice -> [4, size, size] float32 in [0, 1]."""
-    resize = _resizer(*np.shape(hu), size)
+    h, w = np.shape(hu)
+    resize = _resizer(h, w, size)
     return np.stack([resize(c) for c in _windows_transposed(hu[None])[0]])
 
 
