@@ -11,9 +11,10 @@ The shipped models were trained on the exact output of the straightforward scipy
 ``binary_fill_holes``). The code below computes the very same boolean masks faster; each step is an exact
 identity, not an approximation (``tests/unit/test_skull.py`` keeps the scipy formulation as the reference):
 
-* iterating the cross ``k`` times is ``k`` rounds of OR/AND with the four one-pixel shifts, done with array
-  slices over a whole [N, H, W] stack at once; the erosion treats pixels outside the image as background
-  (scipy's ``border_value=0``), so pixels near the edge erode;
+* iterating the cross ``k`` times is ``k`` rounds of OR/AND with the four one-pixel shifts, done on the
+  whole [N, H, W] stack at once with the masks bit-packed along the rows (eight pixels a byte, horizontal
+  shifts are bit shifts with a carry); outside the image reads as background (scipy's ``border_value=0``),
+  so pixels near the edge erode;
 * component sizes come from ``np.bincount``; ``np.argmax`` keeps the lowest label on ties, as before;
 * ``binary_fill_holes`` (cross structure) is "background pixels not 4-connected to the image border"; the
   background outside the mask's bounding box is one region touching the border, so holes are found by
@@ -43,36 +44,56 @@ def _scaled(radius: int, side: int) -> int:
     return max(1, round(radius * side / _REFERENCE_SIDE))
 
 
+def _pack(mask: np.ndarray) -> np.ndarray:
+    """Bool [.., H, W] -> uint8 [.., H, ceil(W / 8)], eight columns a byte (first column in the top bit)."""
+    return np.packbits(mask, axis=-1)
+
+
+def _unpack(packed: np.ndarray, width: int) -> np.ndarray:
+    return np.unpackbits(packed, axis=-1, count=width).view(bool)
+
+
+def _neighbours(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four cross neighbours of every pixel of a packed mask; pixels outside the image read as 0."""
+    left = p >> 1  # pixel (r, c) gets (r, c - 1): next bit down, carry from the previous byte
+    left[..., 1:] |= p[..., :-1] << 7
+    right = p << 1
+    right[..., :-1] |= p[..., 1:] >> 7
+    up = np.zeros_like(p)
+    up[..., 1:, :] = p[..., :-1, :]
+    down = np.zeros_like(p)
+    down[..., :-1, :] = p[..., 1:, :]
+    return left, right, up, down
+
+
+def _dilate_packed(p: np.ndarray, iterations: int, width: int) -> np.ndarray:
+    """Dilation by the cross, ``iterations`` times, of a packed mask (scipy's border_value=0)."""
+    keep = np.uint8((0xFF << (-width % 8)) & 0xFF)  # the real columns of the last byte
+    for _ in range(iterations):
+        left, right, up, down = _neighbours(p)
+        p = p | left | right | up | down
+        p[..., -1] &= keep
+    return p
+
+
+def _erode_packed(p: np.ndarray, iterations: int) -> np.ndarray:
+    """Erosion by the cross, ``iterations`` times, of a packed mask; outside the image counts as background
+    (scipy's border_value=0), so pixels near the edge erode. Padding bits are 0 and stay 0."""
+    for _ in range(iterations):
+        left, right, up, down = _neighbours(p)
+        p = p & left & right & up & down
+    return p
+
+
 def _dilate_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
     """Binary dilation of every [.., H, W] plane by the 2D cross, ``iterations`` times, outside = False."""
-    cur = mask.copy()
-    prev = np.empty_like(cur)
-    for _ in range(iterations):
-        prev, cur = cur, prev
-        np.copyto(cur, prev)
-        cur[..., 1:, :] |= prev[..., :-1, :]
-        cur[..., :-1, :] |= prev[..., 1:, :]
-        cur[..., :, 1:] |= prev[..., :, :-1]
-        cur[..., :, :-1] |= prev[..., :, 1:]
-    return cur
+    width = mask.shape[-1]
+    return _unpack(_dilate_packed(_pack(mask), iterations, width), width)
 
 
 def _erode_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
     """Binary erosion of every [.., H, W] plane by the 2D cross, ``iterations`` times, outside = False."""
-    cur = mask.copy()
-    prev = np.empty_like(cur)
-    for _ in range(iterations):
-        prev, cur = cur, prev
-        np.copyto(cur, prev)
-        cur[..., 1:, :] &= prev[..., :-1, :]
-        cur[..., :-1, :] &= prev[..., 1:, :]
-        cur[..., :, 1:] &= prev[..., :, :-1]
-        cur[..., :, :-1] &= prev[..., :, 1:]
-        cur[..., 0, :] = False
-        cur[..., -1, :] = False
-        cur[..., :, 0] = False
-        cur[..., :, -1] = False
-    return cur
+    return _unpack(_erode_packed(_pack(mask), iterations), mask.shape[-1])
 
 
 def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
@@ -128,13 +149,14 @@ def brain_masks(hu: np.ndarray) -> np.ndarray:
     if hu.ndim != 3:
         raise ValueError(f"brain_masks expects [N, H, W], got shape {hu.shape}")
     side = max(hu.shape[1:])
-    tissue = (hu >= TISSUE_HU[0]) & (hu <= TISSUE_HU[1])
-    skull = _dilate_cross(hu >= BONE_HU, _scaled(_SKULL_DILATE, side))
-    candidate = tissue & ~skull
+    width = hu.shape[2]
+    tissue = _pack((hu >= TISSUE_HU[0]) & (hu <= TISSUE_HU[1]))
+    skull = _dilate_packed(_pack(hu >= BONE_HU), _scaled(_SKULL_DILATE, side), width)
+    candidate = tissue & ~skull  # padding bits stay 0: they are 0 in tissue
     erode_it = _scaled(_ERODE, side)
-    core = _erode_cross(candidate, erode_it)
+    core = _unpack(_erode_packed(candidate, erode_it), width)
     largest = np.stack([_largest_component(c) for c in core]) if len(core) else core
-    grown = _dilate_cross(largest, erode_it) & candidate
+    grown = _unpack(_dilate_packed(_pack(largest), erode_it, width) & candidate, width)
     return np.stack([_fill_holes(g) for g in grown]) if len(grown) else grown
 
 
