@@ -28,6 +28,8 @@ WINDOWS: tuple[tuple[float, float], ...] = ((40.0, 40.0), (40.0, 80.0), (500.0, 
 STRIPPED_WINDOW: tuple[float, float] = (40.0, 80.0)
 #: Slices processed together: bounds the temporary arrays (a few bytes per pixel each) for long series.
 _CHUNK: int = 16
+#: Columns of the identity probed at once by ``_read_rows``.
+_PROBE_BLOCK: int = 256
 
 
 def apply_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
@@ -48,13 +50,20 @@ def _window_into(hu32: np.ndarray, level: float, width: float, out: np.ndarray) 
 def _read_rows(length: int, size: int) -> np.ndarray:
     """Indices along an axis of ``length`` that ``ndimage.zoom`` (order 1, grid mode) reads to ``size``.
 
-    Found by zooming the identity along that axis only: column ``r`` of the result is the weight row ``r``
-    gets at every output position, so rows with no non-zero weight never influence the output.
+    Found by zooming the identity along that axis only (in blocks of columns, to bound memory): column ``r``
+    of the result is the weight row ``r`` gets at every output position, so rows with no non-zero weight
+    never influence the output.
     """
-    probe = ndimage.zoom(
-        np.eye(length), (size / length, 1.0), order=1, mode="nearest", grid_mode=True, prefilter=False
-    )
-    return np.flatnonzero(np.any(probe != 0.0, axis=0))
+    used = np.zeros(length, dtype=bool)
+    for start in range(0, length, _PROBE_BLOCK):
+        block = min(_PROBE_BLOCK, length - start)
+        probe = np.zeros((length, block))
+        probe[np.arange(start, start + block), np.arange(block)] = 1.0
+        weights = ndimage.zoom(
+            probe, (size / length, 1.0), order=1, mode="nearest", grid_mode=True, prefilter=False
+        )
+        used[start : start + block] = np.any(weights != 0.0, axis=0)
+    return np.flatnonzero(used)
 
 
 class _BoxFilter:
