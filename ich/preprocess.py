@@ -79,12 +79,17 @@ class _BoxFilter:
     def __init__(self, h: int, w: int, k: int, size: int) -> None:
         self.k = k
         self.rows = _read_rows(h, size)
+        self.all_rows = len(self.rows) == h  # e.g. halving: then filter straight into the result
         self.along0 = np.empty((w, h), dtype=np.float32)
         self.filtered = np.empty((len(self.rows), w), dtype=np.float32)
         self.full = np.zeros((h, w), dtype=np.float32)
 
     def __call__(self, src_t: np.ndarray) -> np.ndarray:
         ndimage.uniform_filter1d(src_t, self.k, axis=1, output=self.along0, mode="nearest")
+        if self.all_rows:
+            picked = np.ascontiguousarray(self.along0.T)
+            ndimage.uniform_filter1d(picked, self.k, axis=1, output=self.full, mode="nearest")
+            return self.full
         picked = np.ascontiguousarray(self.along0.T[self.rows])
         ndimage.uniform_filter1d(picked, self.k, axis=1, output=self.filtered, mode="nearest")
         self.full[self.rows] = self.filtered
