@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import logging
 import os
 import socket
 import sys
 import time
-import zipfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,47 +60,15 @@ def phantom_hu(slices: int = 30, size: int = 512, seed: int = 0) -> np.ndarray:
 
 
 def study_zip(hu: np.ndarray, *, spacing_mm: float = 0.45, thickness_mm: float = 5.0) -> bytes:
-    """An uncompressed CT series as a zip, one DICOM file per slice (pydicom; synthetic, no patient data)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    """An uncompressed CT series as a zip, one DICOM file per slice (``ich.dicom_writer``; synthetic patient).
 
-    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for index, plane in enumerate(hu):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CTImageStorage
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID = CTImageStorage
-            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = (
-                study_uid,
-                series_uid,
-                frame_uid,
-            )
-            ds.Modality = "CT"
-            ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-            ds.PatientName = "BENCH^PHANTOM"
-            ds.PatientID = "BENCH"
-            ds.SeriesNumber = 1
-            ds.InstanceNumber = index + 1
-            ds.ImagePositionPatient = [0.0, 0.0, float(index * thickness_mm)]
-            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-            ds.PixelSpacing = [spacing_mm, spacing_mm]
-            ds.SliceThickness = thickness_mm
-            ds.Rows, ds.Columns = plane.shape
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-            ds.RescaleIntercept, ds.RescaleSlope = -1024.0, 1.0
-            ds.PixelData = np.clip(np.round(plane + 1024.0), -32768, 32767).astype("<i2").tobytes()
-            out = io.BytesIO()
-            ds.save_as(out, enforce_file_format=True)
-            archive.writestr(f"series/slice_{index:03d}.dcm", out.getvalue())
-    return buffer.getvalue()
+    Signed storage (intercept 0): every HU of the noisy phantom fits, even air a little below -1024.
+    """
+    from ich.dicom_writer import series_zip
+
+    return series_zip(
+        hu, pixel_spacing_mm=(spacing_mm, spacing_mm), slice_thickness_mm=thickness_mm, signed=True
+    )
 
 
 # ------------------------------------------------------------------------------------------ the runs

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.integration.conftest import free_port
-from tests.support.dicom_study import study_zip
+from tests.support.dicom_study import PATIENT_ID, PATIENT_NAME, study_zip
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
@@ -120,7 +120,7 @@ def test_a_study_posted_over_tcp_gets_a_full_result(gateway: tuple[str, Path]) -
 
     text = log.read_text()
     assert "it-raw-1" in text  # the request id reaches the log lines
-    for patient_data in ("Test^Synthetic", "SYNTH-0001", *uids):
+    for patient_data in (PATIENT_NAME, PATIENT_ID, *uids):
         assert patient_data not in text
 
 
