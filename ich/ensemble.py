@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ich import repository, spec
 from ich.repository import RepositoryError
 
-__all__ = ["EnsembleOutput", "EnsembleRunner", "RepositoryError", "output_from_tensors"]
+__all__ = ["EnsembleOutput", "EnsembleRunner", "RepositoryError", "check_images", "output_from_tensors"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,24 @@ def output_from_tensors(tensors: Mapping[str, np.ndarray]) -> EnsembleOutput:
             key: np.asarray(tensors[spec.WEIGHTING_INPUTS[key]], dtype=np.float32) for key in spec.MODEL_KEYS
         },
     )
+
+
+def check_images(images: np.ndarray, input_size: int) -> np.ndarray:
+    """``images`` as the contiguous float32 ``[N, 4, S, S]`` batch both engines send, or a clear error.
+
+    Shared by both engines so that a wrong input fails the same way, before any inference (and, on Triton,
+    before the network), instead of as an onnxruntime or gRPC error.
+
+    Raises:
+        ValueError: ``images`` is not ``[N, 4, input_size, input_size]``, or N is 0.
+    """
+    expected = (spec.IN_CHANNELS, input_size, input_size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        dims = ", ".join(map(str, expected))
+        raise ValueError(f"images must have shape [N, {dims}], got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("images holds no slice")
+    return np.ascontiguousarray(images, dtype=np.float32)
 
 
 def _concat(parts: list[EnsembleOutput]) -> EnsembleOutput:
@@ -221,21 +239,12 @@ class EnsembleRunner:
         Raises:
             ValueError: ``images`` does not have the shape the repository's models take, or N is 0.
         """
-        images = self._check_images(images)
+        images = check_images(images, self.input_size)
         parts = [
             output_from_tensors(self._run_batch(images[start : start + self.max_batch_size]))
             for start in range(0, images.shape[0], self.max_batch_size)
         ]
         return _concat(parts)
-
-    def _check_images(self, images: np.ndarray) -> np.ndarray:
-        expected = (spec.IN_CHANNELS, self.input_size, self.input_size)
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            dims = ", ".join(map(str, expected))
-            raise ValueError(f"images must have shape [N, {dims}], got {tuple(images.shape)}")
-        if images.shape[0] == 0:
-            raise ValueError("images holds no slice")
-        return np.ascontiguousarray(images, dtype=np.float32)
 
     def _run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
         tensors: dict[str, np.ndarray] = {self.ensemble_config.input[0].name: images}

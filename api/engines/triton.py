@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from api.engines.base import Engine, EngineUnavailableError, describe_model
 from ich import repository, spec
-from ich.ensemble import EnsembleOutput, output_from_tensors
+from ich.ensemble import EnsembleOutput, check_images, output_from_tensors
 
 __all__ = ["TritonEngine"]
 
@@ -95,13 +95,7 @@ class TritonEngine(Engine):
 
     async def infer(self, images: np.ndarray) -> EnsembleOutput:
         """Send ``images`` in batches of at most ``max_batch_size``, concurrently; join outputs in order."""
-        expected = (spec.IN_CHANNELS, self.input_size, self.input_size)
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            dims = ", ".join(map(str, expected))
-            raise ValueError(f"images must have shape [N, {dims}], got {tuple(images.shape)}")
-        if images.shape[0] == 0:
-            raise ValueError("images holds no slice")
-        images = np.ascontiguousarray(images, dtype=np.float32)
+        images = check_images(images, self.input_size)
         client = self._get_client()
         batches = [
             images[start : start + self.max_batch_size]

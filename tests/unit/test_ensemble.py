@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ich import repository, spec
-from ich.ensemble import EnsembleRunner, RepositoryError
+from ich.ensemble import EnsembleRunner, RepositoryError, check_images
 from tests.support.tiny_repository import build_tiny_repository, reference_outputs
 
 SIZE = 16
@@ -74,6 +74,23 @@ def test_wrong_image_shape_is_a_value_error(tiny_repo: Path) -> None:
         runner.run(np.zeros((2, 4, 32, 32), dtype=np.float32))
     with pytest.raises(ValueError, match="no slice"):
         runner.run(np.zeros((0, 4, SIZE, SIZE), dtype=np.float32))
+
+
+def test_check_images_gives_a_contiguous_float32_batch_or_names_the_shape() -> None:
+    """The one input check both engines call: converts what it accepts, names the shape it wants."""
+    images = np.arange(2 * spec.IN_CHANNELS * SIZE * SIZE, dtype=np.float64).reshape(
+        2, spec.IN_CHANNELS, SIZE, SIZE
+    )
+    strided = images[::-1]  # negative strides: not C-contiguous
+    checked = check_images(strided, SIZE)
+    assert checked.dtype == np.float32 and checked.flags.c_contiguous
+    np.testing.assert_array_equal(checked, strided.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\[N, 4, 8, 8\], got \(2, 4, 16, 16\)"):
+        check_images(images, 8)
+    with pytest.raises(ValueError, match="shape"):
+        check_images(images[0], SIZE)
+    with pytest.raises(ValueError, match="no slice"):
+        check_images(images[:0], SIZE)
 
 
 def test_missing_weights_named_in_error(tiny_repo: Path) -> None:
