@@ -6,12 +6,19 @@ Started once (a few seconds) and shared by every ``triton``-marked test. Skipped
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
+import numpy as np
 import pytest
 
+from api.app import create_app
+from api.settings import Settings
+from ich import spec
 from ich.triton_local import LocalTriton, TritonStartError, default_venv, find_distribution
 from tests.support.tiny_repository import build_exported_repository, build_tiny_repository
 
@@ -37,23 +44,72 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_repository(root, size=TINY_SIZE, max_batch_size=TINY_MAX_BATCH)
 
 
-@pytest.fixture(scope="session")
-def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
-    """``tritonserver`` on free ports serving the rendered tiny repository, stopped after the session."""
+def require_tritonserver() -> None:
+    """Skip the calling test (or fixture), with the reason, where ``.venv-triton`` has no tritonserver."""
     try:
         find_distribution(default_venv())
     except TritonStartError as exc:
         pytest.skip(f"no local tritonserver: {exc}")
+
+
+@contextlib.contextmanager
+def running_triton(model_repository: Path, workdir: Path) -> Iterator[LocalTriton]:
+    """``tritonserver`` on free ports, one intra-op thread a model, serving ``model_repository``."""
     server = LocalTriton(
-        tiny_repository,
+        model_repository,
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
         intra_op_threads=1,
-        workdir=tmp_path_factory.mktemp("triton"),
+        workdir=workdir,
     )
     server.start(timeout_s=180)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
+    """``tritonserver`` on free ports serving the rendered tiny repository, stopped after the session."""
+    require_tritonserver()
+    with running_triton(tiny_repository, tmp_path_factory.mktemp("triton")) as server:
+        yield server
+
+
+async def post_study(settings: Settings, body: bytes) -> dict[str, Any]:
+    """POST ``body`` (a zipped study) to an in-process gateway made from ``settings``; the 200 answer JSON."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=300) as client:
+            response = await client.post(
+                "/v1/cases", content=body, headers={"Content-Type": "application/zip"}
+            )
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def assert_same_numbers(triton: dict[str, Any], embedded: dict[str, Any], per_model: str) -> None:
+    """Two engines' answers to one study agree (atol 1e-3) slice by slice and for the case.
+
+    Args:
+        triton: the gateway's JSON answer with the Triton engine.
+        embedded: the same with the embedded engine.
+        per_model: the slice field holding one value per ensemble member to compare too
+            (``"weights"`` or ``"model_probabilities"``).
+    """
+    np.testing.assert_allclose(
+        [s["probability"] for s in triton["slices"]],
+        [s["probability"] for s in embedded["slices"]],
+        atol=1e-3,
+    )
+    for key in spec.MODEL_KEYS:
+        np.testing.assert_allclose(
+            [s[per_model][key] for s in triton["slices"]],
+            [s[per_model][key] for s in embedded["slices"]],
+            atol=1e-3,
+        )
+    assert triton["ich_probability"] == pytest.approx(embedded["ich_probability"], abs=1e-3)

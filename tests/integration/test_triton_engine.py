@@ -12,7 +12,7 @@ from api.engines.embedded import EmbeddedEngine
 from api.engines.triton import TritonEngine
 from ich import spec
 from ich.triton_local import LocalTriton
-from tests.integration.conftest import TINY_MAX_BATCH, TINY_SIZE, free_port
+from tests.integration.conftest import TINY_MAX_BATCH, TINY_SIZE, assert_same_numbers, free_port, post_study
 
 pytestmark = pytest.mark.triton
 
@@ -116,9 +116,6 @@ async def test_same_study_through_the_gateway_with_both_engines(
     tiny_repository: Path, triton_server: LocalTriton
 ) -> None:
     """A DICOM study posted to the gateway: the embedded and the Triton engine give the same slices."""
-    import httpx
-
-    from api.app import create_app
     from api.settings import Settings
     from tests.support.dicom_study import study_zip
 
@@ -135,29 +132,10 @@ async def test_same_study_through_the_gateway_with_both_engines(
             intra_op_threads=1,
             threads=2,
         )
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-                response = await client.post(
-                    "/v1/cases", content=body, headers={"Content-Type": "application/zip"}
-                )
-        assert response.status_code == 200, response.text
-        results[kind] = response.json()
+        results[kind] = await post_study(settings, body)
     embedded, triton = results["embedded"], results["triton"]
     assert (embedded["engine"], triton["engine"]) == ("embedded", "triton")
     assert embedded["model_version"] == triton["model_version"]
     assert [s["sop_instance_uid"] for s in triton["slices"]] == uids
     assert [s["sop_instance_uid"] for s in embedded["slices"]] == uids
-    np.testing.assert_allclose(
-        [s["probability"] for s in triton["slices"]],
-        [s["probability"] for s in embedded["slices"]],
-        atol=1e-3,
-    )
-    for key in spec.MODEL_KEYS:
-        np.testing.assert_allclose(
-            [s["model_probabilities"][key] for s in triton["slices"]],
-            [s["model_probabilities"][key] for s in embedded["slices"]],
-            atol=1e-3,
-        )
-    assert triton["ich_probability"] == pytest.approx(embedded["ich_probability"], abs=1e-3)
+    assert_same_numbers(triton, embedded, per_model="model_probabilities")
