@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.engines.base import Engine
-from api.errors import ApiError
+from api.errors import service_unavailable
 from api.metrics import GatewayMetrics
 from api.settings import Settings
 
@@ -46,12 +46,7 @@ def get_engine(request: Request) -> Engine:
     engine: Engine | None = getattr(request.app.state, "engine", None)
     if engine is None:
         settings = get_app_settings(request)
-        raise ApiError(
-            503,
-            "engine_unavailable",
-            "the engine is not started",
-            headers={"Retry-After": str(settings.retry_after_s)},
-        )
+        raise service_unavailable("engine_unavailable", "the engine is not started", settings.retry_after_s)
     return engine
 
 

@@ -67,6 +67,11 @@ class ApiError(Exception):
         self.extra = dict(extra or {})
 
 
+def service_unavailable(code: str, detail: str, retry_after_s: int) -> ApiError:
+    """A 503 carrying ``Retry-After``, so clients (ich_client's backoff among them) know when to come back."""
+    return ApiError(503, code, detail, headers={"Retry-After": str(retry_after_s)})
+
+
 def request_id_of(request: Request) -> str:
     """The id the middleware gave this request (a fresh one if the middleware did not run)."""
     rid = getattr(request.state, "request_id", None)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from api.auth import require_api_key
 from api.deps import EngineDep, ExecutorDep, MetricsDep, SettingsDep
 from api.engines import EngineUnavailableError
-from api.errors import ApiError
+from api.errors import ApiError, service_unavailable
 from api.pipeline import INCLUDE_OPTIONS, analyse_case
 from api.schemas import ERROR_RESPONSES, CaseResult
 from api.upload import FILE_FIELD, read_zip_upload
@@ -79,11 +79,10 @@ async def create_case(
     state = request.app.state
     if state.inflight_cases >= settings.max_inflight_cases:
         # Shed load before reading the body: memory stays bounded and the client retries elsewhere.
-        raise ApiError(
-            503,
+        raise service_unavailable(
             "busy",
             f"{settings.max_inflight_cases} cases are being analysed; retry later",
-            headers={"Retry-After": str(settings.retry_after_s)},
+            settings.retry_after_s,
         )
     state.inflight_cases += 1
     metrics.inflight.inc()
@@ -105,11 +104,10 @@ async def create_case(
             raise
         except EngineUnavailableError as exc:
             metrics.cases.labels(outcome="error").inc()
-            raise ApiError(
-                503,
+            raise service_unavailable(
                 "engine_unavailable",
                 "the inference engine is unavailable; retry later",
-                headers={"Retry-After": str(settings.retry_after_s)},
+                settings.retry_after_s,
             ) from exc
         except Exception:
             metrics.cases.labels(outcome="error").inc()
@@ -123,7 +121,10 @@ async def create_case(
     metrics.case_probability.observe(result.ich_probability)
     metrics.slices_per_case.observe(result.series.slices_used)
     logger.info(
-        "case %s: %s, %d slices, %.0f ms", result.case_id, outcome, result.series.slices_used,
+        "case %s: %s, %d slices, %.0f ms",
+        result.case_id,
+        outcome,
+        result.series.slices_used,
         result.timing_ms.total,
     )
     return result

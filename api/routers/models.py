@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from api.auth import require_api_key
 from api.deps import EngineDep, SettingsDep
 from api.engines import EngineUnavailableError
-from api.errors import ApiError
+from api.errors import service_unavailable
 from api.schemas import ERROR_RESPONSES, ModelInfo, ModelsResponse
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
@@ -34,11 +34,8 @@ async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsRespons
     try:
         models = await engine.models()
     except EngineUnavailableError as exc:
-        raise ApiError(
-            503,
-            "engine_unavailable",
-            "the inference engine is unavailable; retry later",
-            headers={"Retry-After": str(settings.retry_after_s)},
+        raise service_unavailable(
+            "engine_unavailable", "the inference engine is unavailable; retry later", settings.retry_after_s
         ) from exc
     return ModelsResponse(
         engine=engine.name,
