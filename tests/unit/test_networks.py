@@ -191,3 +191,26 @@ def test_split_patient_wise_and_selections_use_train_only() -> None:
         assert t.positive[pos].all() and not t.positive[neg].any()
     pos, _ = selection_indices(t, "small", split["train"])
     assert all(0 < t.patient_volume_ml[p] <= 5 for p in t.pids[pos])
+
+
+def test_flip_tta_averages_the_map_and_the_mirrored_map_of_the_mirror() -> None:
+    torch.manual_seed(0)
+    plain = InceptionUNet(width=4, depth=2).eval()
+    tta = InceptionUNet(width=4, depth=2, flip_tta=True).eval()
+    tta.load_state_dict(plain.state_dict())
+    x, _ = _toy_batch(2, 32)
+    with torch.no_grad():
+        expected = 0.5 * (plain(x) + torch.flip(plain(torch.flip(x, dims=[3])), dims=[3]))
+        got = tta(x)
+        mirrored_input = tta(torch.flip(x, dims=[3]))
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, plain(x), atol=1e-4)  # the flip really changes the map
+    # the averaged network is left-right equivariant: mirroring the slice mirrors the map
+    assert torch.allclose(mirrored_input, torch.flip(got, dims=[3]), atol=1e-6)
+
+
+def test_checkpoint_keeps_flip_tta(tmp_path) -> None:
+    net = InceptionUNet(width=4, depth=2, flip_tta=True)
+    save_checkpoint(tmp_path / "best.pt", "unet", net)
+    loaded = load_checkpoint(tmp_path / "best.pt")
+    assert isinstance(loaded, InceptionUNet) and loaded.flip_tta is True
