@@ -35,7 +35,14 @@ iterations = 400
 
 
 def _block(auc: float, lo: float, hi: float, n: int, n_pos: int) -> dict[str, Any]:
-    return {"n": n, "n_positive": n_pos, "auc": auc, "auc_ci": [lo, hi], "sensitivity": 0.8, "specificity": 0.9}
+    return {
+        "n": n,
+        "n_positive": n_pos,
+        "auc": auc,
+        "auc_ci": [lo, hi],
+        "sensitivity": 0.8,
+        "specificity": 0.9,
+    }
 
 
 def _report(ensemble_slice: float = 0.931, best_single: float = 0.925) -> dict[str, Any]:
@@ -97,12 +104,12 @@ def test_verdict_applies_every_bar() -> None:
         "slice AUC": True,
         "case AUC": False,
         "Dice": True,
-        "ensemble >= best single (slice AUC)": True,
+        "ensemble >= best single (slice AUC, `all`)": True,
     }
     worse = {t.name: t.met for t in verdict(_report(ensemble_slice=0.921, best_single=0.93))}
-    assert worse["ensemble >= best single (slice AUC)"] is False and worse["slice AUC"] is True
+    assert worse["ensemble >= best single (slice AUC, `all`)"] is False and worse["slice AUC"] is True
     tie = {t.name: t.met for t in verdict(_report(ensemble_slice=0.93, best_single=0.93))}
-    assert tie["ensemble >= best single (slice AUC)"] is True
+    assert tie["ensemble >= best single (slice AUC, `all`)"] is True
 
 
 def test_card_says_not_met_in_words(run_and_repo) -> None:
