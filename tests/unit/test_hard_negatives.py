@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from tests.support.train_run import train_args
 from training.cli import main
 from training.networks import InceptionUNet
 from training.selections import SliceTable
 from training.train import Cache, _batch, hardest_negatives
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_ich"
 
 
 class _BrightnessNet(InceptionUNet):
@@ -86,13 +84,7 @@ opening = 1
 
 def test_a_step_mines_at_the_asked_iterations_and_keeps_the_pool(tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO)
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"val": ["081"], "train": ["049"]}))
-    config = tmp_path / "tiny.toml"
-    config.write_text(CONFIG.format(split=split.as_posix()))
-    run_dir = tmp_path / "run"
-    args = ["train", "--data", str(FIXTURE), "--config", str(config), "--run-dir", str(run_dir)]
-    args += ["--steps", "all"]
+    args, run_dir = train_args(tmp_path, CONFIG)
     assert main(args) == 0
     mined = [r.getMessage() for r in caplog.records if "hard negatives" in r.getMessage()]
     assert [m.split(":")[0] for m in mined] == ["step all it 1", "step all it 3"]

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import torch
 
+from tests.support.train_run import train_args
 from training.cli import main
 from training.networks import InceptionUNet, load_checkpoint
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_ich"
 
 CONFIG = """
 [run]
@@ -48,13 +46,7 @@ slice_bce = 0.5
 
 def test_train_all_step_then_resume(tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO)
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"val": ["081"], "train": ["049"]}))
-    config = tmp_path / "tiny.toml"
-    config.write_text(CONFIG.format(split=split.as_posix()))
-    run_dir = tmp_path / "run"
-    args = ["train", "--data", str(FIXTURE), "--config", str(config), "--run-dir", str(run_dir)]
-    args += ["--steps", "all"]
+    args, run_dir = train_args(tmp_path, CONFIG)
     assert main(args) == 0
     done = json.loads((run_dir / "all" / "done.json").read_text())
     assert [h["iteration"] for h in done["history"]] == [2, 4]
