@@ -253,7 +253,8 @@ make install
 .venv/bin/ich-model train --config training/configs/{name}.toml --data PATH/TO/ct-ich
 .venv/bin/ich-model export --run runs/{name} --out model_repository
 .venv/bin/ich-model evaluate --data PATH/TO/ct-ich --subset {subset} --out runs/eval/report.json
-.venv/bin/ich-model card --run runs/{name} --report runs/eval/report.json
+.venv/bin/ich-model card --run runs/{name} --report runs/eval/report.json \\
+    --notes training/configs/{name}_card_notes.md
 ```
 `evaluate` runs `ich.ensemble.EnsembleRunner`, the code of the gateway's embedded engine, and also writes the
 ROC plot and a predictions CSV (the input of `ich-model review select`). Every exported graph is checked
@@ -291,8 +292,8 @@ FLIP_TEXT = (
 )
 
 
-def render(run: Path, report: Mapping[str, Any], repo: Path) -> str:
-    """The whole card as Markdown."""
+def render(run: Path, report: Mapping[str, Any], repo: Path, notes: str = "") -> str:
+    """The whole card as Markdown; ``notes`` (Markdown, e.g. a reproducibility check) goes under "Notes"."""
     meta = report.get("meta", {})
     version = (
         repository.read_version(repo)
@@ -326,7 +327,7 @@ def render(run: Path, report: Mapping[str, Any], repo: Path) -> str:
         name=cfg["run"]["name"],
         subset=meta.get("subset", "val"),
         figures=figures_section(report),
-    )
+    ) + (f"\n## Notes\n{notes.strip()}\n" if notes.strip() else "")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -335,13 +336,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, required=True, help="report.json of ich-model evaluate")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--out", type=Path, default=None, help="default: <repository>/MODEL_CARD.md")
+    parser.add_argument(
+        "--notes",
+        type=Path,
+        default=None,
+        help="Markdown appended under 'Notes' (e.g. a reproducibility check)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the card; 2 when an input file is missing or unreadable."""
     try:
         report = json.loads(args.report.read_text())
-        text = render(args.run, report, args.repository)
+        notes = args.notes.read_text() if args.notes else ""
+        text = render(args.run, report, args.repository, notes)
     except (OSError, KeyError, ValueError) as exc:
         logger.error("cannot write the model card: %s", exc)
         return 2

@@ -123,7 +123,23 @@ def test_cli_writes_the_card_and_refuses_a_missing_report(run_and_repo, tmp_path
     run, repo = run_and_repo
     report = tmp_path / "report.json"
     report.write_text(json.dumps(_report()))
-    assert main(["card", "--run", str(run), "--report", str(report), "--repository", str(repo)]) == 0
-    assert "0.931 (0.851–0.987)" in (repo / "MODEL_CARD.md").read_text()
+    notes = tmp_path / "notes.md"
+    notes.write_text("Re-run of the weight step: bit-identical.\n")
+    argv = [
+        "card",
+        "--run",
+        str(run),
+        "--report",
+        str(report),
+        "--repository",
+        str(repo),
+        "--notes",
+        str(notes),
+    ]
+    assert main(argv) == 0
+    card = (repo / "MODEL_CARD.md").read_text()
+    assert "0.931 (0.851–0.987)" in card
+    assert card.endswith("## Notes\nRe-run of the weight step: bit-identical.\n")
+    assert "## Notes" not in render(run, _report(), repo)
     missing = ["card", "--run", str(run), "--report", str(tmp_path / "nope.json"), "--repository", str(repo)]
     assert main(missing) == 2
