@@ -37,6 +37,7 @@ from torch import nn
 
 from ich import repository, spec
 from ich.ensemble import EnsembleRunner
+from training.networks import InceptionUNet
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ def _export(
     dynamic = {name: {0: "batch"} for name in [*input_names, *output_names]}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces itself
+        # constant rotation grids (test-time augmentation) are meant to be traced as constants
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             model,
             example,
@@ -93,6 +96,22 @@ def _export(
             opset_version=opset,
             do_constant_folding=True,
         )
+    onnx.checker.check_model(str(path))
+
+
+def _pin_output_dims(path: Path, name: str, dims: list[int]) -> None:
+    """Write the known non-batch dims of output ``name`` into the graph; the batch axis stays dynamic.
+
+    Why: through ``grid_sample`` (the rotation test-time augmentation) the exporter's shape inference loses
+    the spatial size and leaves symbolic dims, while the contract (and Triton's config) says [B, 1, S, S].
+    """
+    model = onnx.load(str(path))
+    for output in model.graph.output:
+        if output.name == name:
+            for dim, value in zip(output.type.tensor_type.shape.dim[1:], dims, strict=True):
+                dim.ClearField("dim_param")
+                dim.dim_value = value
+    onnx.save(model, str(path))
     onnx.checker.check_model(str(path))
 
 
@@ -131,6 +150,7 @@ def export_base_model(
     model = model.eval()
     example = torch.rand(2, spec.IN_CHANNELS, input_size, input_size)
     _export(model, (example,), path, [spec.IMAGE], [spec.PROB], opset)
+    _pin_output_dims(path, spec.PROB, [1, input_size, input_size])
     rng = np.random.default_rng(seed)
     check = {spec.IMAGE: rng.random((3, spec.IN_CHANNELS, input_size, input_size), dtype=np.float32)}
     return _compare(model, path, check, [spec.PROB], tolerance)
@@ -298,6 +318,15 @@ def _input_size_from(raw: Mapping[str, Any]) -> int | None:
     return None
 
 
+def _rotate_tta_from_run(run_dir: Path) -> float:
+    """``[export].rotate_tta_deg`` of ``<run>/config.toml`` (0 = no rotation test-time augmentation)."""
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        return 0.0
+    with path.open("rb") as fh:
+        return float(tomllib.load(fh).get("export", {}).get("rotate_tta_deg", 0.0))
+
+
 def _input_size_from_run(run_dir: Path) -> int | None:
     """``[run].size`` of the ``config.toml`` that ``ich-model train`` copies into its run folder."""
     path = run_dir / "config.toml"
@@ -324,6 +353,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="max abs ONNX-vs-PyTorch difference allowed (default: %(default)g)")
     parser.add_argument("--max-batch-size", type=int, default=repository.DEFAULT_MAX_BATCH_SIZE)
     parser.add_argument("--kind", default="KIND_GPU", help="Triton instance kind (default: %(default)s)")
+    parser.add_argument("--rotate-tta-deg", type=float, default=None,
+                        help="rotation test-time augmentation of the base models, +- degrees "
+                             "(default: [export].rotate_tta_deg of <run>/config.toml, else 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -340,6 +372,13 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, KeyError, RuntimeError) as exc:
         logger.error("cannot load checkpoints: %s", exc)
         return 1
+    rotate = args.rotate_tta_deg if args.rotate_tta_deg is not None else _rotate_tta_from_run(args.run)
+    for key in spec.MODEL_KEYS:
+        net = loaded[key][0]
+        if isinstance(net, InceptionUNet):
+            net.set_rotate_tta(rotate)
+    if rotate > 0:
+        logger.info("base models average their maps over rotations of +-%g degrees", rotate)
     sizes = {s for _, raw in loaded.values() if (s := _input_size_from(raw)) is not None}
     if not sizes and (from_run := _input_size_from_run(args.run)) is not None:
         sizes = {from_run}

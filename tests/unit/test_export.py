@@ -27,6 +27,7 @@ def _tiny_set(seed: int = 0) -> tuple[dict[str, nn.Module], nn.Module]:
         key: InceptionUNet(width=4, depth=2, flip_tta=i % 2 == 0).eval()
         for i, key in enumerate(spec.MODEL_KEYS)
     }
+    unets[spec.MODEL_KEYS[0]].set_rotate_tta(8.0)  # and one the rotations (constant grids in the graph)
     weight = WeightModel(hidden=4, opening=3)
     # WeightModel starts with a zero last layer (plain average); perturb it so the weights really vary
     with torch.no_grad():
@@ -133,6 +134,30 @@ def test_cli_exports_from_checkpoints(tmp_path: Path) -> None:
     (run_dir / "config.toml").write_text(f"[run]\nname = 'x'\nsize = {SIZE}\n")
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo3")]) == 0
     assert repository.input_size_of(repository.read_config(tmp_path / "repo3" / spec.ENSEMBLE_MODEL)) == SIZE
+    # [export].rotate_tta_deg of the run's config adds the rotations to every base model; a flag overrides
+    config = f"[run]\nname = 'x'\nsize = {SIZE}\n[export]\nrotate_tta_deg = 8.0\n"
+    (run_dir / "config.toml").write_text(config)
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo4")]) == 0
+    no_rotation = ["--rotate-tta-deg", "0"]
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo5"), *no_rotation]) == 0
+    image = np.random.default_rng(3).random((2, spec.IN_CHANNELS, SIZE, SIZE), dtype=np.float32)
+    key = spec.MODEL_KEYS[1]
+
+    def onnx_map(root: Path) -> np.ndarray:
+        path = repository.model_file(root, spec.BASE_MODELS[key])
+        return export._ort_session(path).run([spec.PROB], {spec.IMAGE: image})[0]
+
+    net = unets[key]
+    assert isinstance(net, InceptionUNet)
+    with torch.no_grad():
+        net.set_rotate_tta(8.0)
+        rotated = net(torch.from_numpy(image)).numpy()
+        net.set_rotate_tta(0.0)
+        plain = net(torch.from_numpy(image)).numpy()
+    assert np.abs(rotated - plain).max() > 1e-3
+    np.testing.assert_allclose(onnx_map(tmp_path / "repo4"), rotated, atol=1e-5)
+    np.testing.assert_allclose(onnx_map(tmp_path / "repo5"), plain, atol=1e-5)
+    np.testing.assert_allclose(onnx_map(tmp_path / "repo3"), plain, atol=1e-5)
     # a missing checkpoint is a clear failure, not a traceback
     (run_dir / "sah" / "best.pt").unlink()
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo2")]) == 1

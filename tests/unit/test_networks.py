@@ -214,3 +214,31 @@ def test_checkpoint_keeps_flip_tta(tmp_path) -> None:
     save_checkpoint(tmp_path / "best.pt", "unet", net)
     loaded = load_checkpoint(tmp_path / "best.pt")
     assert isinstance(loaded, InceptionUNet) and loaded.flip_tta is True
+
+
+def test_rotate_tta_averages_three_angles_and_zero_turns_it_off() -> None:
+    torch.manual_seed(0)
+    net = InceptionUNet(width=4, depth=2, flip_tta=True).eval()
+    x, _ = _toy_batch(2, 32)
+    with torch.no_grad():
+        flip_only = net(x)
+        net.set_rotate_tta(8.0)
+        rotated = net(x)
+        net.set_rotate_tta(0.0)
+        again = net(x)
+    assert torch.equal(flip_only, again)
+    assert rotated.shape == flip_only.shape and float(rotated.min()) >= 0.0 and float(rotated.max()) <= 1.0
+    assert not torch.allclose(rotated, flip_only, atol=1e-4)
+    # away from the corners (rotated out of the field of view) the three views agree on a smooth map
+    assert float((rotated - flip_only)[..., 8:24, 8:24].abs().mean()) < 0.1
+
+
+def test_rotation_grid_turns_an_image_about_its_centre() -> None:
+    from training.networks import _rotation_grid
+
+    img = torch.zeros(1, 1, 33, 33)
+    img[0, 0, 16, 24] = 1.0  # a dot right of the centre
+    turned = torch.nn.functional.grid_sample(img, _rotation_grid(90.0, img), align_corners=False)
+    y, x = divmod(int(torch.argmax(turned)), 33)
+    assert abs(x - 16) <= 1 and abs(y - 16) == 8  # now straight above or below the centre
+    assert _rotation_grid(8.0, torch.zeros(5, 4, 16, 16)).shape == (5, 16, 16, 2)
