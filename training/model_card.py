@@ -292,6 +292,16 @@ FLIP_TEXT = (
 )
 
 
+def _rotation_text(cfg: Mapping[str, Any]) -> str:
+    degrees = float(cfg.get("export", {}).get("rotate_tta_deg", 0.0))
+    if degrees <= 0:
+        return ""
+    return (
+        f"The exported base models also average the maps of the slice rotated by +-{degrees:g} degrees "
+        "(each rotated back), added at export and not used for checkpoint selection. "
+    )
+
+
 def render(run: Path, report: Mapping[str, Any], repo: Path, notes: str = "") -> str:
     """The whole card as Markdown; ``notes`` (Markdown, e.g. a reproducibility check) goes under "Notes"."""
     meta = report.get("meta", {})
@@ -316,7 +326,7 @@ def render(run: Path, report: Mapping[str, Any], repo: Path, notes: str = "") ->
     return CARD.format(
         version=version,
         post=post,
-        flip=FLIP_TEXT if cfg["network"].get("flip_tta") else "",
+        flip=(FLIP_TEXT if cfg["network"].get("flip_tta") else "") + _rotation_text(cfg),
         size=cfg["run"]["size"],
         sizes=sizes or "n/a",
         n_train=len(split["train"]),

@@ -31,6 +31,9 @@ lr = 1e-3
 [weight]
 opening = 1
 iterations = 400
+
+[export]
+rotate_tta_deg = 8.0
 """
 
 
@@ -95,6 +98,7 @@ def test_card_carries_the_figures_settings_and_selected_checkpoints(run_and_repo
     assert "`all` iteration 1100, `sdh` iteration 50, `weight` iteration 1" in card
     assert "2 validation patients" in card and "050, 054" in card and "3 training" in card
     assert "test-time flip" in card
+    assert "rotated by +-8 degrees" in card
     assert "  - `all`: iterations 1400, lr 0.001" in card
 
 
