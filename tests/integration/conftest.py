@@ -7,8 +7,14 @@ Started once (a few seconds) and shared by every ``triton``-marked test. Skipped
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,11 @@ from tests.support.tiny_repository import build_exported_repository, build_tiny_
 #: Small enough for 2 CPU cores, large enough for the U-Net's pooling and the opening.
 TINY_SIZE = 32
 TINY_MAX_BATCH = 4
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: How long ``serve`` waits for the gateway's /readyz.
+START_TIMEOUT_S = 120.0
 
 
 def free_port() -> int:
@@ -113,3 +124,52 @@ def assert_same_numbers(triton: dict[str, Any], embedded: dict[str, Any], per_mo
             atol=1e-3,
         )
     assert triton["ich_probability"] == pytest.approx(embedded["ich_probability"], abs=1e-3)
+
+
+def start_gateway(log: Path, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m api.main`` (the ``ich-serve`` script's function) on a free loopback port.
+
+    Only the given ``ICH_`` settings reach it (the caller's environment's own ``ICH_`` variables are dropped);
+    output goes to ``log``. Returns the process and its base URL.
+    """
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICH_")}
+    env.update({"ICH_HOST": "127.0.0.1", "ICH_PORT": str(port), "ICH_LOG_LEVEL": "INFO", **settings})
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api.main"], cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(process: subprocess.Popen[bytes], base: str, log: Path, path: str = "/readyz") -> None:
+    """Poll ``path`` until it answers 200; fail the test with the log if the process dies or times out."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"ich-serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base}{path}", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"ich-serve not ready after {START_TIMEOUT_S} s:\n{log.read_text()}")
+        time.sleep(0.3)
+
+
+@contextmanager
+def serve(log: Path, **settings: str) -> Iterator[str]:
+    """The gateway on a free loopback port, ready, until the block ends (then SIGTERM, as Kubernetes)."""
+    process, base = start_gateway(log, **settings)
+    try:
+        wait_ready(process, base, log)
+        yield base
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

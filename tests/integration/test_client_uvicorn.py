@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,12 +31,11 @@ from ich_client import (
 )
 
 from api.auth import key_digest
-from tests.integration.conftest import free_port
+from tests.integration.conftest import serve
 from tests.support.dicom_study import study_zip
 
 KEY = "uvicorn-test-key"
 MAX_UPLOAD = 2 * 1024 * 1024
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -53,11 +51,7 @@ def gateway(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     workdir = tmp_path_factory.mktemp("gateway")
     keys = workdir / "keys.txt"
     keys.write_text(f"# test key\n{key_digest(KEY)}\n")
-    port = free_port()
-    env = {
-        **os.environ,
-        "ICH_HOST": "127.0.0.1",
-        "ICH_PORT": str(port),
+    settings = {
         "ICH_ENGINE": "embedded",
         "ICH_MODEL_REPOSITORY": str(tiny_repository),
         "ICH_API_KEYS_FILE": str(keys),
@@ -66,36 +60,8 @@ def gateway(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "ICH_INTRA_OP_THREADS": "1",
         "ICH_LOG_LEVEL": "warning",
     }
-    log = (workdir / "gateway.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "api.main"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"gateway exited with {process.returncode}: {(workdir / 'gateway.log').read_text()}"
-                )
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gateway not ready in 90 s: {(workdir / 'gateway.log').read_text()}")
-            time.sleep(0.3)
-        version = (tiny_repository / "VERSION").read_text().strip()
-        yield Gateway(url, version)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with serve(workdir / "gateway.log", **settings) as url:
+        yield Gateway(url, (tiny_repository / "VERSION").read_text().strip())
 
 
 @pytest.fixture(scope="module")

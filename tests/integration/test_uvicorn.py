@@ -7,66 +7,23 @@ request ids and without patient data, and a clean shutdown on SIGTERM (what Kube
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import free_port
+from tests.integration.conftest import REPO_ROOT, serve, start_gateway, wait_ready
 from tests.support.dicom_study import PATIENT_ID, PATIENT_NAME, study_zip
-
-ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 120.0
 
 pytestmark = pytest.mark.slow
 
 
-SHIPPED_REPOSITORY = ROOT / "model_repository"
+SHIPPED_REPOSITORY = REPO_ROOT / "model_repository"
 UPLOAD_CAP = 1024 * 1024
-EXAMPLES = sorted((ROOT / "examples").glob("*.zip"))
-
-
-@contextmanager
-def serve(log: Path, **settings: str) -> Iterator[str]:
-    """``python -m api.main`` (the ``ich-serve`` script's function) on a free loopback port, until closed."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICH_")}
-    env.update({"ICH_HOST": "127.0.0.1", "ICH_PORT": str(port), "ICH_LOG_LEVEL": "INFO", **settings})
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "api.main"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ich-serve exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"ich-serve not ready after {START_TIMEOUT_S} s:\n{log.read_text()}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.zip"))
 
 
 @pytest.fixture(scope="module")
@@ -125,26 +82,10 @@ def test_a_study_posted_over_tcp_gets_a_full_result(gateway: tuple[str, Path]) -
 
 
 def test_sigterm_stops_the_gateway_cleanly(tiny_repository: Path, tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "ICH_HOST": "127.0.0.1",
-        "ICH_PORT": str(port),
-        "ICH_MODEL_REPOSITORY": str(tiny_repository),
-    }
     log = tmp_path / "gateway.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "api.main"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
+    process, base = start_gateway(log, ICH_MODEL_REPOSITORY=str(tiny_repository))
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        wait_ready(process, base, log, "/healthz")
         assert process.poll() is None, log.read_text()
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal (exit -15), or exits 0 in older versions.
