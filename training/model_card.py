@@ -163,10 +163,8 @@ def figures_section(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def training_section(run: Path) -> str:
+def training_section(run: Path, cfg: Mapping[str, Any]) -> str:
     """Configuration, per-step settings and selected checkpoints of a run."""
-    with (run / "config.toml").open("rb") as fh:
-        cfg = tomllib.load(fh)
     rc, net = cfg["run"], cfg["network"]
     lines = [
         "## Training",
@@ -333,7 +331,7 @@ def render(run: Path, report: Mapping[str, Any], repo: Path, notes: str = "") ->
         n_val=len(split["val"]),
         seed=cfg["run"]["seed"],
         val=", ".join(split["val"]),
-        training=training_section(run),
+        training=training_section(run, cfg),
         name=cfg["run"]["name"],
         subset=meta.get("subset", "val"),
         figures=figures_section(report),
