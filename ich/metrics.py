@@ -21,7 +21,7 @@ Conventions (the evaluation report and the model card rely on them):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
@@ -282,6 +282,8 @@ class DiceSummary:
     slice_mean: float  # plain mean over slices, for reference
     n_slices: int
     n_patients: int
+    # Each patient's own mean slice Dice, by patient id (as a string): the mean hides which patients fail.
+    by_patient: dict[str, float] = field(default_factory=dict)
 
 
 def dice_summary(counts: np.ndarray, patients: Sequence[object] | np.ndarray) -> DiceSummary:
@@ -297,7 +299,7 @@ def dice_summary(counts: np.ndarray, patients: Sequence[object] | np.ndarray) ->
     keep = c[:, 2] > 0
     if not keep.any():
         nan = float("nan")
-        return DiceSummary(nan, nan, nan, 0, 0)
+        return DiceSummary(nan, nan, nan, 0, 0, {})
     c = c[keep]
     g = g[keep]
     per_slice = 2.0 * c[:, 0] / (c[:, 1] + c[:, 2])
@@ -310,4 +312,5 @@ def dice_summary(counts: np.ndarray, patients: Sequence[object] | np.ndarray) ->
         slice_mean=float(per_slice.mean()),
         n_slices=int(keep.sum()),
         n_patients=int(patient_ids.size),
+        by_patient={str(pid): float(d) for pid, d in zip(patient_ids, per_patient, strict=True)},
     )

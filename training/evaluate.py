@@ -15,7 +15,8 @@ Definitions (also written into the report's ``definitions``):
 * Dice: FUSED > 0.5 (``spec.MASK_THRESHOLD``) against the ground-truth mask, both at the model input size
   (the mask is resized with the same area-averaging resize as the image channels and thresholded at 0.5).
   ``dice``: per-slice Dice on slices with hemorrhage in the ground truth, averaged per patient, then over
-  patients (Hssayeni et al. 2020); ``dice_micro``: pooled over those slices.
+  patients (Hssayeni et al. 2020); ``dice_micro``: pooled over those slices; ``dice_by_patient``: each
+  patient's own mean (the ensemble's only), since a mean over a handful of patients hides which ones fail.
 * base model ``k`` alone: its PROB map goes through the *same* post-processing as the ensemble by feeding it
   to all five inputs of ``ich_weighting``: the weights sum to one, so FUSED equals that map and SLICE_PROB
   is its opened maximum. Its Dice uses PROB > 0.5.
@@ -266,6 +267,7 @@ def build_report(col: _Collected, args: Any) -> tuple[dict[str, Any], dict[str, 
             report.update(block)
             report["per_subtype"] = _per_subtype(subtypes, probs, args.threshold)
             report["cases"] = {"ids": ids, "labels": case_label, "probs": case_prob}
+            report["dice_by_patient"] = {k: _num(v) for k, v in dice.by_patient.items()}
         else:
             report.setdefault("models", {})[name] = block
     ens = curves[ENSEMBLE]

@@ -107,6 +107,14 @@ def _done(run: Path, step: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _dice_by_patient(by_patient: Mapping[str, Any] | None) -> str:
+    """The sentence's end: each patient's Dice, lowest first (the mean of a few patients hides the misses)."""
+    if not by_patient:
+        return "."
+    ranked = sorted(by_patient.items(), key=lambda item: (item[1] is None, item[1] or 0.0))
+    return " (per patient, lowest first: " + ", ".join(f"{k} {_f(v, 2)}" for k, v in ranked) + ")."
+
+
 def figures_section(report: Mapping[str, Any]) -> str:
     """Validation tables, DeLong, per-subtype sensitivity and the verdict, from one report."""
     meta = report.get("meta", {})
@@ -128,7 +136,8 @@ def figures_section(report: Mapping[str, Any]) -> str:
         "",
         f"Slice level: {report['slice']['n']} slices, {report['slice']['n_positive']} with hemorrhage. Case "
         f"level: {report['case']['n']} patients, {report['case']['n_positive']} with hemorrhage. Dice over "
-        f"{report.get('dice_slices', '?')} slices of {report.get('dice_patients', '?')} patients.",
+        f"{report.get('dice_slices', '?')} slices of {report.get('dice_patients', '?')} patients"
+        + _dice_by_patient(report.get("dice_by_patient")),
         "",
         "DeLong's paired test, ensemble against each base model (z > 0: ensemble higher; slice-level tests "
         "ignore that slices cluster within patients, so their p-values are optimistic):",

@@ -191,6 +191,7 @@ def test_report_figures_for_a_perfect_and_a_useless_scorer() -> None:
     assert (report["slice"]["sensitivity"], report["slice"]["specificity"]) == (1.0, 1.0)
     assert report["case"]["auc"] == 1.0 and report["case"]["n"] == 2
     assert report["dice"] == 1.0 and report["dice_micro"] == 1.0
+    assert report["dice_by_patient"] == {"a": 1.0}  # "b" has no hemorrhage slice, so no Dice
     assert report["per_subtype"]["intraparenchymal"] == {"sensitivity": 1.0, "n_slices": 2}
     assert report["per_subtype"]["epidural"] == {"sensitivity": None, "n_slices": 0}
     useless = report["models"]["all"]

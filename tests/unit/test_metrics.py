@@ -159,6 +159,7 @@ def test_dice_conventions_by_hand() -> None:
     # slice mean: (1 + 1/2 + 0) / 3
     assert summary.slice_mean == pytest.approx(0.5)
     assert (summary.n_slices, summary.n_patients) == (3, 2)
+    assert summary.by_patient == pytest.approx({"p1": 0.75, "p2": 0.0})
 
 
 def test_dice_summary_without_positive_slices_is_nan() -> None:

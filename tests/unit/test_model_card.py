@@ -62,6 +62,7 @@ def _report(ensemble_slice: float = 0.931, best_single: float = 0.925) -> dict[s
         "dice_micro": 0.61,
         "dice_slices": 55,
         "dice_patients": 7,
+        "dice_by_patient": {"071": 0.6, "085": 0.0, "093": None},
         "per_subtype": {"subdural": {"sensitivity": 0.5, "n_slices": 4}},
         "models": {"all": model, "sdh": {**copy.deepcopy(model), "slice": _block(0.7, 0.5, 0.8, 450, 55)}},
         "delong": {"all": {"slice": {"z": 1.234, "p": 0.0217}, "case": None}},
@@ -100,6 +101,7 @@ def test_card_carries_the_figures_settings_and_selected_checkpoints(run_and_repo
     assert "test-time flip" in card
     assert "rotated by +-8 degrees" in card
     assert "  - `all`: iterations 1400, lr 0.001" in card
+    assert "(per patient, lowest first: 085 0.00, 071 0.60, 093 n/a)." in card
 
 
 def test_verdict_applies_every_bar() -> None:
