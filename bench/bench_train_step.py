@@ -5,6 +5,10 @@ issue's time budget; this prints the median seconds of one Adam step (forward th
 ``InceptionUNet.logits``, ``dice_bce_loss``, backward) on random data, per ``SIZE:WIDTH`` pair.
 
     .venv/bin/python -m bench.bench_train_step --pairs 128:16 160:16 192:12 192:16 --batch 16
+
+Like ``ich-model train`` it first keeps freed memory in the process (:mod:`training.allocator`);
+``--release-memory`` leaves glibc's default, which returns large blocks to the kernel after each use, so
+the two can be compared (run them as separate processes: the setting is process-wide).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 
 import torch
 
+from training.allocator import keep_freed_memory
 from training.losses import dice_bce_loss
 from training.networks import InceptionUNet
 
@@ -45,8 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--release-memory", action="store_true",
+                        help="keep glibc's default allocator policy (what training did before)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    kept = False if args.release_memory else keep_freed_memory()
+    print(f"allocator: freed memory {'kept in the process' if kept else 'returned to the kernel (default)'}")
     base: float | None = None
     print("size  width  s/step  relative")
     for pair in args.pairs:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ich.preprocess import preprocess_volume, resize_channel
 from ich.spec import MODEL_KEYS
+from training.allocator import keep_freed_memory
 from training.augment import AugmentConfig, augment_batch, paste_lesions
 from training.data.ct_ich import read_dataset
 from training.losses import dice_bce_loss, soft_dice_loss
@@ -492,6 +493,7 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path) -> int:
     """The body of :func:`run`, with the run's log file attached."""
     rc = cfg["run"]
     torch.set_num_threads(int(rc.get("threads", 2)))
+    keep_freed_memory()  # about 20% faster CPU steps, same numbers (see training.allocator)
     seed, size = int(rc["seed"]), int(rc["size"])
     # Post-processing used to score base-model checkpoints (max over the opened map); defaults to the
     # weight model's own opening.
