@@ -1,14 +1,24 @@
 """Losses: soft Dice (the paper's) plus binary cross-entropy.
 
 Dice alone gives vanishing gradients on the many slices with empty masks; the BCE term keeps those slices
-teaching "no hemorrhage here". Dice is computed over the whole batch (not per sample), so negative slices
-count through their false-positive mass.
+teaching "no hemorrhage here". Two Dice conventions, chosen per step in the config (``dice = ...``):
+
+- ``"batch"`` (default): Dice over the whole batch, so negative slices count through their false-positive
+  mass, and a large bleed outweighs a small one in proportion to its pixels.
+- ``"per_slice"``: the mean of each positive slice's own soft Dice. It is the evaluation's convention (Dice
+  per slice with hemorrhage, averaged), so a 20-pixel bleed counts as much as a 2,000-pixel one; negative
+  slices are left to the BCE term.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+
+DiceMode = Literal["batch", "per_slice"]
+DICE_MODES: tuple[DiceMode, ...] = ("batch", "per_slice")
 
 
 def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -17,7 +27,29 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -
     return 1.0 - (2.0 * inter + eps) / (torch.sum(prob) + torch.sum(target) + eps)
 
 
-def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0) -> torch.Tensor:
-    """Soft Dice on sigmoid(logits) plus ``bce_weight`` x BCE on the logits."""
+def per_slice_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - the mean soft Dice of the slices whose target is not empty; batch Dice if none is."""
+    positive = torch.sum(target, dim=(1, 2, 3)) > 0
+    if not bool(positive.any()):
+        return soft_dice_loss(prob, target, eps)
+    p, t = prob[positive], target[positive]
+    inter = torch.sum(p * t, dim=(1, 2, 3))
+    dice = (2.0 * inter + eps) / (torch.sum(p, dim=(1, 2, 3)) + torch.sum(t, dim=(1, 2, 3)) + eps)
+    return 1.0 - dice.mean()
+
+
+def dice_loss(prob: torch.Tensor, target: torch.Tensor, mode: DiceMode = "batch") -> torch.Tensor:
+    """The Dice loss of the convention ``mode`` (see the module docstring)."""
+    if mode == "batch":
+        return soft_dice_loss(prob, target)
+    if mode == "per_slice":
+        return per_slice_dice_loss(prob, target)
+    raise ValueError(f"dice mode {mode!r}: expected one of {DICE_MODES}")
+
+
+def dice_bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0, dice: DiceMode = "batch"
+) -> torch.Tensor:
+    """Soft Dice (convention ``dice``) on sigmoid(logits) plus ``bce_weight`` x BCE on the logits."""
     prob = torch.sigmoid(logits)
-    return soft_dice_loss(prob, target) + bce_weight * F.binary_cross_entropy_with_logits(logits, target)
+    return dice_loss(prob, target, dice) + bce_weight * F.binary_cross_entropy_with_logits(logits, target)

@@ -20,7 +20,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from ich.spec import MODEL_KEYS
 from training.allocator import keep_freed_memory
 from training.augment import AugmentConfig, augment_batch, paste_lesions
 from training.data.ct_ich import read_dataset
-from training.losses import dice_bce_loss, soft_dice_loss
+from training.losses import DICE_MODES, DiceMode, dice_bce_loss, dice_loss
 from training.networks import (
     InceptionUNet,
     WeightModel,
@@ -164,6 +164,14 @@ def criterion(fig: dict[str, float]) -> float:
 
 
 # ---------------------------------------------------------------------------------------- base steps
+def _dice_mode(cfg: dict[str, Any]) -> DiceMode:
+    """A step's Dice convention (``dice = "batch" | "per_slice"``), checked before the step starts."""
+    mode = cfg.get("dice", "batch")
+    if mode not in DICE_MODES:
+        raise ValueError(f"dice = {mode!r} in the config: expected one of {DICE_MODES}")
+    return cast(DiceMode, mode)
+
+
 def _lr(it: int, total: int, peak: float, warmup: int) -> float:
     if it < warmup:
         return peak * (it + 1) / warmup
@@ -256,6 +264,7 @@ def train_unet_step(
     )
     eval_every = int(cfg["eval_every"])
     mining = HardNegatives(**cfg["hard_negatives"]) if "hard_negatives" in cfg else None
+    bce_weight, dice_mode = float(cfg.get("bce_weight", 1.0)), _dice_mode(cfg)
     logger.info(
         "step %s: %d positive / %d negative training slices, %d iterations", name, len(pos), len(neg), iters
     )
@@ -314,7 +323,7 @@ def train_unet_step(
         x, y = augment_batch(x, y, aug, gen)
         for g in opt.param_groups:
             g["lr"] = _lr(it, iters, peak, warmup)
-        loss = dice_bce_loss(model.logits(x.to(device)), y.to(device), float(cfg.get("bce_weight", 1.0)))
+        loss = dice_bce_loss(model.logits(x.to(device)), y.to(device), bce_weight, dice_mode)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -412,7 +421,7 @@ def train_weight_step(
     torch.manual_seed(seed)
     model = WeightModel(hidden=int(cfg["hidden"]), opening=opening)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
-    iters, batch = int(cfg["iterations"]), int(cfg["batch"])
+    iters, batch, dice_mode = int(cfg["iterations"]), int(cfg["batch"]), _dice_mode(cfg)
     y_slice = torch.from_numpy(cache.table.positive[train_idx].astype(np.float32))[:, None]
     masks = torch.from_numpy(cache.masks[train_idx].astype(np.float32))
     tmaps = torch.from_numpy(tr_maps.astype(np.float32))
@@ -432,7 +441,7 @@ def train_weight_step(
         gen = torch.Generator().manual_seed(seed * 7919 + 200_000 + it)
         b = torch.randint(len(train_idx), (batch,), generator=gen)
         _, fused, sp = model(*[tmaps[b, i : i + 1] for i in range(len(MODEL_KEYS))])
-        loss = soft_dice_loss(fused, masks[b]) + float(cfg["slice_bce"]) * F.binary_cross_entropy(
+        loss = dice_loss(fused, masks[b], dice_mode) + float(cfg["slice_bce"]) * F.binary_cross_entropy(
             sp.clamp(1e-6, 1 - 1e-6), y_slice[b]
         )
         opt.zero_grad()

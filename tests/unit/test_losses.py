@@ -1,0 +1,65 @@
+"""The two Dice conventions of ``training.losses``, against values worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.losses import dice_bce_loss, dice_loss, per_slice_dice_loss, soft_dice_loss
+from training.train import _dice_mode
+
+
+def _two_lesions() -> tuple[torch.Tensor, torch.Tensor]:
+    """Slice 0: a 1-pixel bleed, missed. Slice 1: a 3-pixel bleed, found exactly."""
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, 0, 0, 0] = 1
+    target[1, 0, 2, 0:3] = 1
+    prob = torch.zeros_like(target)
+    prob[1, 0, 2, 0:3] = 1
+    return prob, target
+
+
+def test_per_slice_weights_a_small_bleed_like_a_large_one() -> None:
+    prob, target = _two_lesions()
+    # Slice 0: (2*0 + 1) / (0 + 1 + 1) = 0.5; slice 1: (2*3 + 1) / (3 + 3 + 1) = 1 -> loss 1 - 0.75.
+    assert float(per_slice_dice_loss(prob, target)) == pytest.approx(0.25)
+    # The batch convention: (2*3 + 1) / (3 + 4 + 1) = 7/8 -> loss 0.125; the missed pixel barely counts.
+    assert float(soft_dice_loss(prob, target)) == pytest.approx(0.125)
+
+
+def test_per_slice_leaves_negative_slices_to_bce() -> None:
+    prob, target = _two_lesions()
+    neg_prob = torch.full((1, 1, 4, 4), 0.5)
+    prob3, target3 = torch.cat([prob, neg_prob]), torch.cat([target, torch.zeros(1, 1, 4, 4)])
+    assert float(per_slice_dice_loss(prob3, target3)) == pytest.approx(0.25)
+    # The batch convention counts the negative slice's 8 pixels of false-positive mass: 1 - 7/16.
+    assert float(soft_dice_loss(prob3, target3)) == pytest.approx(1 - 7 / 16)
+
+
+def test_per_slice_without_positive_slices_is_the_batch_loss() -> None:
+    prob, target = torch.full((2, 1, 4, 4), 0.25), torch.zeros(2, 1, 4, 4)
+    # 1 - 1 / (8 + 0 + 1)
+    assert float(per_slice_dice_loss(prob, target)) == pytest.approx(1 - 1 / 9)
+    assert float(per_slice_dice_loss(prob, target)) == float(soft_dice_loss(prob, target))
+
+
+def test_dice_modes_and_their_gradient() -> None:
+    prob, target = _two_lesions()
+    logits = torch.zeros_like(prob, requires_grad=True)
+    dice_bce_loss(logits, target, dice="per_slice").backward()
+    assert logits.grad is not None and bool(torch.isfinite(logits.grad).all())
+    # The missed 1-pixel bleed pulls harder under per-slice Dice than under batch Dice.
+    g_slice = logits.grad[0, 0, 0, 0].item()
+    logits.grad = None
+    dice_bce_loss(logits, target, dice="batch").backward()
+    assert g_slice < logits.grad[0, 0, 0, 0].item() < 0
+    assert float(dice_loss(prob, target, "batch")) == float(soft_dice_loss(prob, target))
+    with pytest.raises(ValueError, match="dice mode"):
+        dice_loss(prob, target, "sample")  # type: ignore[arg-type]
+
+
+def test_config_dice_mode_is_checked_before_training() -> None:
+    assert _dice_mode({}) == "batch"
+    assert _dice_mode({"dice": "per_slice"}) == "per_slice"
+    with pytest.raises(ValueError, match="expected one of"):
+        _dice_mode({"dice": "per-slice"})
