@@ -52,6 +52,7 @@ def test_dice_modes_and_their_gradient() -> None:
     g_slice = logits.grad[0, 0, 0, 0].item()
     logits.grad = None
     dice_bce_loss(logits, target, dice="batch").backward()
+    assert logits.grad is not None
     assert g_slice < logits.grad[0, 0, 0, 0].item() < 0
     assert float(dice_loss(prob, target, "batch")) == float(soft_dice_loss(prob, target))
     with pytest.raises(ValueError, match="dice mode"):
