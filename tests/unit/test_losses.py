@@ -56,7 +56,7 @@ def test_dice_modes_and_their_gradient() -> None:
     assert g_slice < logits.grad[0, 0, 0, 0].item() < 0
     assert float(dice_loss(prob, target, "batch")) == float(soft_dice_loss(prob, target))
     with pytest.raises(ValueError, match="dice mode"):
-        dice_loss(prob, target, "sample")  # type: ignore[arg-type]
+        dice_loss(prob, target, "sample")
 
 
 def test_config_dice_mode_is_checked_before_training() -> None:
