@@ -379,7 +379,7 @@ def train_weight_step(
     """Train the WeightModel on cached maps of the frozen base models (training patients only)."""
     step_dir = run_dir / "weight"
     step_dir.mkdir(parents=True, exist_ok=True)
-    opening = int(cfg["opening"])
+    opening, dice_mode = int(cfg["opening"]), _dice_mode(cfg)  # a bad value fails before the maps
     pos, neg = selection_indices(cache.table, "all", split["train"])
     rng = np.random.default_rng(seed)
     neg_sub = np.sort(
@@ -421,7 +421,7 @@ def train_weight_step(
     torch.manual_seed(seed)
     model = WeightModel(hidden=int(cfg["hidden"]), opening=opening)
     opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
-    iters, batch, dice_mode = int(cfg["iterations"]), int(cfg["batch"]), _dice_mode(cfg)
+    iters, batch = int(cfg["iterations"]), int(cfg["batch"])
     y_slice = torch.from_numpy(cache.table.positive[train_idx].astype(np.float32))[:, None]
     masks = torch.from_numpy(cache.masks[train_idx].astype(np.float32))
     tmaps = torch.from_numpy(tr_maps.astype(np.float32))

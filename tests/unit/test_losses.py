@@ -64,3 +64,15 @@ def test_config_dice_mode_is_checked_before_training() -> None:
     assert _dice_mode({"dice": "per_slice"}) == "per_slice"
     with pytest.raises(ValueError, match="expected one of"):
         _dice_mode({"dice": "per-slice"})
+
+
+def test_weight_step_refuses_a_bad_dice_mode_before_predicting_maps(tmp_path) -> None:
+    from typing import Any, cast
+
+    from training.train import train_weight_step
+
+    # No cache and no base models: reaching the map prediction would fail with another error.
+    with pytest.raises(ValueError, match="expected one of"):
+        train_weight_step(
+            {"opening": 3, "dice": "dice"}, cast(Any, None), {"train": [], "val": []}, tmp_path, 0, 4
+        )
