@@ -180,12 +180,16 @@ def training_section(run: Path, cfg: Mapping[str, Any]) -> str:
         f"Configuration `training/configs/{rc['name']}.toml` (seed {rc['seed']}, input size {rc['size']}, "
         f"network {_settings(net)}), `torch==2.13.0`:",
     ]
-    lines += [
-        f"  - `{step}`: {_settings(cfg['steps'][step])}" for step in spec.MODEL_KEYS if step in cfg["steps"]
-    ]
+    auxiliary = [step for step in cfg["steps"] if step not in spec.MODEL_KEYS]
+    for step in (*auxiliary, *spec.MODEL_KEYS):
+        if step in cfg["steps"]:
+            note = " (auxiliary, not exported)" if step in auxiliary else ""
+            lines.append(f"  - `{step}`{note}: {_settings(cfg['steps'][step])}")
     lines.append(f"  - `weight`: {_settings(cfg['weight'])}")
+    inits = sorted({str(s["init"]) for k, s in cfg["steps"].items() if k in spec.MODEL_KEYS and "init" in s})
+    start = " and ".join(f"`{k}`" for k in inits) or "scratch"
     chosen = []
-    for step in _STEPS:
+    for step in (*auxiliary, *_STEPS):
         best = _done(run, step).get("best", {})
         if "iteration" in best:
             chosen.append(f"`{step}` iteration {best['iteration']}")
@@ -194,7 +198,7 @@ def training_section(run: Path, cfg: Mapping[str, Any]) -> str:
         "Each base model is trained with the Dice loss plus BCE and Adam (linear warm-up, cosine decay), on "
         "its selection balanced with as many normal slices (all hemorrhages; subtype-pre-trained encoder; "
         "subdural only; subarachnoid only; lesions of 5 mL or less per patient); the specialists start from "
-        "the `all` model. The weight model is trained with the Dice loss of FUSED against the mask (plus a "
+        f"{start}. The weight model is trained with the Dice loss of FUSED against the mask (plus a "
         "slice-level BCE), base models frozen. Checkpoints were selected on the validation patients by "
         f"slice AUC + case AUC + Dice: {', '.join(chosen) or 'n/a'}.",
     ]

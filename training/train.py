@@ -1,7 +1,8 @@
 """``ich-model train``: the five base models and the weight model, each a resumable step.
 
-Steps run in order ``all, subtype, sdh, sah, small, weight``. The specialists and the subtype model start
-from the ``all`` model's best weights (transfer learning: far fewer iterations). Each step trains a fixed
+Steps run in order ``all, subtype, sdh, sah, small, weight``, after any auxiliary step of the config (see
+:func:`step_plan`). The specialists and the subtype model start from the best weights of the step their
+``init`` names (transfer learning: far fewer iterations). Each step trains a fixed
 number of iterations (seeded per iteration, so a resumed step sees the same batches), evaluates on the
 validation patients every ``eval_every`` iterations and keeps the best checkpoint by slice AUC + case AUC +
 Dice. A step may mine hard negatives (``hard_negatives``, see :class:`HardNegatives`).
@@ -163,6 +164,18 @@ def criterion(fig: dict[str, float]) -> float:
     return float(sum(np.nan_to_num(fig[key]) for key in ("slice_auc", "case_auc", "dice")))
 
 
+def weight_selection_key(fig: dict[str, float], floor: float) -> tuple[bool, float]:
+    """Weight-model checkpoint order: first whether slice AUC reaches ``floor``, then :func:`criterion`.
+
+    ``floor`` is the best single base model's validation slice AUC. Why: fusing is only worth its cost if
+    the ensemble detects at least as well as its best member; with an ``all`` model trained for Dice, the
+    weight model learned to lean on it (mean weight 0.5) and bought about +0.01 Dice with -0.01 slice AUC,
+    below the best member, and the plain sum :func:`criterion` took that trade. Iteration 1 (the plain mean
+    of the five maps) is always a candidate.
+    """
+    return bool(np.nan_to_num(fig["slice_auc"]) >= floor), criterion(fig)
+
+
 # ---------------------------------------------------------------------------------------- base steps
 def _dice_mode(cfg: dict[str, Any]) -> DiceMode:
     """A step's Dice convention (``dice = "batch" | "per_slice"``), checked before the step starts."""
@@ -252,7 +265,8 @@ def train_unet_step(
 ) -> dict[str, Any]:
     """Train one base model: optional subtype-classifier pre-training, then Dice+BCE segmentation."""
     step_dir = run_dir / name
-    pos, neg = selection_indices(cache.table, "all" if name == "subtype" else name, split["train"])
+    selection = str(cfg.get("selection", name))
+    pos, neg = selection_indices(cache.table, "all" if selection == "subtype" else selection, split["train"])
     val_idx = np.flatnonzero(np.isin(cache.table.pids, split["val"]))
     val_images = cache.images[val_idx]
     aug = AugmentConfig(**cfg.get("augment", {}))
@@ -434,6 +448,8 @@ def train_weight_step(
         fig = val_figures(sp[:, 0].numpy(), fused[:, 0].numpy() > 0.5, cache, val_idx)
         return fig, w.mean(0).numpy()
 
+    # The ensemble must detect at least as well as its best member (slice AUC), see weight_selection_key.
+    floor = max(fig["slice_auc"] for fig in per_model.values())
     best: dict[str, Any] = {"score": -1.0}
     history = []
     for it in range(iters):
@@ -459,7 +475,8 @@ def train_weight_step(
                 fig["dice"],
                 np.round(mean_w, 3).tolist(),
             )
-            if criterion(fig) > best["score"]:
+            first = "iteration" not in best
+            if first or weight_selection_key(fig, floor) > weight_selection_key(best, floor):
                 best = {"score": criterion(fig), "iteration": it + 1, **fig}
                 save_checkpoint(
                     step_dir / "best.pt", "weight", model, step="weight", iteration=it + 1, val=fig
@@ -476,6 +493,41 @@ def train_weight_step(
 
 
 # ------------------------------------------------------------------------------------------------ run
+def step_plan(cfg: dict[str, Any]) -> dict[str, int]:
+    """The steps of a config in training order, each with its seed offset (added to ``[run].seed``).
+
+    The five selections and ``weight`` keep the offsets 0-5 of their fixed order whatever else the config
+    holds, so adding a step does not change their draws. Any other ``[steps.<name>]`` is an *auxiliary*
+    step: it trains before the five (so that they can ``init`` from it), is not exported, must say which
+    ``selection`` it trains on (one of the five) and may set ``seed_offset`` (default: 6, 7, ... in file
+    order). Why: the shipped ``all`` model is trained with the per-slice Dice (best Dice) while the
+    specialists start from a batch-Dice ``all``-selection model (best detection), see default.toml.
+    A step's ``init`` must name a step that trains before it.
+    """
+    steps = cfg["steps"]
+    extra = [k for k in steps if k not in SELECTIONS]
+    plan: dict[str, int] = {}
+    for j, name in enumerate(extra):
+        if name == "weight":
+            raise ValueError("config: the weight model is configured in [weight], not [steps.weight]")
+        selection = steps[name].get("selection")
+        if selection not in SELECTIONS:
+            raise ValueError(
+                f"config: auxiliary step {name!r} needs selection = one of {list(SELECTIONS)}, "
+                f"got {selection!r}"
+            )
+        plan[name] = int(steps[name].get("seed_offset", len(SELECTIONS) + 1 + j))
+    for i, name in enumerate([*SELECTIONS, "weight"]):
+        if name in steps and steps[name].get("selection", name) != name:
+            raise ValueError(f"config: step {name!r} trains on its own selection; drop its selection key")
+        plan[name] = i
+    for name in [k for k in plan if k in steps]:
+        init = steps[name].get("init")
+        if init is not None and (init not in plan or list(plan).index(init) >= list(plan).index(name)):
+            raise ValueError(f"config: step {name!r} starts from {init!r}, which does not train before it")
+    return plan
+
+
 def load_config(path: Path) -> dict[str, Any]:
     """Read a TOML training config."""
     with path.open("rb") as fh:
@@ -485,6 +537,14 @@ def load_config(path: Path) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) every step of the config; finished steps are skipped."""
     cfg = load_config(args.config)
+    try:
+        plan = step_plan(cfg)
+    except ValueError as err:
+        logger.error("train: %s", err)
+        return 2
+    if args.steps and sorted(set(args.steps.split(",")) - set(plan)):
+        logger.error("train: --steps %s: this config's steps are %s", args.steps, ", ".join(plan))
+        return 2
     rc = cfg["run"]
     run_dir = args.run_dir or Path("runs") / rc["name"]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -513,6 +573,8 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path) -> int:
     logger.info(
         "train: config %s, run dir %s, size %d, seed %d, device %s", args.config, run_dir, size, seed, device
     )
+    plan = step_plan(cfg)  # checked by run()
+    wanted = args.steps.split(",") if args.steps else list(plan)
     (run_dir / "config.toml").write_bytes(args.config.read_bytes())
 
     cache = build_cache(args.data, size, run_dir / f"cache_{size}.npz")
@@ -521,9 +583,8 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path) -> int:
     (run_dir / "split.json").write_text(json.dumps(split, indent=1) + "\n")
     logger.info("split: %d training, %d validation patients", len(split["train"]), len(split["val"]))
 
-    wanted = args.steps.split(",") if args.steps else [*SELECTIONS, "weight"]
     results = {}
-    for i, name in enumerate([*SELECTIONS, "weight"]):
+    for name, offset in plan.items():
         done = run_dir / name / "done.json"
         if name not in wanted:
             if done.exists():  # keep finished steps in the summary
@@ -536,7 +597,7 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path) -> int:
         t0 = time.time()
         if name == "weight":
             results[name] = train_weight_step(
-                cfg["weight"], cache, split, run_dir, seed + i, int(rc["eval_batch"]), device
+                cfg["weight"], cache, split, run_dir, seed + offset, int(rc["eval_batch"]), device
             )
         else:
             results[name] = train_unet_step(
@@ -546,7 +607,7 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path) -> int:
                 cache,
                 split,
                 run_dir,
-                seed + i,
+                seed + offset,
                 opening,
                 int(rc["eval_batch"]),
                 device,
