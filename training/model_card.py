@@ -206,8 +206,9 @@ def training_section(run: Path, cfg: Mapping[str, Any]) -> str:
     if weight.get("best", {}).get("iteration") == 1:
         lines.append(
             "The weight model's best checkpoint is its first iteration, whose weights are the plain "
-            "average of the five maps (the last layer starts at zero): learned weighting did not beat "
-            "averaging on the validation patients."
+            "average of the five maps (the last layer starts at zero): no later checkpoint beat averaging on "
+            "the validation patients under the weight model's selection (a slice AUC at least the best base "
+            "model's comes first, then slice AUC + case AUC + Dice; `training.train.weight_selection_key`)."
         )
     if weight.get("plain_mean"):
         pm = weight["plain_mean"]
