@@ -449,7 +449,7 @@ def train_weight_step(
         return fig, w.mean(0).numpy()
 
     # The ensemble must detect at least as well as its best member (slice AUC), see weight_selection_key.
-    floor = max(fig["slice_auc"] for fig in per_model.values())
+    floor = max(float(np.nan_to_num(fig["slice_auc"])) for fig in per_model.values())
     best: dict[str, Any] = {"score": -1.0}
     history = []
     for it in range(iters):
@@ -552,13 +552,13 @@ def run(args: argparse.Namespace) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     try:
-        return _run(args, cfg, run_dir)
+        return _run(args, cfg, run_dir, plan)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
 
 
-def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path) -> int:
+def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path, plan: dict[str, int]) -> int:
     """The body of :func:`run`, with the run's log file attached."""
     rc = cfg["run"]
     torch.set_num_threads(int(rc.get("threads", 2)))
@@ -573,7 +573,6 @@ def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path) -> int:
     logger.info(
         "train: config %s, run dir %s, size %d, seed %d, device %s", args.config, run_dir, size, seed, device
     )
-    plan = step_plan(cfg)  # checked by run()
     wanted = args.steps.split(",") if args.steps else list(plan)
     (run_dir / "config.toml").write_bytes(args.config.read_bytes())
 
