@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import torch
 
-from tests.support.train_run import train_args
+from tests.support.train_run import tiny_config, train_args
 from training.cli import main
 from training.networks import InceptionUNet
 from training.selections import SliceTable
@@ -54,21 +54,8 @@ def test_batch_draws_the_asked_share_of_negatives_from_the_pool() -> None:
     assert only[4:].tolist() == [8, 8, 8, 8]
 
 
-CONFIG = """
-[run]
-name = "tiny"
-seed = 5
-size = 32
-threads = 1
-val_patients = 1
-split_file = "{split}"
-eval_batch = 8
-
-[network]
-width = 4
-depth = 2
-flip_tta = true
-
+CONFIG = tiny_config(
+    """
 [steps.all]
 iterations = 4
 lr = 1e-3
@@ -76,10 +63,11 @@ warmup = 1
 batch = 4
 eval_every = 2
 hard_negatives = {{ start = 1, every = 2, pool = 3, fraction = 0.5 }}
-
-[weight]
-opening = 1
-"""
+""",
+    seed=5,
+    network="flip_tta = true",
+    weight="opening = 1",
+)
 
 
 def test_a_step_mines_at_the_asked_iterations_and_keeps_the_pool(tmp_path, caplog) -> None:

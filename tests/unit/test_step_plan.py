@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.train_run import train_args
+from tests.support.train_run import tiny_config, train_args
 from training.cli import main
 from training.networks import load_checkpoint
 from training.train import criterion, step_plan, weight_selection_key
@@ -63,20 +63,8 @@ def test_committed_default_config_plans_transfer_before_the_five() -> None:
     assert steps["all"]["dice"] == "per_slice" and steps["transfer"].get("dice", "batch") == "batch"
 
 
-CONFIG = """
-[run]
-name = "tiny"
-seed = 3
-size = 32
-threads = 1
-val_patients = 1
-split_file = "{split}"
-eval_batch = 8
-
-[network]
-width = 4
-depth = 2
-
+CONFIG = tiny_config(
+    """
 [steps.base]
 selection = "all"
 seed_offset = 0
@@ -100,17 +88,8 @@ lr = 3e-4
 warmup = 1
 batch = 4
 eval_every = 2
-
-[weight]
-hidden = 4
-opening = 3
-iterations = 2
-batch = 4
-lr = 1e-3
-eval_every = 1
-negatives_per_positive = 1
-slice_bce = 0.5
 """
+)
 
 
 def test_auxiliary_step_trains_first_and_shares_the_draws_of_its_seed_offset(tmp_path, caplog) -> None:

@@ -7,41 +7,20 @@ import logging
 
 import torch
 
-from tests.support.train_run import train_args
+from tests.support.train_run import tiny_config, train_args
 from training.cli import main
 from training.networks import InceptionUNet, load_checkpoint
 
-CONFIG = """
-[run]
-name = "tiny"
-seed = 3
-size = 32
-threads = 1
-val_patients = 1
-split_file = "{split}"
-eval_batch = 8
-
-[network]
-width = 4
-depth = 2
-
+CONFIG = tiny_config(
+    """
 [steps.all]
 iterations = 4
 lr = 1e-3
 warmup = 1
 batch = 4
 eval_every = 2
-
-[weight]
-hidden = 4
-opening = 3
-iterations = 2
-batch = 4
-lr = 1e-3
-eval_every = 1
-negatives_per_positive = 1
-slice_bce = 0.5
 """
+)
 
 
 def test_train_all_step_then_resume(tmp_path, caplog) -> None:
