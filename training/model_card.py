@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ich import repository, spec
+from training.selections import step_plan
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def training_section(run: Path, cfg: Mapping[str, Any]) -> str:
         f"Configuration `training/configs/{rc['name']}.toml` (seed {rc['seed']}, input size {rc['size']}, "
         f"network {_settings(net)}), `torch==2.13.0`:",
     ]
-    auxiliary = [step for step in cfg["steps"] if step not in spec.MODEL_KEYS]
+    auxiliary = [step for step in step_plan(cfg) if step not in (*spec.MODEL_KEYS, "weight")]
     for step in (*auxiliary, *spec.MODEL_KEYS):
         if step in cfg["steps"]:
             note = " (auxiliary, not exported)" if step in auxiliary else ""

@@ -1,10 +1,10 @@
 """``ich-model train``: the five base models and the weight model, each a resumable step.
 
-Steps run in order ``all, subtype, sdh, sah, small, weight``, after any auxiliary step of the config (see
-:func:`step_plan`). The specialists and the subtype model start from the best weights of the step their
-``init`` names (transfer learning: far fewer iterations). Each step trains a fixed
-number of iterations (seeded per iteration, so a resumed step sees the same batches), evaluates on the
-validation patients every ``eval_every`` iterations and keeps the best checkpoint by slice AUC + case AUC +
+Steps run in order ``all, subtype, sdh, sah, small, weight``, after any auxiliary step of the config
+(:func:`training.selections.step_plan`). The specialists and the subtype model start from the best weights
+of the step their ``init`` names (transfer learning: far fewer iterations). Each step trains a fixed number
+of iterations (seeded per iteration, so a resumed step sees the same batches), evaluates on the validation
+patients every ``eval_every`` iterations and keeps the best checkpoint by slice AUC + case AUC +
 Dice. A step may mine hard negatives (``hard_negatives``, see :class:`HardNegatives`).
 Output: ``<run>/<step>/best.pt`` (see ``training.networks.load_checkpoint``), ``<run>/<step>/last.pt``
 (resume), ``<run>/<step>/done.json`` (a finished step is skipped), ``<run>/split.json``,
@@ -40,7 +40,7 @@ from training.networks import (
     save_checkpoint,
     slice_probability,
 )
-from training.selections import SELECTIONS, SliceTable, load_or_make_split, selection_indices
+from training.selections import SliceTable, load_or_make_split, selection_indices, step_plan
 
 logger = logging.getLogger(__name__)
 
@@ -493,41 +493,6 @@ def train_weight_step(
 
 
 # ------------------------------------------------------------------------------------------------ run
-def step_plan(cfg: dict[str, Any]) -> dict[str, int]:
-    """The steps of a config in training order, each with its seed offset (added to ``[run].seed``).
-
-    The five selections and ``weight`` keep the offsets 0-5 of their fixed order whatever else the config
-    holds, so adding a step does not change their draws. Any other ``[steps.<name>]`` is an *auxiliary*
-    step: it trains before the five (so that they can ``init`` from it), is not exported, must say which
-    ``selection`` it trains on (one of the five) and may set ``seed_offset`` (default: 6, 7, ... in file
-    order). Why: the shipped ``all`` model is trained with the per-slice Dice (best Dice) while the
-    specialists start from a batch-Dice ``all``-selection model (best detection), see default.toml.
-    A step's ``init`` must name a step that trains before it.
-    """
-    steps = cfg["steps"]
-    extra = [k for k in steps if k not in SELECTIONS]
-    plan: dict[str, int] = {}
-    for j, name in enumerate(extra):
-        if name == "weight":
-            raise ValueError("config: the weight model is configured in [weight], not [steps.weight]")
-        selection = steps[name].get("selection")
-        if selection not in SELECTIONS:
-            raise ValueError(
-                f"config: auxiliary step {name!r} needs selection = one of {list(SELECTIONS)}, "
-                f"got {selection!r}"
-            )
-        plan[name] = int(steps[name].get("seed_offset", len(SELECTIONS) + 1 + j))
-    for i, name in enumerate([*SELECTIONS, "weight"]):
-        if name in steps and steps[name].get("selection", name) != name:
-            raise ValueError(f"config: step {name!r} trains on its own selection; drop its selection key")
-        plan[name] = i
-    for name in [k for k in plan if k in steps]:
-        init = steps[name].get("init")
-        if init is not None and (init not in plan or list(plan).index(init) >= list(plan).index(name)):
-            raise ValueError(f"config: step {name!r} starts from {init!r}, which does not train before it")
-    return plan
-
-
 def load_config(path: Path) -> dict[str, Any]:
     """Read a TOML training config."""
     with path.open("rb") as fh:

@@ -1,4 +1,4 @@
-"""Training step order and seeds (``training.train.step_plan``), and an auxiliary step trained end to end."""
+"""Training step order and seeds (``training.selections.step_plan``); an auxiliary step end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 from tests.support.train_run import tiny_config, train_args
 from training.cli import main
 from training.networks import load_checkpoint
-from training.train import criterion, step_plan, weight_selection_key
+from training.selections import step_plan
+from training.train import criterion, weight_selection_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
