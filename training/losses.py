@@ -8,6 +8,8 @@ teaching "no hemorrhage here". Two Dice conventions, chosen per step in the conf
 - ``"per_slice"``: the mean of each positive slice's own soft Dice. It is the evaluation's convention (Dice
   per slice with hemorrhage, averaged), so a 20-pixel bleed counts as much as a 2,000-pixel one; negative
   slices are left to the BCE term.
+- ``"mixed"``: the mean of the two. Per-slice Dice alone segments better but detects worse (stray pixels on
+  normal slices cost it nothing but BCE); the batch term puts their false-positive mass back into the Dice.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-DiceMode = Literal["batch", "per_slice"]
-DICE_MODES: tuple[DiceMode, ...] = ("batch", "per_slice")
+DiceMode = Literal["batch", "per_slice", "mixed"]
+DICE_MODES: tuple[DiceMode, ...] = ("batch", "per_slice", "mixed")
 
 
 def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -44,6 +46,8 @@ def dice_loss(prob: torch.Tensor, target: torch.Tensor, mode: DiceMode = "batch"
         return soft_dice_loss(prob, target)
     if mode == "per_slice":
         return per_slice_dice_loss(prob, target)
+    if mode == "mixed":
+        return 0.5 * (soft_dice_loss(prob, target) + per_slice_dice_loss(prob, target))
     raise ValueError(f"dice mode {mode!r}: expected one of {DICE_MODES}")
 
 

@@ -178,7 +178,7 @@ def weight_selection_key(fig: dict[str, float], floor: float) -> tuple[bool, flo
 
 # ---------------------------------------------------------------------------------------- base steps
 def _dice_mode(cfg: dict[str, Any]) -> DiceMode:
-    """A step's Dice convention (``dice = "batch" | "per_slice"``), checked before the step starts."""
+    """A step's Dice convention (``dice = "batch" | "per_slice" | "mixed"``), checked before it starts."""
     mode = cfg.get("dice", "batch")
     if mode not in DICE_MODES:
         raise ValueError(f"dice = {mode!r} in the config: expected one of {DICE_MODES}")

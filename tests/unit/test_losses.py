@@ -1,4 +1,4 @@
-"""The two Dice conventions of ``training.losses``, against values worked out by hand."""
+"""The Dice conventions of ``training.losses``, against values worked out by hand."""
 
 from __future__ import annotations
 
@@ -34,6 +34,17 @@ def test_per_slice_leaves_negative_slices_to_bce() -> None:
     assert float(per_slice_dice_loss(prob3, target3)) == pytest.approx(0.25)
     # The batch convention counts the negative slice's 8 pixels of false-positive mass: 1 - 7/16.
     assert float(soft_dice_loss(prob3, target3)) == pytest.approx(1 - 7 / 16)
+
+
+def test_mixed_counts_the_negative_slice_at_half_weight() -> None:
+    prob, target = _two_lesions()
+    neg_prob = torch.full((1, 1, 4, 4), 0.5)
+    prob3, target3 = torch.cat([prob, neg_prob]), torch.cat([target, torch.zeros(1, 1, 4, 4)])
+    # Half the per-slice loss (0.25, blind to the negative slice) plus half the batch loss (1 - 7/16).
+    assert float(dice_loss(prob3, target3, "mixed")) == pytest.approx(0.5 * 0.25 + 0.5 * (1 - 7 / 16))
+    # Without the negative slice it lies between the two conventions: 0.5 * 0.25 + 0.5 * 0.125.
+    assert float(dice_loss(prob, target, "mixed")) == pytest.approx(0.1875)
+    assert _dice_mode({"dice": "mixed"}) == "mixed"
 
 
 def test_per_slice_without_positive_slices_is_the_batch_loss() -> None:
