@@ -51,17 +51,16 @@ def test_bad_step_configs_are_refused(steps: dict, message: str) -> None:
         step_plan({"steps": steps})
 
 
-def test_committed_default_config_plans_transfer_before_the_five() -> None:
+def test_committed_default_config_fine_tunes_from_the_mixed_dice_all_model() -> None:
     with (ROOT / "training" / "configs" / "default.toml").open("rb") as fh:
         cfg = tomllib.load(fh)
-    plan = step_plan(cfg)
-    assert next(iter(plan)) == "transfer" and plan["transfer"] == plan["all"] == 0
+    # no auxiliary step: the five and the weight model in order, with their fixed seed offsets
+    assert step_plan(cfg) == {"all": 0, "subtype": 1, "sdh": 2, "sah": 3, "small": 4, "weight": 5}
     steps = cfg["steps"]
-    assert all(steps[k]["init"] == "transfer" for k in ("subtype", "sdh", "sah", "small"))
-    # the transfer step is the batch-Dice "all" recipe; the shipped all differs only by its Dice convention
-    same = {k: v for k, v in steps["transfer"].items() if k not in ("selection", "seed_offset")}
-    assert {k: v for k, v in steps["all"].items() if k != "dice"} == same
-    assert steps["all"]["dice"] == "per_slice" and steps["transfer"].get("dice", "batch") == "batch"
+    fine_tunes = ("subtype", "sdh", "sah", "small")
+    assert all(steps[k]["init"] == "all" for k in fine_tunes) and "init" not in steps["all"]
+    assert steps["all"]["dice"] == "mixed"
+    assert all(steps[k]["dice"] == "per_slice" for k in fine_tunes) and cfg["weight"]["dice"] == "per_slice"
 
 
 CONFIG = tiny_config(
