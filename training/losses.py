@@ -1,7 +1,7 @@
 """Losses: soft Dice (the paper's) plus binary cross-entropy.
 
 Dice alone gives vanishing gradients on the many slices with empty masks; the BCE term keeps those slices
-teaching "no hemorrhage here". Two Dice conventions, chosen per step in the config (``dice = ...``):
+teaching "no hemorrhage here". Three Dice conventions, chosen per step in the config (``dice = ...``):
 
 - ``"batch"`` (default): Dice over the whole batch, so negative slices count through their false-positive
   mass, and a large bleed outweighs a small one in proportion to its pixels.
