@@ -18,6 +18,27 @@ the largest bone component (>= 250 HU: the skull, not the head rest) over the pa
 be 150 mm (adult skulls are 140-160 mm wide), so
 spacing = 150 / width_px, clamped to a plausible 0.15-0.6 mm. Lesion volume in mL = mask pixels * spacing^2
 * 5 mm slice thickness / 1000.
+
+Incomplete copies. Public copies of the data set lack some images, so a patient is read slice by slice and
+what could not be read is logged (patient and slice numbers only: they are data-set indices, not patient
+data) and recorded in :attr:`Patient.warnings`, so that evaluation can report it:
+
+- bone-window image missing, unreadable or of another shape: HU comes from the brain window alone
+  (:func:`brain_window_hu`). Everything outside the brain window is clipped to its ends, -20 and 100 HU:
+  air reads as -20 HU and bone as at most ~100 HU. The stroke and brain channels of the model input are
+  almost unchanged (their windows lie inside -20..100 HU; only the few pixels where the two windows
+  disagreed differ), but the bone channel is nearly flat (0.33-0.37 instead of showing the skull), and as
+  no pixel reaches the skull stripping's bone threshold (250 HU) while air counts as soft tissue, the
+  skull-stripped channel is not stripped at all (its mask covers the whole image); the slice adds nothing
+  to the spacing estimate either. It is rare (a single slice here and there in a damaged copy), so the
+  slice is kept, flagged, rather than lost.
+- brain-window image missing (the slice is then known from its bone image or its CSV row), unreadable, or
+  of another shape than the patient's first readable slice: the slice is left out.
+- hemorrhage mask unreadable, or missing on a slice that the CSV labels with a subtype: the mask is empty,
+  the slice label still comes from the CSV (:attr:`Patient.slice_labels` is labels OR mask), so only the
+  slice's Dice is lost.
+- no readable slice at all: :class:`UnreadablePatientError`; :func:`read_dataset` skips such a patient with
+  a warning.
 """
 
 from __future__ import annotations
@@ -66,9 +87,45 @@ def recover_hu(brain: np.ndarray, bone: np.ndarray, bone_offset_hu: float = 0.0)
     return np.rint(np.where(use_brain, hu_brain, hu_bone)).astype(np.float32)
 
 
+def brain_window_hu(brain: np.ndarray) -> np.ndarray:
+    """Integer HU from the brain-window image alone, for a slice whose bone-window image is unusable.
+
+    Values outside the window are clipped to its ends: the result lies in [-20, 100] HU, so bone reads as
+    at most ~100 HU and air as -20 HU (see the module docstring for what this does to the model input).
+
+    Args:
+        brain: [H, W] uint8, brain window (L40 W120).
+
+    Returns:
+        [H, W] float32 with integer values.
+    """
+    return np.rint(brain.astype(np.float32) / 255.0 * 120.0 - 20.0).astype(np.float32)
+
+
 def _read_gray(path: Path) -> np.ndarray:
     with Image.open(path) as img:
         return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def _try_read_gray(path: Path) -> tuple[np.ndarray | None, str]:
+    """``(image, "")``, or ``(None, why)`` when the file is missing or cannot be decoded.
+
+    The reason names the exception type only: PIL's messages can carry the file path.
+    """
+    if not path.is_file():
+        return None, "missing"
+    try:
+        return _read_gray(path), ""
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # truncated, not an image, ...
+        return None, f"unreadable ({type(exc).__name__})"
+
+
+def _try_read_shaped(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
+    """As :func:`_try_read_gray`, and ``(None, why)`` too when the image is not of ``shape``."""
+    image, why = _try_read_gray(path)
+    if image is not None and image.shape != shape:
+        return None, f"of shape {image.shape}, not {shape}"
+    return image, why
 
 
 def estimate_pixel_spacing(hu: np.ndarray) -> float:
@@ -111,6 +168,8 @@ class Patient:
     pixel_spacing_mm: float
     slice_thickness_mm: float = SLICE_THICKNESS_MM
     fracture: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
+    #: What could not be read and what was done instead, one note per slice (no patient data).
+    warnings: tuple[str, ...] = ()
 
     @property
     def slice_labels(self) -> np.ndarray:
@@ -140,39 +199,138 @@ def read_labels(csv_path: Path) -> dict[str, dict[int, SliceLabel]]:
 
 
 def list_patients(root: Path) -> list[str]:
-    """Patient ids (folder names) under ``root/Patients_CT``, sorted."""
+    """Patient ids (folder names) under ``root/Patients_CT``, sorted.
+
+    A folder counts when it has a ``brain/`` folder or a numeric name (CT-ICH numbers its patients), so a
+    patient folder emptied in a damaged copy is still listed and then reported as unreadable instead of
+    silently disappearing from training and evaluation.
+    """
     base = Path(root) / "Patients_CT"
     if not base.is_dir():
         raise FileNotFoundError(f"not a CT-ICH folder (no Patients_CT/): {root}")
-    return sorted(p.name for p in base.iterdir() if p.is_dir() and (p / "brain").is_dir())
+    return sorted(
+        p.name for p in base.iterdir() if p.is_dir() and ((p / "brain").is_dir() or p.name.isdigit())
+    )
 
 
-def _slice_numbers(brain_dir: Path) -> list[int]:
-    nums = []
-    for p in brain_dir.glob("*.jpg"):
-        if p.stem.isdigit():
-            nums.append(int(p.stem))
+def _numbered_jpgs(folder: Path) -> set[int]:
+    return {int(p.stem) for p in folder.glob("*.jpg") if p.stem.isdigit()}
+
+
+def _slice_numbers(pdir: Path, pid: str, labels: dict[int, SliceLabel]) -> list[int]:
+    """The patient's slice numbers: its brain images and those that its bone images and CSV rows name.
+
+    Numbers known only from the bone images or the CSV are slices whose brain image is missing, so that
+    they can be reported. Patient 081's bone images are numbered one ahead of its brain images, so they
+    name no slice.
+    """
+    nums = _numbered_jpgs(pdir / "brain") | set(labels)
+    if pid not in _BONE_SHIFT_PATIENTS:
+        nums |= _numbered_jpgs(pdir / "bone")
     return sorted(nums)
 
 
+class UnreadablePatientError(ValueError):
+    """A CT-ICH patient folder holds no slice that can be read; the message says why."""
+
+
+def _bone_number(pdir: Path, pid: str, n: int, last: int) -> int:
+    """The bone image that belongs to brain image ``n``: ``n``, or ``n + 1`` for patient 081.
+
+    For 081 only the last slice, which has no successor, falls back to its own bone image; a middle slice
+    whose successor is missing gets ``n + 1`` anyway and so is read as one without a bone image, since its
+    own bone image belongs to the slice before.
+    """
+    if pid not in _BONE_SHIFT_PATIENTS or (n == last and not (pdir / "bone" / f"{n + 1}.jpg").exists()):
+        return n
+    return n + 1
+
+
+def _slice_hu(
+    pdir: Path, pid: str, n: int, last: int, shape: tuple[int, ...] | None
+) -> tuple[np.ndarray | None, str]:
+    """HU of slice ``n`` and a note ("" when all went well); ``None`` when the slice must be left out.
+
+    Args:
+        last: the patient's last slice number.
+        shape: the shape of the patient's slices read so far (``None`` for the first one).
+    """
+    where = f"patient {pid} slice {n}"
+    brain, why = _try_read_gray(pdir / "brain" / f"{n}.jpg")
+    if brain is None:
+        return None, f"{where}: brain-window image {why}; slice left out"
+    if shape is not None and brain.shape != shape:
+        return None, f"{where}: brain-window image is {brain.shape}, not {shape} as before; slice left out"
+    bone, why = _try_read_shaped(pdir / "bone" / f"{_bone_number(pdir, pid, n, last)}.jpg", brain.shape)
+    if bone is None:
+        return brain_window_hu(brain), f"{where}: bone-window image {why}; HU from the brain window alone"
+    return recover_hu(brain, bone, _BONE_OFFSET_HU.get(pid, 0.0)), ""
+
+
+def _slice_mask(
+    pdir: Path, pid: str, n: int, shape: tuple[int, ...], label: SliceLabel | None
+) -> tuple[np.ndarray, str]:
+    """Mask of slice ``n`` (> 127) and a note; empty when absent (normal unless the CSV says hemorrhage)."""
+    where = f"patient {pid} slice {n}"
+    empty = np.zeros(shape, dtype=bool)
+    path = pdir / "brain" / f"{n}_HGE_Seg.jpg"
+    if not path.exists():
+        if label is not None and any(label.subtypes):
+            return empty, f"{where}: labelled hemorrhage in the CSV but has no mask; mask empty, label kept"
+        return empty, ""
+    seg, why = _try_read_shaped(path, shape)
+    if seg is None:
+        return empty, f"{where}: mask {why}; mask empty, CSV label kept"
+    return seg > MASK_THRESHOLD, ""
+
+
 def read_patient(root: Path, pid: str, labels: dict[int, SliceLabel] | None = None) -> Patient:
-    """Read one patient's slices (HU), masks (> 127) and labels, with the known faults corrected."""
+    """Read one patient's slices (HU), masks (> 127) and labels, with the known faults corrected.
+
+    Slices with unusable images are handled as the module docstring says; each note is logged and kept in
+    ``Patient.warnings``.
+
+    Raises:
+        UnreadablePatientError: the folder has no slice images, or no slice has a readable brain image.
+    """
     pdir = Path(root) / "Patients_CT" / pid
-    nums = _slice_numbers(pdir / "brain")
-    if not nums:
-        raise FileNotFoundError(f"patient {pid} has no brain slices")
-    shift = pid in _BONE_SHIFT_PATIENTS
-    offset = _BONE_OFFSET_HU.get(pid, 0.0)
-    hus, masks = [], []
-    for n in nums:
-        brain = _read_gray(pdir / "brain" / f"{n}.jpg")
-        bone_n = n + 1 if shift and (pdir / "bone" / f"{n + 1}.jpg").exists() else n
-        bone = _read_gray(pdir / "bone" / f"{bone_n}.jpg")
-        hus.append(recover_hu(brain, bone, offset))
-        seg = pdir / "brain" / f"{n}_HGE_Seg.jpg"
-        masks.append(_read_gray(seg) > MASK_THRESHOLD if seg.exists() else np.zeros(brain.shape, dtype=bool))
-    hu = np.stack(hus)
     labels = labels or {}
+    nums = _slice_numbers(pdir, pid, labels)
+    if not nums:
+        raise UnreadablePatientError(f"patient {pid} has no slice images (brain/<n>.jpg, bone/<n>.jpg)")
+    kept: list[int] = []
+    hus: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    notes: list[str] = []
+    for n in nums:
+        hu, note = _slice_hu(pdir, pid, n, nums[-1], hus[0].shape if hus else None)
+        notes.append(note)
+        if hu is None:
+            continue
+        mask, note = _slice_mask(pdir, pid, n, hu.shape, labels.get(n))
+        notes.append(note)
+        kept.append(n)
+        hus.append(hu)
+        masks.append(mask)
+    notes = [note for note in notes if note]
+    for note in notes:
+        logger.warning("%s", note)
+    if not kept:
+        raise UnreadablePatientError(
+            f"patient {pid}: none of its {len(nums)} slices has a readable brain image"
+        )
+    return _patient(pid, kept, np.stack(hus), np.stack(masks), labels, tuple(notes))
+
+
+def _patient(
+    pid: str,
+    nums: list[int],
+    hu: np.ndarray,
+    masks: np.ndarray,
+    labels: dict[int, SliceLabel],
+    notes: tuple[str, ...],
+) -> Patient:
+    """Assemble a :class:`Patient` with the CSV labels of the slices read (zeros for unlabelled ones)."""
     sub = np.zeros((len(nums), len(SUBTYPES)), dtype=np.int8)
     frac = np.zeros(len(nums), dtype=np.int8)
     for i, n in enumerate(nums):
@@ -183,16 +341,31 @@ def read_patient(root: Path, pid: str, labels: dict[int, SliceLabel] | None = No
         pid=pid,
         slice_numbers=nums,
         hu=hu,
-        masks=np.stack(masks),
+        masks=masks,
         subtypes=sub,
         pixel_spacing_mm=estimate_pixel_spacing(hu),
         fracture=frac,
+        warnings=notes,
     )
 
 
 def read_dataset(root: Path, patients: Sequence[str] | None = None) -> list[Patient]:
-    """Read every (or the listed) patient of a CT-ICH folder."""
+    """Read every (or the listed) patient of a CT-ICH folder, skipping (with a warning) unreadable ones.
+
+    Training should not stop over one damaged patient of a public copy; the log says which was skipped.
+
+    Raises:
+        UnreadablePatientError: patients were asked for and none of them could be read.
+    """
     root = Path(root)
     all_labels = read_labels(root / "hemorrhage_diagnosis.csv")
     pids = list(patients) if patients is not None else list_patients(root)
-    return [read_patient(root, pid, all_labels.get(pid)) for pid in pids]
+    out = []
+    for pid in pids:
+        try:
+            out.append(read_patient(root, pid, all_labels.get(pid)))
+        except UnreadablePatientError as exc:
+            logger.warning("patient skipped: %s", exc)
+    if pids and not out:
+        raise UnreadablePatientError(f"none of the {len(pids)} patients could be read")
+    return out
