@@ -21,9 +21,11 @@ from api.deps import Engine
 from api.engines import create_engine
 from api.errors import RequestContextMiddleware, error_response, install_error_handlers, request_id_of
 from api.metrics import GatewayMetrics
-from api.routers import cases, health, models
+from api.routers import cases, health, models, studies
 from api.settings import Settings, get_settings
+from api.study_queue import JobQueue, start_job_queue
 from ich.errors import IntakeError
+from ich.jobs.metrics import JobMetrics
 from ich.repository import RepositoryError
 
 logger = logging.getLogger(__name__)
@@ -82,11 +84,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     settings = settings or get_settings()
     keys = ApiKeyVerifier(load_key_digests(settings.api_keys_file)) if settings.api_keys_file else None
     metrics = GatewayMetrics()
+    job_metrics = JobMetrics(metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ich-work")
         current = engine
+        jobs: JobQueue | None = None
         try:
             if current is None:
                 # Loading ONNX sessions takes seconds: off the loop, though nothing else runs yet.
@@ -94,6 +98,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             _check_input_size(settings, current)
             app.state.executor = executor
             app.state.engine = current
+            jobs = await start_job_queue(settings, current, executor, metrics, job_metrics)
+            app.state.jobs = jobs
             logger.info(
                 "serving model %s with the %s engine (input %d, threshold %.2f, API keys %s)",
                 current.model_version, current.name, current.input_size, settings.threshold,
@@ -101,6 +107,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             )
             yield
         finally:
+            app.state.jobs = None
+            if jobs is not None:  # before the engine: running jobs are released, not failed
+                await jobs.close()
             app.state.engine = None
             if engine is None and current is not None:  # only the engine made here is ours to close
                 await current.close()
@@ -116,6 +125,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.metrics = metrics
     app.state.api_keys = keys
     app.state.engine = None
+    app.state.jobs = None
     app.state.inflight_cases = 0  # only touched on the event loop, so a plain counter is safe
     install_error_handlers(app)
     app.add_exception_handler(IntakeError, _intake_error_handler)
@@ -123,4 +133,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(health.router)
     app.include_router(cases.router)
     app.include_router(models.router)
+    app.include_router(studies.router)
     return app

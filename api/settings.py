@@ -20,6 +20,9 @@ from ich import spec
 #: The repository's own ``model_repository/`` (the shipped weights), next to the ``api`` package.
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
+#: Where the job store keeps its SQLite database and the uploaded studies by default (``ICH_DATA_DIR``).
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
 MIB = 1024 * 1024
 
 
@@ -68,6 +71,23 @@ class Settings(BaseSettings):
     max_inflight_cases: int = Field(default=8, ge=1)
     #: Seconds announced in Retry-After when the engine is unavailable.
     retry_after_s: int = Field(default=5, ge=1)
+    #: Durable jobs (``/v1/studies``): the SQLite database and the uploads live here unless
+    #: ``database_url`` names a PostgreSQL (then the uploads live in it too).
+    data_dir: Path = DEFAULT_DATA_DIR
+    #: ``postgresql://user:password@host:5432/db`` when several replicas share the queue; unset: SQLite.
+    database_url: str | None = Field(default=None, repr=False)
+    #: Job workers inside each ``ich-serve`` process (0: this process only accepts jobs).
+    job_workers: int = Field(default=1, ge=0)
+    #: A running job's lease, seconds: renewed while it runs; a dead worker's job is taken again after it.
+    job_lease_s: float = Field(default=30.0, gt=0)
+    #: Attempts of one job before it is ``failed`` (engine unavailable mid-analysis, a worker lost).
+    job_max_attempts: int = Field(default=5, ge=1)
+    #: First retry delay after a transient failure, seconds; doubled per attempt, at most 300.
+    job_retry_backoff_s: float = Field(default=5.0, ge=0)
+    #: Jobs queued or running at most; more uploads get 429 with Retry-After.
+    max_queued_jobs: int = Field(default=1000, ge=1)
+    #: Studies and their results are deleted this many hours after they were accepted.
+    retention_hours: float = Field(default=72.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -238,8 +238,20 @@ def _capped(reasons: list[dict[str, str]]) -> list[dict[str, str]]:
     return [*reasons[: MAX_REASONS - 1], {"file": "...", "reason": f"and {rest} more not listed"}]
 
 
-def _read_archive(data: bytes, limits: IntakeLimits) -> tuple[list[SliceHeader], list[Skipped]]:
-    """Open the zip, check the caps and member names, read every member's header."""
+def check_archive(data: bytes, limits: IntakeLimits | None = None) -> None:
+    """The checks that need no decompression (a readable zip, the caps, safe member names), nothing more.
+
+    What ``POST /v1/studies`` runs before it stores a study: cheap, so the 202 comes fast, and the same
+    errors ``read_study`` raises first.
+
+    Raises:
+        InvalidArchiveError, UnsafeArchiveError, StudyTooLargeError: as ``read_study``.
+    """
+    _open_archive(data, limits or IntakeLimits()).close()
+
+
+def _open_archive(data: bytes, limits: IntakeLimits) -> zipfile.ZipFile:
+    """Open the zip and check the caps and member names."""
     if len(data) > limits.max_upload_bytes:
         raise StudyTooLargeError(
             f"archive is {len(data)} bytes; the limit is {limits.max_upload_bytes}",
@@ -267,7 +279,13 @@ def _read_archive(data: bytes, limits: IntakeLimits) -> tuple[list[SliceHeader],
         )
     for info in infos:
         _check_member(info)
+    return archive
 
+
+def _read_archive(data: bytes, limits: IntakeLimits) -> tuple[list[SliceHeader], list[Skipped]]:
+    """Open the zip, check the caps and member names, read every member's header."""
+    archive = _open_archive(data, limits)
+    infos = archive.infolist()
     headers: list[SliceHeader] = []
     skipped: list[Skipped] = []
     budget = [limits.max_uncompressed_bytes]

@@ -135,6 +135,7 @@ def start_gateway(log: Path, **settings: str) -> tuple[subprocess.Popen[bytes], 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICH_")}
     env.update({"ICH_HOST": "127.0.0.1", "ICH_PORT": str(port), "ICH_LOG_LEVEL": "INFO", **settings})
+    env.setdefault("ICH_DATA_DIR", str(log.parent / "ich-data"))  # the job store: never the repository's
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "api.main"], cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT

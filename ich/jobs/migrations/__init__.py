@@ -1,0 +1,1 @@
+"""alembic migrations of the job store (run by ``ich.jobs.migrate``)."""
