@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import pytest
+
+from tests.support.postgres import PostgresServer, find_postgres_bin, running_postgres
 
 _OWN_DATA_DIR: list[str] = []
 
@@ -27,3 +30,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     del config
     for path in _OWN_DATA_DIR:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL cluster for the session; the test skips, saying why, without the binaries."""
+    bin_dir = find_postgres_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (Debian: apt-get install postgresql; .ci/run does it)")
+    with running_postgres(bin_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh database of the session's cluster, for one test."""
+    return postgres_server.create_database()
