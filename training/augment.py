@@ -1,4 +1,11 @@
-"""Batch augmentation in torch: flips, small rotations and scales, intensity jitter, lesion pasting.
+"""Batch augmentation in torch: flips, small rotations and scales, intensity jitter, lesion pasting, scanners.
+
+The scanner part (``noise_hu``, ``sharpen``, ``hu_offset``) imitates what differs between CT scanners and
+protocols, the false positives' main source on unseen heads: quantum noise, the reconstruction kernel's
+sharpness (a soft kernel blurs, a bone kernel sharpens the inner table and makes bright rims), and a small
+calibration offset of the HU scale. It works on the windowed channels through their windows
+(:data:`ich.preprocess.WINDOWS`), so 5 HU of offset moves the 40 HU-wide stroke window twice as far as the
+80 HU-wide brain window, as on a real scanner.
 
 Every random draw comes from an explicit ``torch.Generator`` seeded per iteration, so a step resumed from a
 checkpoint sees exactly the batches it would have seen without the interruption.
@@ -12,6 +19,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ich.preprocess import STRIPPED_WINDOW, WINDOWS
+
+#: Window width (HU) of each input channel, in channel order: the HU-to-channel scale of the scanner part.
+CHANNEL_WIDTHS_HU: tuple[float, ...] = (*(w for _, w in WINDOWS), STRIPPED_WINDOW[1])
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -22,6 +34,9 @@ class AugmentConfig:
     scale: float = 0.1
     intensity: float = 0.05
     paste: float = 0.0  # probability that a negative sample receives a pasted lesion of the selection
+    noise_hu: float = 0.0  # Gaussian noise, its SD drawn per sample from U(0, noise_hu) HU
+    sharpen: float = 0.0  # unsharp-mask amount drawn per sample from U(-sharpen / 2, sharpen); < 0 blurs
+    hu_offset: float = 0.0  # HU-scale offset drawn per sample from U(-hu_offset, hu_offset)
 
 
 def paste_lesions(
@@ -81,3 +96,29 @@ def augment_batch(
         bias = (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * cfg.intensity
         images = torch.clamp(images * gain + bias * (images > 0), 0.0, 1.0)
     return images, masks
+
+
+def scanner_augment(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Noise, kernel sharpness and HU offset as another scanner would give them (see the module docstring).
+
+    Only pixels strictly inside a channel's window change (clipped pixels lie beyond the window in HU, and
+    the stripped channel's zero background is not brain), so air stays air and the skull stays white.
+    """
+    if cfg.noise_hu <= 0 and cfg.sharpen <= 0 and cfg.hu_offset <= 0:
+        return images
+    b, c = images.shape[0], images.shape[1]
+    widths = torch.tensor(CHANNEL_WIDTHS_HU[:c], dtype=images.dtype).view(1, c, 1, 1)
+    inside = (images > 0) & (images < 1)
+    out = images
+    if cfg.sharpen > 0:
+        amount = (torch.rand(b, 1, 1, 1, generator=gen) * 1.5 - 0.5) * cfg.sharpen
+        blurred = F.avg_pool2d(out, 3, stride=1, padding=1, count_include_pad=False)
+        out = out + amount * (out - blurred)
+    if cfg.noise_hu > 0:
+        sd = torch.rand(b, 1, 1, 1, generator=gen) * cfg.noise_hu
+        field = torch.randn(b, 1, images.shape[2], images.shape[3], generator=gen) * sd
+        out = out + field / widths
+    if cfg.hu_offset > 0:
+        offset = (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * cfg.hu_offset
+        out = out + offset / widths
+    return torch.where(inside, out.clamp(0.0, 1.0), images)
