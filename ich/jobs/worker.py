@@ -182,7 +182,7 @@ class WorkerPool:
         except IntakeError as exc:
             reasons = getattr(exc, "reasons", None)
             error = JobError(exc.code, exc.detail, tuple(reasons) if reasons else None)
-            await self._end(job, "failed", self.store.fail, owner, job.id, error)
+            await self._end(job, "failed", self.store.fail, job.id, owner, error)
             return
         except Exception as exc:
             await self._transient(owner, job, exc)
@@ -191,7 +191,7 @@ class WorkerPool:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
-        await self._end(job, "done", self.store.complete, owner, job.id, result)
+        await self._end(job, "done", self.store.complete, job.id, owner, result)
 
     async def _end(self, job: ClaimedJob, outcome: str, write: Callable[..., bool], *args: Any) -> None:
         if await asyncio.to_thread(write, *args):
@@ -210,7 +210,7 @@ class WorkerPool:
             code, detail = "internal_error", f"the analysis failed ({type(exc).__name__})"
         if job.attempts >= self.config.max_attempts:
             error = JobError(code, f"{detail}; gave up after {job.attempts} attempts")
-            await self._end(job, "failed", self.store.fail, owner, job.id, error)
+            await self._end(job, "failed", self.store.fail, job.id, owner, error)
             return
         delay = self.config.backoff(job.attempts)
         if await asyncio.to_thread(self.store.retry_later, job.id, owner, delay_s=delay):
