@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api.auth import ApiKeyVerifier, load_key_digests
+from api.decision import decision_for
 from api.deps import Engine
 from api.engines import create_engine
 from api.errors import RequestContextMiddleware, error_response, install_error_handlers, request_id_of
@@ -102,7 +103,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             app.state.jobs = jobs
             logger.info(
                 "serving model %s with the %s engine (input %d, threshold %.2f, API keys %s)",
-                current.model_version, current.name, current.input_size, settings.threshold,
+                current.model_version, current.name, current.input_size, decision_for(settings).threshold,
                 "on" if keys else "off",
             )
             yield

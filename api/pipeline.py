@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from api.decision import decision_for
 from api.deps import Engine
 from api.engines import EngineUnavailableError
 from api.metrics import GatewayMetrics
@@ -41,7 +42,7 @@ from ich.ensemble import EnsembleOutput
 from ich.intake import IntakeLimits, Study, read_study
 from ich.overlay import render_overlay, top_slice_indices
 from ich.preprocess import preprocess_volume
-from ich.seg import build_segmentation, resize_mask_to_source
+from ich.seg import build_segmentation
 from ich.volume import CTVolume
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ async def analyse_case(
 
     t = time.perf_counter()
     findings, extras = await run_blocking(
-        executor, _aggregate, output, study, settings, include, engine.model_version
+        executor, _aggregate, output, images, study, settings, include, engine.model_version
     )
     clock.record("aggregate", t)
 
@@ -153,13 +154,26 @@ class _Extras:
 
 
 def _aggregate(
-    output: EnsembleOutput, study: Study, settings: Settings, include: frozenset[str], model_version: str
+    output: EnsembleOutput,
+    images: np.ndarray,
+    study: Study,
+    settings: Settings,
+    include: frozenset[str],
+    model_version: str,
 ) -> tuple[CaseFindings, _Extras]:
     volume = study.volume
-    findings = aggregate(output, volume, threshold=settings.threshold, band=settings.indeterminate_band)
+    decision = decision_for(settings)
+    findings = aggregate(
+        output,
+        volume,
+        images,
+        case_model=decision.case_model,
+        threshold=decision.threshold,
+        band=decision.band,
+    )
     extras = _Extras()
     if include:
-        mask = _source_mask(output, volume, findings)
+        mask = findings.source_mask
         if "overlays" in include:
             extras.overlays = _overlays(output, volume, findings, mask)
         if "seg" in include:
@@ -167,13 +181,6 @@ def _aggregate(
             if note:
                 extras.warnings.append(note)
     return findings, extras
-
-
-def _source_mask(output: EnsembleOutput, volume: CTVolume, findings: CaseFindings) -> np.ndarray:
-    """The lesion mask at the source matrix, on the slices whose volume was counted."""
-    hu = np.asarray(volume.hu)
-    counted = np.asarray(findings.mask.reshape(findings.mask.shape[0], -1).any(axis=1), dtype=bool)
-    return resize_mask_to_source(output.fused, (hu.shape[1], hu.shape[2]), keep_slices=counted)
 
 
 def _overlays(
@@ -264,6 +271,7 @@ def _result(
         model_version=engine.model_version,
         engine=engine.name,
         ich_probability=_round(findings.ich_probability),
+        max_slice_probability=_round(findings.max_slice_probability),
         ich_detected=findings.ich_detected,
         threshold=findings.threshold,
         indeterminate=findings.indeterminate,

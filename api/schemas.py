@@ -105,6 +105,8 @@ class CaseResult(BaseModel):
     model_version: str
     engine: str
     ich_probability: float
+    #: The paper's case score (highest slice probability), beside the lesion-based ``ich_probability``.
+    max_slice_probability: float
     ich_detected: bool
     threshold: float
     indeterminate: bool

@@ -15,8 +15,6 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ich import spec
-
 #: The repository's own ``model_repository/`` (the shipped weights), next to the ``api`` package.
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 
@@ -53,8 +51,9 @@ class Settings(BaseSettings):
     max_uncompressed_bytes: int = Field(default=2048 * MIB, gt=0)
     #: Most members a zip may hold (413 above).
     max_members: int = Field(default=5000, gt=0)
-    #: Case probability at or above which ICH is called.
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: Case probability at or above which ICH is called; unset: the operating point stored with the weights
+    #: (``model_repository/case_model.json``, see api.decision), 0.5 for a repository without one.
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     #: Model input size; when set it must match the model repository (a start-up error otherwise).
     input_size: int | None = Field(default=None, gt=0)
     #: File of SHA-256 hex digests of the accepted API keys, one per line; unset: no authentication.
@@ -94,11 +93,6 @@ class Settings(BaseSettings):
     def _lower_log_level(cls, value: object) -> object:
         # People write LOG_LEVEL=INFO; uvicorn and logging both take the lower-case names.
         return value.lower() if isinstance(value, str) else value
-
-    @property
-    def indeterminate_band(self) -> tuple[float, float]:
-        """The band of case probabilities flagged indeterminate (fixed by the design, not a setting)."""
-        return spec.INDETERMINATE_BAND
 
 
 @lru_cache(maxsize=1)

@@ -1,18 +1,16 @@
 """Case findings from the ensemble's per-slice output: probability, call, indeterminate flag, volume, slices.
 
-The rules (docs/DESIGN.md):
+The rules (docs/DESIGN.md) live in :mod:`ich.scoring`, the one definition of mask, lesions, case score and
+volume; this module checks the engine's output and turns that scoring into the result's fields:
 
-- ``ich_probability`` is the highest slice probability (``SLICE_PROB``), as in the paper: one convincing
-  slice makes a positive case.
+- ``ich_probability`` is the calibrated lesion-based case probability (``ich.scoring.score_case``) when the
+  repository carries a case model, else the paper's highest slice probability; ``max_slice_probability``
+  is always the paper's highest slice probability (``SLICE_PROB``), so the two can be compared.
 - ``ich_detected`` is ``ich_probability >= threshold``; ``indeterminate`` when the probability lies in the
-  closed band :data:`ich.spec.INDETERMINATE_BAND` (the paper's "difficult for AI" cases, for a human first).
-- ``hemorrhage_volume_ml`` counts ``FUSED > MASK_THRESHOLD`` voxels. Only slices whose ``SLICE_PROB`` passes
-  the same mask threshold count: ``SLICE_PROB`` is taken after the weight model's post-processing (an opening
-  against stray pixels), so on a slice where it stays below the threshold the remaining pixels above it are
-  exactly the strays the post-processing removes, and counting them would give a negative case a volume.
-- The models see each slice resized (stretched, not padded) from its ``H x W`` matrix to ``S x S``, so one
-  model pixel covers ``(row_spacing * H / S) * (column_spacing * W / S)`` mm²; the voxel depth is the slice
-  spacing of the volume.
+  closed band. Threshold and band default to the case model's (stored with the weights); the gateway's
+  settings may override them.
+- ``hemorrhage_volume_ml`` counts the kept lesions' voxels at the source matrix (the mask a DICOM SEG
+  holds) times the source voxel volume; each slice's ``hemorrhage_volume_ml`` is that slice's share.
 
 Per-model slice probabilities are the maxima of each base model's raw map (no post-processing), reported for
 explanation beside the weight model's per-slice weights.
@@ -27,6 +25,8 @@ from typing import Protocol
 import numpy as np
 
 from ich import spec
+from ich.scoring import CaseModel, CaseScore, Lesion, kept_map, model_pixel_mm, score_case, source_volume_ml
+from ich.seg import resize_mask_to_source
 
 __all__ = ["CaseFindings", "EnsembleResult", "SliceFinding", "VolumeGeometry", "aggregate"]
 
@@ -74,6 +74,7 @@ class CaseFindings:
     """The case-level result of one study."""
 
     ich_probability: float
+    max_slice_probability: float
     ich_detected: bool
     threshold: float
     indeterminate: bool
@@ -81,8 +82,13 @@ class CaseFindings:
     hemorrhage_volume_ml: float
     voxel_volume_ml: float
     slices: list[SliceFinding]
-    #: ``[N, S, S]`` the lesion mask the volume was counted on (for DICOM SEG and overlays).
+    #: ``[N, S, S]`` the kept lesions on the model grid.
     mask: np.ndarray = field(repr=False)
+    #: ``[N, H, W]`` the same lesions at the source matrix: the voxels the volume counts and a SEG holds.
+    source_mask: np.ndarray = field(repr=False)
+    lesions: list[Lesion] = field(default_factory=list)
+    #: the lesions' scoring (raw and calibrated case score).
+    scoring: CaseScore | None = field(default=None, repr=False)
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -110,30 +116,82 @@ def voxel_volume_ml(volume: VolumeGeometry, input_size: int) -> float:
 def aggregate(
     output: EnsembleResult,
     volume: VolumeGeometry,
+    images: np.ndarray,
     *,
-    threshold: float = 0.5,
-    band: tuple[float, float] = spec.INDETERMINATE_BAND,
-    mask_threshold: float = spec.MASK_THRESHOLD,
+    case_model: CaseModel | None = None,
+    threshold: float | None = None,
+    band: tuple[float, float] | None = None,
 ) -> CaseFindings:
     """Turn the ensemble's output for one volume into case findings.
 
     Args:
         output: the ensemble's output for the volume's N slices, in the volume's order.
         volume: the CT volume the slices came from (matrix size, spacing, SOP Instance UIDs).
-        threshold: case probability at or above which ICH is called.
-        band: closed interval of case probabilities flagged indeterminate.
-        mask_threshold: pixel threshold on FUSED for the lesion mask.
+        images: ``[N, 4, S, S]`` the model input the output came from (lesion features read it).
+        case_model: the repository's lesion model and calibration (``None``: the paper's rule).
+        threshold: case probability at or above which ICH is called (default: the case model's, else 0.5).
+        band: closed interval of case probabilities flagged indeterminate (default: the case model's, else
+            the paper's).
 
     Raises:
         ValueError: shapes that do not match each other or the volume, non-finite probabilities, or
             settings out of range.
     """
+    threshold = (case_model.threshold if case_model else 0.5) if threshold is None else threshold
+    band = (case_model.band if case_model else spec.INDETERMINATE_BAND) if band is None else band
     _check_probability("threshold", threshold)
-    _check_probability("mask_threshold", mask_threshold)
     low, high = (float(b) for b in band)
     if not (0.0 <= low <= high <= 1.0):
         raise ValueError(f"band must satisfy 0 <= low <= high <= 1, got {band!r}")
+    slice_prob, fused, weights, model_max = _checked(output, volume)
+    n, size = int(slice_prob.shape[0]), int(fused.shape[2])
+    if images.shape != (n, spec.IN_CHANNELS, size, size):
+        raise ValueError(f"images must be [{n}, {spec.IN_CHANNELS}, {size}, {size}], got {images.shape}")
+    probs = np.concatenate(
+        [np.asarray(output.probs[key], dtype=np.float32) for key in spec.MODEL_KEYS], axis=1
+    )
+    height, width = int(volume.hu.shape[1]), int(volume.hu.shape[2])
+    pixel_mm = model_pixel_mm(volume.pixel_spacing_mm, (height, width), size)
+    scored = score_case(fused, probs, slice_prob, images, pixel_mm, voxel_volume_ml(volume, size), case_model)
+    source = resize_mask_to_source(kept_map(fused, scored.mask), (height, width))
+    per_slice_ml = [
+        source_volume_ml(source[i], volume.pixel_spacing_mm, volume.slice_thickness_mm) for i in range(n)
+    ]
+    slices = [
+        SliceFinding(
+            index=i,
+            sop_instance_uid=str(volume.sop_instance_uids[i]),
+            probability=float(slice_prob[i]),
+            model_probabilities={key: float(model_max[key][i]) for key in spec.MODEL_KEYS},
+            weights={key: float(weights[i, j]) for j, key in enumerate(spec.MODEL_KEYS)},
+            hemorrhage_volume_ml=per_slice_ml[i],
+        )
+        for i in range(n)
+    ]
+    # Compare in float32, the models' precision: a probability of float32(0.7) meets a threshold of 0.7.
+    f32 = np.float32
+    prob = f32(scored.ich_probability)
+    return CaseFindings(
+        ich_probability=float(prob),
+        max_slice_probability=scored.max_slice_probability,
+        ich_detected=bool(prob >= f32(threshold)),
+        threshold=float(threshold),
+        indeterminate=bool(f32(low) <= prob <= f32(high)),
+        indeterminate_band=(low, high),
+        hemorrhage_volume_ml=source_volume_ml(source, volume.pixel_spacing_mm, volume.slice_thickness_mm),
+        voxel_volume_ml=voxel_volume_ml(volume, size),
+        slices=slices,
+        mask=scored.mask,
+        source_mask=source,
+        lesions=scored.lesions,
+        scoring=scored,
+    )
 
+
+def _checked(
+    output: EnsembleResult, volume: VolumeGeometry
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The output's SLICE_PROB, FUSED, WEIGHTS and per-model maxima, checked against each other."""
     slice_prob = np.asarray(output.slice_prob, dtype=np.float32).reshape(-1)
     n = int(slice_prob.shape[0])
     if n == 0:
@@ -145,7 +203,6 @@ def aggregate(
     fused = np.asarray(output.fused, dtype=np.float32)
     if fused.ndim != 4 or fused.shape[0] != n or fused.shape[1] != 1 or fused.shape[2] != fused.shape[3]:
         raise ValueError(f"FUSED must be [N, 1, S, S] with N={n}, got {fused.shape}")
-    size = int(fused.shape[2])
     weights = np.asarray(output.weights, dtype=np.float32)
     if weights.shape != (n, len(spec.MODEL_KEYS)):
         raise ValueError(f"WEIGHTS must be [{n}, {len(spec.MODEL_KEYS)}], got {weights.shape}")
@@ -161,35 +218,4 @@ def aggregate(
     for name, array in (("SLICE_PROB", slice_prob), ("FUSED", fused), ("WEIGHTS", weights)):
         if not np.isfinite(array).all():
             raise ValueError(f"{name} holds non-finite values")
-
-    # Strays on slices the post-processing cleared are not lesion (see the module docstring).
-    kept_slices = slice_prob > mask_threshold
-    mask = (fused[:, 0] > mask_threshold) & kept_slices[:, None, None]
-    voxel_ml = voxel_volume_ml(volume, size)
-    voxels_per_slice = mask.reshape(n, -1).sum(axis=1)
-
-    slices = [
-        SliceFinding(
-            index=i,
-            sop_instance_uid=str(volume.sop_instance_uids[i]),
-            probability=float(slice_prob[i]),
-            model_probabilities={key: float(model_max[key][i]) for key in spec.MODEL_KEYS},
-            weights={key: float(weights[i, j]) for j, key in enumerate(spec.MODEL_KEYS)},
-            hemorrhage_volume_ml=float(voxels_per_slice[i]) * voxel_ml,
-        )
-        for i in range(n)
-    ]
-    peak = slice_prob.max()
-    # Compare in float32, the models' precision: a probability of float32(0.7) meets a threshold of 0.7.
-    f32 = np.float32
-    return CaseFindings(
-        ich_probability=float(peak),
-        ich_detected=bool(peak >= f32(threshold)),
-        threshold=float(threshold),
-        indeterminate=bool(f32(low) <= peak <= f32(high)),
-        indeterminate_band=(low, high),
-        hemorrhage_volume_ml=float(voxels_per_slice.sum()) * voxel_ml,
-        voxel_volume_ml=voxel_ml,
-        slices=slices,
-        mask=mask,
-    )
+    return slice_prob, fused, weights, model_max

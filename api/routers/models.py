@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from api.auth import require_api_key
+from api.decision import decision_for
 from api.deps import EngineDep, SettingsDep
 from api.engines import EngineUnavailableError
 from api.errors import service_unavailable
@@ -37,11 +38,12 @@ async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsRespons
         raise service_unavailable(
             "engine_unavailable", "the inference engine is unavailable; retry later", settings.retry_after_s
         ) from exc
+    decision = decision_for(settings)
     return ModelsResponse(
         engine=engine.name,
         model_version=engine.model_version,
         input_size=engine.input_size,
-        threshold=settings.threshold,
-        indeterminate_band=settings.indeterminate_band,
+        threshold=decision.threshold,
+        indeterminate_band=decision.band,
         models=[_model_info(m) for m in models],
     )

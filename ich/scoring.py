@@ -1,0 +1,366 @@
+"""The one definition of the lesion mask, the lesions, the case score and the volume.
+
+The gateway, ``ich-model evaluate``, cross-validation and training-time figures all call this module, so a
+volume in the JSON, a voxel of the DICOM SEG and a Dice in the model card are counted by the same rule.
+
+- **Candidate mask:** FUSED > :data:`ich.spec.MASK_THRESHOLD` at the model's ``S x S`` grid.
+- **Lesions:** connected components of the candidate mask in 3D (26-connectivity: adjacent slices of one
+  bleed are one lesion), each described by :class:`Lesion` (volume, slices, peak and mean probability,
+  agreement of the base models, distance to the inner table, brain area of its slice, mean density).
+- **Which lesions count:** a :class:`CaseModel` (logistic regression on the lesion features, fitted on
+  out-of-fold predictions by ``training.case_model``) gives each lesion a probability; lesions at or above
+  ``keep`` form the reported mask. Why: on unseen heads the false foci sit at the vertex, against the inner
+  table, beside the petrous bone and in the temporal lobes by the middle cranial fossa; they are small,
+  thin, hug the bone and are seen by few base models, which is what the features measure.
+- **Case score:** the highest lesion probability (``raw_score``; :data:`NO_LESION_SCORE` without a
+  candidate), calibrated by the case model's calibration map into ``ich_probability``. The paper's case
+  score, the highest SLICE_PROB, is kept beside it as ``max_slice_probability``.
+- **Volume:** the reported mask brought back to the source matrix (:func:`ich.seg.resize_mask_to_source`:
+  the fused map, limited to the kept lesions, resized bilinearly, thresholded) times the source voxel
+  volume: exactly the voxels a DICOM SEG built from :attr:`CaseScore.source_mask` holds.
+
+Without a case model (a repository from before lesion scoring, or the tiny test repositories) every
+candidate lesion is kept and the case probability is the paper's maximum slice probability.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ich import spec
+from ich.calibration import Calibration, calibration_from_dict, logit
+
+__all__ = [
+    "FEATURES",
+    "NO_LESION_SCORE",
+    "CaseModel",
+    "CaseScore",
+    "Lesion",
+    "candidate_mask",
+    "find_lesions",
+    "lesion_features",
+    "score_case",
+    "source_volume_ml",
+]
+
+#: Raw case score of a study without any candidate lesion (kept off 0 so that the logit stays finite).
+NO_LESION_SCORE: float = 1e-3
+#: Bone on the bone-window channel (L500 W3000): HU above 300, i.e. channel value above 1300 / 3000.
+_BONE_CHANNEL: float = 1300.0 / 3000.0
+#: Brain-window channel (L40 W80) to HU: the window starts at 0 HU and spans 80 HU.
+_BRAIN_WINDOW_HU: float = 80.0
+#: Distances to bone are clipped here (mm): beyond, a lesion is simply "inside the brain".
+_MAX_BONE_DISTANCE_MM: float = 20.0
+_STRUCTURE = np.ones((3, 3, 3), dtype=bool)
+
+#: Lesion features the case model reads, in its coefficient order.
+FEATURES: tuple[str, ...] = (
+    "log_volume_ml",
+    "logit_peak",
+    "mean_probability",
+    "log_slices",
+    "bone_distance_mm",
+    "brain_area_fraction",
+    "inside_brain_fraction",
+    "mean_hu",
+    "agreement",
+)
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One connected lesion candidate (model grid)."""
+
+    label: int  # its value in the label volume (1-based)
+    voxels: int
+    volume_ml: float  # model-grid voxels x model voxel volume
+    first_slice: int
+    last_slice: int
+    peak_slice: int  # the slice holding its largest area
+    peak_probability: float
+    mean_probability: float
+    bone_distance_mm: float  # median distance of its pixels to bone (inner table, skull base), clipped
+    brain_area_fraction: float  # brain area of its peak slice / the study's largest brain area
+    inside_brain_fraction: float  # share of its pixels inside the skull-stripped brain
+    mean_hu: float  # mean density from the brain-window channel (saturates at 80 HU)
+    agreement: float  # mean share of the five base models above the mask threshold on its pixels
+    probability: float | None = None  # from the case model; None without one
+
+    @property
+    def n_slices(self) -> int:
+        return self.last_slice - self.first_slice + 1
+
+    def feature_vector(self) -> np.ndarray:
+        """The :data:`FEATURES` of this lesion, in order."""
+        return np.array(
+            [
+                math.log1p(self.volume_ml),
+                float(logit(self.peak_probability)),
+                self.mean_probability,
+                math.log(self.n_slices),
+                self.bone_distance_mm,
+                self.brain_area_fraction,
+                self.inside_brain_fraction,
+                self.mean_hu,
+                self.agreement,
+            ],
+            dtype=np.float64,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "voxels": self.voxels,
+            "volume_ml": self.volume_ml,
+            "first_slice": self.first_slice,
+            "last_slice": self.last_slice,
+            "peak_slice": self.peak_slice,
+            "peak_probability": self.peak_probability,
+            "mean_probability": self.mean_probability,
+            "bone_distance_mm": self.bone_distance_mm,
+            "brain_area_fraction": self.brain_area_fraction,
+            "inside_brain_fraction": self.inside_brain_fraction,
+            "mean_hu": self.mean_hu,
+            "agreement": self.agreement,
+            "probability": self.probability,
+        }
+
+
+@dataclass(frozen=True)
+class CaseModel:
+    """Lesion model, calibration and operating point, stored with the weights (``case_model.json``)."""
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    keep: float
+    calibration: Calibration
+    threshold: float
+    band: tuple[float, float]
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(FEATURES)
+        if not (len(self.mean) == len(self.scale) == len(self.coef) == n):
+            raise ValueError(f"case model: mean, scale and coef need {n} values each")
+        numbers = (*self.mean, *self.scale, *self.coef, self.intercept, self.keep, self.threshold, *self.band)
+        if not all(math.isfinite(v) for v in numbers) or min(self.scale) <= 0:
+            raise ValueError("case model: parameters must be finite and scales positive")
+        if not (0.0 <= self.band[0] <= self.threshold <= self.band[1] <= 1.0):
+            raise ValueError(
+                f"case model: need 0 <= band low <= threshold <= band high <= 1, got "
+                f"{self.band} and {self.threshold}"
+            )
+
+    def lesion_probabilities(self, features: np.ndarray) -> np.ndarray:
+        """``[L, len(FEATURES)]`` -> ``[L]`` probability that each lesion is hemorrhage."""
+        z = (features - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": list(FEATURES),
+            "mean": list(self.mean),
+            "scale": list(self.scale),
+            "coef": list(self.coef),
+            "intercept": self.intercept,
+            "keep": self.keep,
+            "calibration": self.calibration.to_dict(),
+            "threshold": self.threshold,
+            "band": list(self.band),
+            "info": dict(self.info),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CaseModel:
+        if list(d.get("features", [])) != list(FEATURES):
+            raise ValueError(f"case model: features {d.get('features')} are not {list(FEATURES)}")
+        band = tuple(float(v) for v in d["band"])
+        if len(band) != 2:
+            raise ValueError("case model: band needs two values")
+        return cls(
+            mean=tuple(float(v) for v in d["mean"]),
+            scale=tuple(float(v) for v in d["scale"]),
+            coef=tuple(float(v) for v in d["coef"]),
+            intercept=float(d["intercept"]),
+            keep=float(d["keep"]),
+            calibration=calibration_from_dict(d["calibration"]),
+            threshold=float(d["threshold"]),
+            band=(band[0], band[1]),
+            info=dict(d.get("info", {})),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> CaseModel:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+
+
+@dataclass(frozen=True, eq=False)
+class CaseScore:
+    """Everything the scoring decides for one study."""
+
+    lesions: list[Lesion]
+    kept: list[Lesion]
+    mask: np.ndarray  # [N, S, S] bool, the kept lesions on the model grid
+    raw_score: float  # highest kept-or-not lesion probability (or max slice prob without a case model)
+    ich_probability: float  # calibrated
+    max_slice_probability: float
+    model_voxel_ml: float
+
+
+def candidate_mask(fused: np.ndarray) -> np.ndarray:
+    """``[N, S, S]`` (or ``[N, 1, S, S]``) fused maps -> bool candidate mask (FUSED > MASK_THRESHOLD)."""
+    arr = np.asarray(fused, dtype=np.float32)
+    if arr.ndim == 4:
+        arr = arr[:, 0]
+    return arr > np.float32(spec.MASK_THRESHOLD)
+
+
+def find_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """3D connected components (26-connectivity) of a ``[N, S, S]`` mask: (labels, count)."""
+    labels, count = ndimage.label(mask, structure=_STRUCTURE)
+    return labels.astype(np.int32, copy=False), int(count)
+
+
+def _bone_distance(
+    images: np.ndarray, slices: Sequence[int], pixel_mm: tuple[float, float]
+) -> dict[int, Any]:
+    """Distance (mm) of every pixel to the nearest bone pixel, on the given slices only."""
+    out = {}
+    for i in slices:
+        bone = images[i, 2] > _BONE_CHANNEL
+        out[i] = (
+            ndimage.distance_transform_edt(~bone, sampling=pixel_mm)
+            if bone.any()
+            else np.full(bone.shape, _MAX_BONE_DISTANCE_MM)
+        )
+    return out
+
+
+def lesion_features(
+    labels: np.ndarray,
+    count: int,
+    fused: np.ndarray,
+    probs: np.ndarray,
+    images: np.ndarray,
+    pixel_mm: tuple[float, float],
+    voxel_ml: float,
+) -> list[Lesion]:
+    """Describe each labelled lesion.
+
+    Args:
+        labels, count: from :func:`find_lesions`.
+        fused: ``[N, S, S]`` fused map; probs: ``[N, 5, S, S]`` base maps (MODEL_KEYS order).
+        images: ``[N, 4, S, S]`` model input (``ich.preprocess``: stroke, brain, bone, stripped brain).
+        pixel_mm: model-grid pixel size (row, column) in mm; voxel_ml: model-grid voxel volume.
+    """
+    if count == 0:
+        return []
+    fused = np.asarray(fused, dtype=np.float32)
+    brain_area = (images[:, 3] > 0).reshape(len(images), -1).sum(axis=1)
+    largest_brain = max(int(brain_area.max()), 1)
+    agree = (np.asarray(probs, dtype=np.float32) > spec.MASK_THRESHOLD).mean(axis=1)
+    objects = ndimage.find_objects(labels)
+    lesion_slices = sorted({z for sl in objects if sl is not None for z in range(sl[0].start, sl[0].stop)})
+    distance = _bone_distance(images, lesion_slices, pixel_mm)
+    out = []
+    for label, box in enumerate(objects, start=1):
+        if box is None:
+            continue
+        where = labels[box] == label
+        z0 = box[0].start
+        zs, ys, xs = np.nonzero(where)
+        zs, ys, xs = zs + z0, ys + box[1].start, xs + box[2].start
+        per_slice = np.bincount(zs - z0)
+        peak_slice = z0 + int(np.argmax(per_slice))
+        values = fused[zs, ys, xs]
+        dist = np.array([distance[z][y, x] for z, y, x in zip(zs, ys, xs, strict=True)])
+        out.append(
+            Lesion(
+                label=label,
+                voxels=len(zs),
+                volume_ml=float(len(zs) * voxel_ml),
+                first_slice=int(zs.min()),
+                last_slice=int(zs.max()),
+                peak_slice=peak_slice,
+                peak_probability=float(values.max()),
+                mean_probability=float(values.mean()),
+                bone_distance_mm=float(min(np.median(dist), _MAX_BONE_DISTANCE_MM)),
+                brain_area_fraction=float(brain_area[peak_slice] / largest_brain),
+                inside_brain_fraction=float((images[zs, 3, ys, xs] > 0).mean()),
+                mean_hu=float(images[zs, 1, ys, xs].astype(np.float32).mean() * _BRAIN_WINDOW_HU),
+                agreement=float(agree[zs, ys, xs].mean()),
+            )
+        )
+    return out
+
+
+def model_pixel_mm(
+    pixel_spacing_mm: tuple[float, float], shape: tuple[int, int], size: int
+) -> tuple[float, float]:
+    """Model-grid pixel size: the source matrix ``H x W`` is stretched to ``S x S``."""
+    return (float(pixel_spacing_mm[0]) * shape[0] / size, float(pixel_spacing_mm[1]) * shape[1] / size)
+
+
+def score_case(
+    fused: np.ndarray,
+    probs: np.ndarray,
+    slice_prob: np.ndarray,
+    images: np.ndarray,
+    pixel_mm: tuple[float, float],
+    voxel_ml: float,
+    case_model: CaseModel | None,
+) -> CaseScore:
+    """Lesions, the kept mask and the case probability of one study (model grid)."""
+    fused = np.asarray(fused, dtype=np.float32)
+    if fused.ndim == 4:
+        fused = fused[:, 0]
+    probs = np.asarray(probs)
+    slice_prob = np.asarray(slice_prob, dtype=np.float32).reshape(-1)
+    labels, count = find_lesions(candidate_mask(fused))
+    lesions = lesion_features(labels, count, fused, probs, images, pixel_mm, voxel_ml)
+    max_slice = float(slice_prob.max()) if slice_prob.size else 0.0
+    if case_model is None:
+        kept, raw, calibrated = lesions, max_slice, max_slice
+    else:
+        p = (
+            case_model.lesion_probabilities(np.stack([les.feature_vector() for les in lesions]))
+            if lesions
+            else np.zeros(0)
+        )
+        lesions = [
+            Lesion(**{**les.__dict__, "probability": float(v)}) for les, v in zip(lesions, p, strict=True)
+        ]
+        kept = [les for les in lesions if (les.probability or 0.0) >= case_model.keep]
+        raw = float(max(NO_LESION_SCORE, p.max())) if len(p) else NO_LESION_SCORE
+        calibrated = float(case_model.calibration.apply(raw))
+    mask = np.isin(labels, [les.label for les in kept]) if kept else np.zeros(labels.shape, dtype=bool)
+    return CaseScore(lesions, kept, mask, raw, calibrated, max_slice, voxel_ml)
+
+
+def source_volume_ml(
+    source_mask: np.ndarray, pixel_spacing_mm: tuple[float, float], slice_mm: float
+) -> float:
+    """Volume (mL) of a source-matrix mask: voxels x row spacing x column spacing x slice spacing."""
+    voxel = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1]) * float(slice_mm) / 1000.0
+    return float(np.count_nonzero(source_mask)) * voxel
+
+
+def kept_map(fused: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The fused map limited to the kept lesions (zero elsewhere): what is resized to the source matrix."""
+    arr = np.asarray(fused, dtype=np.float32)
+    if arr.ndim == 4:
+        arr = arr[:, 0]
+    return np.where(mask, arr, np.float32(0.0))
