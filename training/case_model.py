@@ -1,0 +1,206 @@
+"""Fitting the case model (``ich.scoring.CaseModel``) on prediction records, and applying it to records.
+
+One fit, on the records of some cases (:func:`fit_case_model`):
+
+1. a logistic regression (scikit-learn, standardised features, L2 with C = 1) on their lesion candidates,
+   label "overlaps the ground truth";
+2. each case's raw score = its highest lesion probability (:data:`ich.scoring.NO_LESION_SCORE` without one);
+3. Platt scaling of the raw score against the case label (``training.calibration.fit_platt``): with a few
+   dozen cases an isotonic map would be a staircase of a few steps;
+4. the threshold: the highest calibrated probability that keeps ``target_sensitivity`` of those cases'
+   hemorrhages detected; the indeterminate band around it (``training.calibration.indeterminate_band``);
+5. ``keep``: the lesion probability whose calibrated value is the threshold, so that a case is called
+   positive exactly when it holds a kept lesion and the mask shows what made the call.
+
+For the reported figures the fit is cross-fitted over the cross-validation folds (:func:`cross_fit`): the
+cases of fold k are scored by a case model fitted on the other folds' out-of-fold records only, so that no
+figure comes from a threshold, calibration or lesion model that saw its own case. The shipped case model is
+one fit on every out-of-fold record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ich.calibration import logit, sigmoid
+from ich.scoring import FEATURES, NO_LESION_SCORE, CaseModel
+from training.calibration import fit_platt, indeterminate_band, threshold_for_sensitivity
+from training.records import Records
+
+#: L2 strength of the lesion model (scikit-learn's default): a few hundred candidates, nine features.
+LESION_C: float = 1.0
+
+
+@dataclass(frozen=True)
+class DecisionTargets:
+    """What the operating point and the band are chosen for (``[decision]`` in the config)."""
+
+    target_sensitivity: float = 0.95
+    band_sensitivity: float = 1.0
+    band_specificity: float = 0.95
+
+
+def lesion_matrix(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(X [L, len(FEATURES)], y [L])`` of lesion rows."""
+    x = np.array([[float(r[f]) for f in FEATURES] for r in rows], dtype=np.float64).reshape(-1, len(FEATURES))
+    y = np.array([int(r["is_hemorrhage"]) for r in rows], dtype=np.int64)
+    return x, y
+
+
+def fit_lesion_model(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(mean, scale, coef, intercept)`` of a standardised L2 logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    if len(set(y.tolist())) < 2:
+        raise ValueError("the lesion model needs true and false lesion candidates")
+    scaler = StandardScaler().fit(x)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    model = LogisticRegression(C=LESION_C, max_iter=2000).fit((x - scaler.mean_) / scale, y)
+    return scaler.mean_, scale, model.coef_[0], float(model.intercept_[0])
+
+
+def raw_case_scores(records: Records, lesion_p: np.ndarray) -> dict[Any, float]:
+    """Each case's highest lesion probability (``lesion_p`` in ``records.lesions`` order)."""
+    scores = {row["case"]: NO_LESION_SCORE for row in records.cases}
+    for row, p in zip(records.lesions, lesion_p, strict=True):
+        scores[row["case"]] = max(scores[row["case"]], float(p))
+    return scores
+
+
+def subset(records: Records, cases: set[Any]) -> Records:
+    """The rows of ``records`` that belong to ``cases``."""
+    return Records(
+        **{
+            name: [r for r in getattr(records, name) if r["case"] in cases]
+            for name in ("cases", "slices", "lesions", "lesion_slices")
+        }
+    )
+
+
+def _keep_for(threshold: float, a: float, b: float) -> float:
+    """The raw score whose Platt-calibrated value is ``threshold``."""
+    return float(sigmoid((float(logit(threshold)) - b) / a))
+
+
+def fit_case_model(
+    records: Records, targets: DecisionTargets, info: Mapping[str, Any] | None = None
+) -> CaseModel:
+    """One fit of the case model on ``records`` (see the module docstring)."""
+    x, y = lesion_matrix(records.lesions)
+    mean, scale, coef, intercept = fit_lesion_model(x, y)
+    raw = raw_case_scores(records, 1.0 / (1.0 + np.exp(-(((x - mean) / scale) @ coef + intercept))))
+    ids = [row["case"] for row in records.cases]
+    labels = np.array([int(row["label"]) for row in records.cases])
+    scores = np.array([raw[c] for c in ids])
+    platt = fit_platt(scores, labels)
+    calibrated = np.asarray(platt.apply(scores))
+    threshold = threshold_for_sensitivity(calibrated, labels, targets.target_sensitivity)
+    band = indeterminate_band(
+        calibrated, labels, threshold, targets.band_sensitivity, targets.band_specificity
+    )
+    return CaseModel(
+        mean=tuple(float(v) for v in mean),
+        scale=tuple(float(v) for v in scale),
+        coef=tuple(float(v) for v in coef),
+        intercept=intercept,
+        keep=_keep_for(threshold, platt.a, platt.b),
+        calibration=platt,
+        threshold=float(threshold),
+        band=(float(band[0]), float(band[1])),
+        info={"cases": len(ids), "lesion_candidates": len(x), "targets": targets.__dict__, **(info or {})},
+    )
+
+
+@dataclass(frozen=True)
+class ScoredCase:
+    """One case as a case model scores it."""
+
+    case: Any
+    fold: int
+    label: int
+    raw: float
+    probability: float
+    detected: bool
+    indeterminate: bool
+    kept_lesions: frozenset[int]
+
+
+def apply_case_model(model: CaseModel, records: Records) -> list[ScoredCase]:
+    """Score the cases of ``records`` with ``model`` (the gateway's rule, on the recorded lesions)."""
+    x, _ = lesion_matrix(records.lesions)
+    p = model.lesion_probabilities(x) if len(x) else np.zeros(0)
+    raw = raw_case_scores(records, p)
+    kept: dict[Any, set[int]] = {}
+    for row, v in zip(records.lesions, p, strict=True):
+        if v >= model.keep:
+            kept.setdefault(row["case"], set()).add(int(row["lesion"]))
+    out = []
+    for row in records.cases:
+        prob = float(model.calibration.apply(raw[row["case"]]))
+        out.append(
+            ScoredCase(
+                case=row["case"],
+                fold=int(row["fold"]),
+                label=int(row["label"]),
+                raw=raw[row["case"]],
+                probability=prob,
+                detected=prob >= model.threshold,
+                indeterminate=model.band[0] <= prob <= model.band[1],
+                kept_lesions=frozenset(kept.get(row["case"], set())),
+            )
+        )
+    return out
+
+
+def cross_fit(records: Records, targets: DecisionTargets) -> tuple[list[ScoredCase], list[CaseModel]]:
+    """Every case scored by a case model fitted on the other folds only; and those models, by fold."""
+    folds = sorted({int(row["fold"]) for row in records.cases})
+    by_fold = {f: {row["case"] for row in records.cases if int(row["fold"]) == f} for f in folds}
+    scored: list[ScoredCase] = []
+    models = []
+    for f in folds:
+        others = set().union(*(by_fold[g] for g in folds if g != f))
+        model = fit_case_model(subset(records, others), targets, {"fitted_without_fold": f})
+        models.append(model)
+        scored.extend(apply_case_model(model, subset(records, by_fold[f])))
+    order = {row["case"]: i for i, row in enumerate(records.cases)}
+    return sorted(scored, key=lambda s: order[s.case]), models
+
+
+def kept_dice_counts(records: Records, scored: Sequence[ScoredCase]) -> np.ndarray:
+    """Per-slice ``[intersection, |kept|, |truth|]`` (``records.slices`` order) of the kept lesions."""
+    kept = {s.case: s.kept_lesions for s in scored}
+    inter: dict[tuple[Any, int], int] = {}
+    voxels: dict[tuple[Any, int], int] = {}
+    for row in records.lesion_slices:
+        if int(row["lesion"]) in kept.get(row["case"], frozenset()):
+            key = (row["case"], int(row["slice"]))
+            inter[key] = inter.get(key, 0) + int(row["inter"])
+            voxels[key] = voxels.get(key, 0) + int(row["voxels"])
+    return np.array(
+        [
+            [
+                inter.get((r["case"], int(r["slice"])), 0),
+                voxels.get((r["case"], int(r["slice"])), 0),
+                int(r["truth_voxels"]),
+            ]
+            for r in records.slices
+        ],
+        dtype=np.int64,
+    ).reshape(-1, 3)
+
+
+__all__ = [
+    "DecisionTargets",
+    "ScoredCase",
+    "apply_case_model",
+    "cross_fit",
+    "fit_case_model",
+    "kept_dice_counts",
+    "lesion_matrix",
+]

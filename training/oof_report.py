@@ -1,0 +1,284 @@
+"""``ich-model cv-report``: out-of-fold records, the cross-fitted figures, and the case model to ship.
+
+From a cross-validation run (:mod:`training.cv`) it writes, into ``--out`` (committed, the record the model
+card is made from):
+
+- ``cases.csv``, ``slices.csv``, ``lesions.csv``, ``lesion_slices.csv`` (:mod:`training.records`);
+- ``report.json``: every figure, each from out-of-fold predictions, and every choice made after training
+  (lesion model, calibration, threshold, band) cross-fitted over the same folds (``training.case_model``);
+- ``reliability.png`` and ``roc.png``;
+- ``case_model.json``: the case model fitted on all out-of-fold records, which ``ich-model export`` copies
+  into ``model_repository/``.
+
+:func:`build_report` reads only records, so evaluation (``ich-model evaluate``) and this command report the
+same figures the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ich import metrics, spec
+from ich.scoring import model_pixel_mm
+from training.calibration import (
+    brier_score,
+    expected_calibration_error,
+    operating_point,
+    reliability_bins,
+    reliability_diagram,
+    roc_diagram,
+)
+from training.case_model import DecisionTargets, ScoredCase, cross_fit, fit_case_model, kept_dice_counts
+from training.records import CasePrediction, Records, case_records
+
+logger = logging.getLogger(__name__)
+
+BOOTSTRAP = 1000
+SEED = 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``ich-model cv-report``."""
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/cv-default"), help="an ich-model cv run")
+    parser.add_argument("--data", type=Path, default=None, help="CT-ICH folder (for the pixel spacing)")
+    parser.add_argument("--out", type=Path, default=Path("training/cv/default"), help="records and report")
+    parser.add_argument("--records-only", action="store_true", help="reuse --out's records (no run needed)")
+
+
+# ------------------------------------------------------------------------------------------- records
+def run_records(run_dir: Path, data: Path) -> Records:
+    """Records of every finished fold of a cross-validation run."""
+    from training.cv import OOF_FILE
+    from training.data.ct_ich import read_patient
+    from training.train import build_cache, load_config
+
+    cfg = load_config(run_dir / "config.toml")
+    size, opening = int(cfg["run"]["size"]), int(cfg["weight"]["opening"])
+    cache = build_cache(data, size, run_dir / f"cache_{size}.npz")
+    folds = json.loads((run_dir / "folds.json").read_text())["folds"]
+    out = Records()
+    for k, patients in enumerate(folds):
+        path = run_dir / f"fold_{k}" / OOF_FILE
+        if not path.exists():
+            logger.warning("cv-report: fold %d has no out-of-fold predictions yet", k)
+            continue
+        z = np.load(path)
+        for pid in patients:
+            rows = np.flatnonzero(z["pids"] == pid)
+            patient = read_patient(data, pid)
+            hu_shape = (int(patient.hu.shape[1]), int(patient.hu.shape[2]))
+            spacing = (patient.pixel_spacing_mm, patient.pixel_spacing_mm)
+            pixel_mm = model_pixel_mm(spacing, hu_shape, size)
+            cache_rows = z["rows"][rows]
+            out.extend(
+                case_records(
+                    CasePrediction(
+                        case_id=pid,
+                        fold=k,
+                        fused=z["fused"][rows],
+                        probs=z["probs"][rows],
+                        slice_prob=z["slice_prob"][rows],
+                        images=cache.images[cache_rows],
+                        truth=cache.masks[cache_rows, 0] > 0,
+                        slice_labels=cache.table.positive[cache_rows].astype(np.int64),
+                        pixel_mm=pixel_mm,
+                        voxel_ml=pixel_mm[0] * pixel_mm[1] * patient.slice_thickness_mm / 1000.0,
+                        opening=opening,
+                    )
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------------------- figures
+def _num(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), 4)
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray | None) -> dict[str, Any]:
+    if not 0 < labels.sum() < labels.size:
+        return {"n": int(labels.size), "n_positive": int(labels.sum()), "auc": None, "auc_ci": None}
+    ci = metrics.bootstrap_auc_ci(labels, scores, groups, n_boot=BOOTSTRAP, seed=SEED)
+    return {
+        "n": int(labels.size),
+        "n_positive": int(labels.sum()),
+        "auc": _num(metrics.roc_auc(labels, scores)),
+        "auc_ci": [_num(ci.low), _num(ci.high)],
+    }
+
+
+def _proportion(k: int, n: int) -> dict[str, Any]:
+    """A proportion with its exact (Clopper-Pearson) 95% interval: few cases, so no normal approximation."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return {"value": None, "k": 0, "n": 0, "ci": None}
+    ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+    return {"value": _num(k / n), "k": k, "n": n, "ci": [_num(ci.low), _num(ci.high)]}
+
+
+def _dice(counts: np.ndarray, cases: np.ndarray) -> dict[str, Any]:
+    d = metrics.dice_summary(counts, cases)
+    return {
+        "per_patient": _num(d.per_patient),
+        "micro": _num(d.micro),
+        "patients": d.n_patients,
+        "by_patient": {k: _num(v) for k, v in d.by_patient.items()},
+    }
+
+
+def _slice_arrays(records: Records) -> dict[str, np.ndarray]:
+    s = records.slices
+    out = {
+        "case": np.array([str(r["case"]) for r in s]),
+        "label": np.array([int(r["label"]) for r in s]),
+        "ensemble": np.array([float(r["slice_prob"]) for r in s]),
+        "truth": np.array([int(r["truth_voxels"]) for r in s]),
+        "candidate_inter": np.array([int(r["candidate_inter"]) for r in s]),
+        "candidate_voxels": np.array([int(r["candidate_voxels"]) for r in s]),
+    }
+    for key in spec.MODEL_KEYS:
+        out[key] = np.array([float(r[f"prob_{key}"]) for r in s])
+        out[f"inter_{key}"] = np.array([int(r[f"inter_{key}"]) for r in s])
+        out[f"voxels_{key}"] = np.array([int(r[f"voxels_{key}"]) for r in s])
+    return out
+
+
+def _case_max(cases: np.ndarray, scores: np.ndarray, order: list[str]) -> np.ndarray:
+    best = {c: -np.inf for c in order}
+    for c, v in zip(cases.tolist(), scores.tolist(), strict=True):
+        best[c] = max(best[c], v)
+    return np.array([best[c] for c in order])
+
+
+def _base_models(sl: dict[str, np.ndarray], ids: list[str], case_y: np.ndarray) -> dict[str, Any]:
+    """The paper's comparison: each base model alone and the ensemble's slice score against each."""
+    out: dict[str, Any] = {}
+    for key in ("ensemble", *spec.MODEL_KEYS):
+        block: dict[str, Any] = {
+            "slice": _auc(sl["label"], sl[key], sl["case"]),
+            "case_max_slice": _auc(case_y, _case_max(sl["case"], sl[key], ids), None),
+        }
+        if key != "ensemble":
+            counts = np.stack([sl[f"inter_{key}"], sl[f"voxels_{key}"], sl["truth"]], axis=1)
+            block["dice_candidates"] = _dice(counts, sl["case"])["per_patient"]
+            res = metrics.delong_test(sl["label"], sl["ensemble"], sl[key])
+            block["delong_slice_vs_ensemble"] = {"z": _num(res.z), "p": _num(res.p)}
+        out[key] = block
+    return out
+
+
+def _decision(scored: list[ScoredCase]) -> dict[str, Any]:
+    y = np.array([s.label for s in scored])
+    detected = np.array([s.detected for s in scored])
+    tp, fn = int((detected & (y == 1)).sum()), int((~detected & (y == 1)).sum())
+    tn, fp = int((~detected & (y == 0)).sum()), int((detected & (y == 0)).sum())
+    return {
+        "sensitivity": _proportion(tp, tp + fn),
+        "specificity": _proportion(tn, tn + fp),
+        "normal_heads_flagged_per_10": _num(10 * fp / max(1, tn + fp)),
+        "indeterminate": _proportion(int(sum(s.indeterminate for s in scored)), len(scored)),
+        "missed_cases": [str(s.case) for s in scored if s.label == 1 and not s.detected],
+        "flagged_normal_cases": [str(s.case) for s in scored if s.label == 0 and s.detected],
+    }
+
+
+def build_report(records: Records, targets: DecisionTargets, out: Path | None = None) -> dict[str, Any]:
+    """Every figure from the records; case-model choices cross-fitted over the records' folds."""
+    scored, fold_models = cross_fit(records, targets)
+    ids = [str(s.case) for s in scored]
+    y = np.array([s.label for s in scored])
+    p = np.array([s.probability for s in scored])
+    max_slice = np.array([float(r["max_slice_probability"]) for r in records.cases])
+    sl = _slice_arrays(records)
+    kept = kept_dice_counts(records, scored)
+    report: dict[str, Any] = {
+        "patients": len(ids),
+        "patients_with_hemorrhage": int(y.sum()),
+        "slices": len(records.slices),
+        "folds": len({s.fold for s in scored}),
+        "targets": targets.__dict__,
+        "case": {
+            "lesion_model": _auc(y, p, None),
+            "max_slice_probability": _auc(y, max_slice, None),
+            "max_slice_probability_at_0.5": operating_point(max_slice, y, 0.5),
+        },
+        "operating_point": {
+            **_decision(scored),
+            "thresholds_by_fold": [_num(m.threshold) for m in fold_models],
+            "bands_by_fold": [[_num(m.band[0]), _num(m.band[1])] for m in fold_models],
+        },
+        "calibration": {
+            "brier": _num(brier_score(p, y)),
+            "ece": _num(expected_calibration_error(p, y, bins=10)),
+            "bins": [b.__dict__ for b in reliability_bins(p, y, bins=10)],
+        },
+        "dice": {
+            "kept_lesions": _dice(kept, sl["case"]),
+            "candidates": _dice(
+                np.stack([sl["candidate_inter"], sl["candidate_voxels"], sl["truth"]], axis=1), sl["case"]
+            ),
+        },
+        "models": _base_models(sl, ids, y),
+        "cases": [
+            {
+                "case": s.case,
+                "fold": s.fold,
+                "label": s.label,
+                "probability": _num(s.probability),
+                "max_slice_probability": _num(float(m)),
+                "detected": s.detected,
+                "indeterminate": s.indeterminate,
+            }
+            for s, m in zip(scored, max_slice, strict=True)
+        ],
+    }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        reliability_diagram(p, y, out / "reliability.png", title="Case probability, out of fold")
+        roc_diagram(p, y, out / "roc.png", title="Case ROC, out of fold")
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the records, the report, the figures and the case model."""
+    from training.train import load_config
+
+    if args.records_only:
+        records = Records.read(args.out)
+        cfg = load_config(args.out / "config.toml")
+    else:
+        if args.data is None:
+            logger.error("cv-report: --data is needed to read the run's records (or --records-only)")
+            return 2
+        records = run_records(args.run_dir, args.data)
+        records.write(args.out)
+        cfg = load_config(args.run_dir / "config.toml")
+        (args.out / "config.toml").write_bytes((args.run_dir / "config.toml").read_bytes())
+        (args.out / "folds.json").write_bytes((args.run_dir / "folds.json").read_bytes())
+    targets = DecisionTargets(**cfg.get("decision", {}))
+    report = build_report(records, targets, args.out)
+    (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    shipped = fit_case_model(
+        records, targets, {"fitted_on": "every out-of-fold record", "folds": report["folds"]}
+    )
+    shipped.save(args.out / "case_model.json")
+    op = report["operating_point"]
+    logger.info(
+        "cv-report: %d patients; case AUC %s (max slice %s), sensitivity %s, specificity %s, ECE %s, Dice %s",
+        report["patients"],
+        report["case"]["lesion_model"]["auc"],
+        report["case"]["max_slice_probability"]["auc"],
+        op["sensitivity"]["value"],
+        op["specificity"]["value"],
+        report["calibration"]["ece"],
+        report["dice"]["kept_lesions"]["per_patient"],
+    )
+    return 0
