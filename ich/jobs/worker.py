@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -206,7 +207,8 @@ class WorkerPool:
             code, detail = exc.code, exc.detail
         else:
             # Type only: an exception's message may quote DICOM values (patient data).
-            logger.error("job %s: attempt %d raised %s", job.id, job.attempts, type(exc).__name__)
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            logger.error("job %s: attempt %d raised %s\n%s", job.id, job.attempts, type(exc).__name__, frames)
             code, detail = "internal_error", f"the analysis failed ({type(exc).__name__})"
         if job.attempts >= self.config.max_attempts:
             error = JobError(code, f"{detail}; gave up after {job.attempts} attempts")
