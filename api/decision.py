@@ -15,10 +15,7 @@ from pathlib import Path
 
 from api.settings import Settings
 from ich import spec
-from ich.scoring import CaseModel
-
-#: The file of the case model inside a model repository.
-CASE_MODEL_FILENAME = "case_model.json"
+from ich.scoring import CASE_MODEL_FILENAME, CaseModel
 
 
 @dataclass(frozen=True)

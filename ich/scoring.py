@@ -19,8 +19,10 @@ volume in the JSON, a voxel of the DICOM SEG and a Dice in the model card are co
   the fused map, limited to the kept lesions, resized bilinearly, thresholded) times the source voxel
   volume: exactly the voxels a DICOM SEG built from :attr:`CaseScore.source_mask` holds.
 
-Without a case model (a repository from before lesion scoring, or the tiny test repositories) every
-candidate lesion is kept and the case probability is the paper's maximum slice probability.
+Without a case model (a repository from before lesion scoring, or the tiny test repositories) the paper's
+rule applies: the candidates are limited to the slices whose SLICE_PROB exceeds the mask threshold (SLICE_PROB
+is taken after the weight model's opening, so elsewhere they are the strays it removes), every such lesion
+is kept and the case probability is the paper's maximum slice probability.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ich import spec
 from ich.calibration import Calibration, calibration_from_dict, logit
 
 __all__ = [
+    "CASE_MODEL_FILENAME",
     "FEATURES",
     "NO_LESION_SCORE",
     "CaseModel",
@@ -51,6 +54,8 @@ __all__ = [
     "source_volume_ml",
 ]
 
+#: The case model's file inside a model repository.
+CASE_MODEL_FILENAME: str = "case_model.json"
 #: Raw case score of a study without any candidate lesion (kept off 0 so that the logit stays finite).
 NO_LESION_SCORE: float = 1e-3
 #: Bone on the bone-window channel (L500 W3000): HU above 300, i.e. channel value above 1300 / 3000.
@@ -329,7 +334,12 @@ def score_case(
         fused = fused[:, 0]
     probs = np.asarray(probs)
     slice_prob = np.asarray(slice_prob, dtype=np.float32).reshape(-1)
-    labels, count = find_lesions(candidate_mask(fused))
+    candidates = candidate_mask(fused)
+    if case_model is None:
+        # The paper's rule: on a slice whose SLICE_PROB (after the opening) stays at or below the mask
+        # threshold, the pixels above it are strays; counting them gives a negative call a volume and a SEG.
+        candidates &= (slice_prob > np.float32(spec.MASK_THRESHOLD))[:, None, None]
+    labels, count = find_lesions(candidates)
     lesions = lesion_features(labels, count, fused, probs, images, pixel_mm, voxel_ml)
     max_slice = float(slice_prob.max()) if slice_prob.size else 0.0
     if case_model is None:

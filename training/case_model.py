@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ich import spec
 from ich.calibration import logit, sigmoid
 from ich.scoring import FEATURES, NO_LESION_SCORE, CaseModel
 from training.calibration import fit_platt, indeterminate_band, threshold_for_sensitivity
@@ -130,8 +131,12 @@ class ScoredCase:
     kept_lesions: frozenset[int]
 
 
-def apply_case_model(model: CaseModel, records: Records) -> list[ScoredCase]:
-    """Score the cases of ``records`` with ``model`` (the gateway's rule, on the recorded lesions)."""
+def apply_case_model(model: CaseModel, records: Records, threshold: float | None = None) -> list[ScoredCase]:
+    """Score the cases of ``records`` with ``model`` (the gateway's rule, on the recorded lesions).
+
+    ``threshold`` overrides the model's, as ``ICH_THRESHOLD`` does in the gateway.
+    """
+    threshold = model.threshold if threshold is None else threshold
     x, _ = lesion_matrix(records.lesions)
     p = model.lesion_probabilities(x) if len(x) else np.zeros(0)
     raw = raw_case_scores(records, p)
@@ -149,8 +154,33 @@ def apply_case_model(model: CaseModel, records: Records) -> list[ScoredCase]:
                 label=int(row["label"]),
                 raw=raw[row["case"]],
                 probability=prob,
-                detected=prob >= model.threshold,
+                detected=prob >= threshold,
                 indeterminate=model.band[0] <= prob <= model.band[1],
+                kept_lesions=frozenset(kept.get(row["case"], set())),
+            )
+        )
+    return out
+
+
+def paper_rule(
+    records: Records, threshold: float = 0.5, band: tuple[float, float] = spec.INDETERMINATE_BAND
+) -> list[ScoredCase]:
+    """The paper's decision on the recorded cases: the highest slice probability, every candidate kept."""
+    kept: dict[Any, set[int]] = {}
+    for row in records.lesions:
+        kept.setdefault(row["case"], set()).add(int(row["lesion"]))
+    out = []
+    for row in records.cases:
+        prob = float(row["max_slice_probability"])
+        out.append(
+            ScoredCase(
+                case=row["case"],
+                fold=int(row["fold"]),
+                label=int(row["label"]),
+                raw=prob,
+                probability=prob,
+                detected=prob >= threshold,
+                indeterminate=band[0] <= prob <= band[1],
                 kept_lesions=frozenset(kept.get(row["case"], set())),
             )
         )
@@ -203,4 +233,5 @@ __all__ = [
     "fit_case_model",
     "kept_dice_counts",
     "lesion_matrix",
+    "paper_rule",
 ]

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train the five base models and the weight model (resumable steps)"),
     "cv": ("training.cv", "patient-grouped k-fold cross-validation: train each fold, predict it out of fold"),
-    "cv-report": ("training.oof_report", "out-of-fold records, cross-fitted figures and the case model of a cv run"),
+    "cv-report": ("training.oof_report", "out-of-fold records, figures and case model of a cv run"),
     "export": ("training.export", "export trained checkpoints to ONNX and write model_repository/"),
-    "evaluate": ("training.evaluate", "run the exported ensemble on a CT-ICH folder and write a report"),
+    "evaluate": ("training.evaluate", "run the exported ensemble on cases with masks and write a report"),
     "review": ("training.review", "the difficult-case study: select a worklist, score expert reads"),
     "card": ("training.model_card", "write MODEL_CARD.md from a training run and an evaluation report"),
 }

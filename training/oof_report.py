@@ -158,6 +158,18 @@ def _case_max(cases: np.ndarray, scores: np.ndarray, order: list[str]) -> np.nda
     return np.array([best[c] for c in order])
 
 
+def _delong(labels: np.ndarray, ensemble: np.ndarray, other: np.ndarray) -> dict[str, Any] | None:
+    """DeLong's paired test (z > 0: the ensemble higher); ``None`` with fewer than two of each class.
+
+    On slices it treats slices as independent, which they are not within a patient: read it as indicative.
+    """
+    try:
+        res = metrics.delong_test(labels, ensemble, other)
+    except ValueError:
+        return None
+    return {"z": None if math.isinf(res.z) else _num(res.z), "p": _num(res.p)}
+
+
 def _base_models(sl: dict[str, np.ndarray], ids: list[str], case_y: np.ndarray) -> dict[str, Any]:
     """The paper's comparison: each base model alone and the ensemble's slice score against each."""
     out: dict[str, Any] = {}
@@ -169,8 +181,7 @@ def _base_models(sl: dict[str, np.ndarray], ids: list[str], case_y: np.ndarray) 
         if key != "ensemble":
             counts = np.stack([sl[f"inter_{key}"], sl[f"voxels_{key}"], sl["truth"]], axis=1)
             block["dice_candidates"] = _dice(counts, sl["case"])["per_patient"]
-            res = metrics.delong_test(sl["label"], sl["ensemble"], sl[key])
-            block["delong_slice_vs_ensemble"] = {"z": _num(res.z), "p": _num(res.p)}
+            block["delong_slice_vs_ensemble"] = _delong(sl["label"], sl["ensemble"], sl[key])
         out[key] = block
     return out
 
@@ -190,9 +201,11 @@ def _decision(scored: list[ScoredCase]) -> dict[str, Any]:
     }
 
 
-def build_report(records: Records, targets: DecisionTargets, out: Path | None = None) -> dict[str, Any]:
-    """Every figure from the records; case-model choices cross-fitted over the records' folds."""
-    scored, fold_models = cross_fit(records, targets)
+def figures(records: Records, scored: list[ScoredCase], out: Path | None = None) -> dict[str, Any]:
+    """Every figure of ``records`` under the decisions ``scored`` (one per case, ``records.cases`` order).
+
+    ``out``: the folder for ``reliability.png`` and ``roc.png`` (none written when ``None``).
+    """
     ids = [str(s.case) for s in scored]
     y = np.array([s.label for s in scored])
     p = np.array([s.probability for s in scored])
@@ -203,18 +216,12 @@ def build_report(records: Records, targets: DecisionTargets, out: Path | None = 
         "patients": len(ids),
         "patients_with_hemorrhage": int(y.sum()),
         "slices": len(records.slices),
-        "folds": len({s.fold for s in scored}),
-        "targets": targets.__dict__,
         "case": {
-            "lesion_model": _auc(y, p, None),
+            "ich_probability": _auc(y, p, None),
             "max_slice_probability": _auc(y, max_slice, None),
             "max_slice_probability_at_0.5": operating_point(max_slice, y, 0.5),
         },
-        "operating_point": {
-            **_decision(scored),
-            "thresholds_by_fold": [_num(m.threshold) for m in fold_models],
-            "bands_by_fold": [[_num(m.band[0]), _num(m.band[1])] for m in fold_models],
-        },
+        "operating_point": _decision(scored),
         "calibration": {
             "brier": _num(brier_score(p, y)),
             "ece": _num(expected_calibration_error(p, y, bins=10)),
@@ -242,8 +249,20 @@ def build_report(records: Records, targets: DecisionTargets, out: Path | None = 
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        reliability_diagram(p, y, out / "reliability.png", title="Case probability, out of fold")
-        roc_diagram(p, y, out / "roc.png", title="Case ROC, out of fold")
+        reliability_diagram(p, y, out / "reliability.png", title="Case probability: reliability")
+        if 0 < y.sum() < y.size:  # a ROC needs both classes
+            roc_diagram(p, y, out / "roc.png", title="Case ROC")
+    return report
+
+
+def build_report(records: Records, targets: DecisionTargets, out: Path | None = None) -> dict[str, Any]:
+    """The cross-validation report: case-model choices cross-fitted over the records' folds."""
+    scored, fold_models = cross_fit(records, targets)
+    report = figures(records, scored, out)
+    report["folds"] = len(fold_models)
+    report["targets"] = targets.__dict__
+    report["operating_point"]["thresholds_by_fold"] = [_num(m.threshold) for m in fold_models]
+    report["operating_point"]["bands_by_fold"] = [[_num(m.band[0]), _num(m.band[1])] for m in fold_models]
     return report
 
 
@@ -274,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
     logger.info(
         "cv-report: %d patients; case AUC %s (max slice %s), sensitivity %s, specificity %s, ECE %s, Dice %s",
         report["patients"],
-        report["case"]["lesion_model"]["auc"],
+        report["case"]["ich_probability"]["auc"],
         report["case"]["max_slice_probability"]["auc"],
         op["sensitivity"]["value"],
         op["specificity"]["value"],

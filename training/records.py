@@ -111,7 +111,9 @@ class CasePrediction:
     slice_labels: np.ndarray  # [N] 0/1
     pixel_mm: tuple[float, float]  # model grid
     voxel_ml: float  # model grid
-    opening: int
+    opening: int  # the weight model's opening, for each base model's slice probability
+    #: [N, 5] each base model's slice probability when the caller has it from the exported graph.
+    model_slice_prob: np.ndarray | None = None
 
 
 def case_records(p: CasePrediction) -> Records:
@@ -147,7 +149,8 @@ def _slice_rows(p: CasePrediction) -> list[dict[str, Any]]:
     for j, key in enumerate(spec.MODEL_KEYS):
         maps = np.asarray(p.probs[:, j], dtype=np.float32)
         inter, pred = _dice_counts(maps > spec.MASK_THRESHOLD, truth)
-        per_model[key] = (opened_slice_max(maps, p.opening), inter, pred)
+        alone = opened_slice_max(maps, p.opening) if p.model_slice_prob is None else p.model_slice_prob[:, j]
+        per_model[key] = (alone, inter, pred)
     rows = []
     for i in range(len(p.slice_prob)):
         row: dict[str, Any] = {
