@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -66,16 +68,9 @@ async def always_ready() -> bool:
 
 def pool_for(store: JobStore, pipeline: Pipeline, **config: Any) -> tuple[WorkerPool, CollectorRegistry]:
     registry = CollectorRegistry()
-    values = {
-        "workers": 1,
-        "lease_s": 1.0,
-        "poll_s": 0.05,
-        "backoff_s": 0.01,
-        "gauges_every_s": 0.05,
-        **config,
-    }
     ready = config.pop("ready", always_ready)
-    values.pop("ready", None)
+    values = {"workers": 1, "lease_s": 1.0, "poll_s": 0.05, "backoff_s": 0.01, "gauges_every_s": 0.05}
+    values.update(config)
     return WorkerPool(store, pipeline, ready, WorkerConfig(**values), JobMetrics(registry)), registry
 
 
@@ -238,3 +233,12 @@ async def test_retention_purges_with_a_metric_and_a_log_line(
     lines = [r.getMessage() for r in caplog.records if "retention" in r.getMessage()]
     assert lines == ["retention: purged 1 job(s) older than 1.0 h"]
     assert old.id not in caplog.text
+
+
+def test_the_queue_knows_no_web_framework() -> None:
+    code = (
+        "import sys, ich.jobs, ich.jobs.worker, ich.jobs.metrics; "
+        "bad = sorted(m for m in ('fastapi', 'starlette', 'uvicorn', 'api') if m in sys.modules); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
