@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 # make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install install-runtime serve test lint typecheck unit integration triton-env triton k8s-check clean
+.PHONY: install install-runtime serve test lint typecheck unit integration triton-env postgres-env triton k8s-check clean
 
 # Runtime only (no torch): what the gateway needs.
 $(BIN)/python:
@@ -40,10 +40,10 @@ lint: install
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-integration: install triton-env
+integration: install triton-env postgres-env
 	$(BIN)/pytest -q tests/integration
 
-test: install triton-env lint
+test: install triton-env postgres-env lint
 	$(BIN)/pytest -q
 	$(MAKE) k8s-check
 
@@ -55,6 +55,16 @@ $(TRITON_VENV)/.installed:
 	touch $@
 
 triton-env: $(TRITON_VENV)/.installed
+
+# PostgreSQL server binaries for the job store's tests (they start their own cluster, unprivileged, on
+# loopback). Installed with apt-get where we may (root on Debian); elsewhere those tests skip and say why.
+postgres-env:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+	  || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null \
+	         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	              --no-install-recommends postgresql >/dev/null; }; \
+	       else echo "postgres-env: no PostgreSQL server binaries; install postgresql or the PostgreSQL tests skip"; fi; }
 
 triton: triton-env install-runtime
 	$(BIN)/python -m ich.triton_local --serve
