@@ -10,16 +10,16 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from ich_client.client import ICHClient
-from ich_client.errors import APIStatusError, ICHError
-from ich_client.models import CaseResult, as_dict
-from ich_client.study import pack_study
+from ich_client.errors import APIStatusError, ICHError, JobTimeoutError
+from ich_client.models import CaseResult, Job, as_dict
+from ich_client.study import PackedStudy, pack_study
 from ich_client.version import __version__
 
 #: Exit codes: every study analysed / at least one failed (or the service is unhealthy) / bad usage.
@@ -94,6 +94,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("--top", type=int, default=3, metavar="N", help="top slices in the summary (3)")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bars")
+    analyze.add_argument(
+        "--async",
+        dest="queue",
+        action="store_true",
+        help="queue each study (POST /v1/studies) and print its job id, one per line, without waiting; "
+        "then `ich status ID` or `ich wait ID`",
+    )
+
+    status = commands.add_parser(
+        "status",
+        parents=[parent],
+        help="the state of queued studies",
+        description="GET /v1/studies/{id} for each job id: queued, running, done or failed.",
+    )
+    status.add_argument("ids", nargs="+", metavar="ID", help="a job id printed by `ich analyze --async`")
+    status.add_argument("--json", action="store_true", help="print the jobs as JSON")
+    wait = commands.add_parser(
+        "wait",
+        parents=[parent],
+        help="wait for queued studies and print their findings",
+        description="Poll each job until it is done or failed, showing its state, then print the findings.",
+    )
+    wait.add_argument("ids", nargs="+", metavar="ID", help="a job id printed by `ich analyze --async`")
+    wait.add_argument(
+        "--json", action="store_true", help="print JSON: one result for one job, a list for several"
+    )
+    wait.add_argument("--wait-timeout", type=float, metavar="S", help="give up after S seconds per job")
+    wait.add_argument("--poll", type=float, default=1.0, metavar="S", help="seconds between polls (1)")
+    wait.add_argument("--top", type=int, default=3, metavar="N", help="top slices in the summary (3)")
+    wait.add_argument("--no-progress", action="store_true", help="no progress line")
 
     health = commands.add_parser(
         "health", parents=[parent], help="is the service alive and ready", description="GET /healthz, /readyz"
@@ -124,7 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with client:
             if args.command == "analyze":
-                return _analyze(client, args)
+                return _submit_all(client, args) if args.queue else _analyze(client, args)
+            if args.command == "status":
+                return _status(client, args)
+            if args.command == "wait":
+                return _wait(client, args)
             if args.command == "health":
                 return _health(client, args)
             return _models(client, args)
@@ -163,7 +197,7 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
     )
     with overall:
         for study, path in studies:
-            result = _analyze_one(
+            answer = _analyze_one(
                 client,
                 study,
                 path,
@@ -171,6 +205,7 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
                 position=1 if len(studies) > 1 else 0,
                 include=(args.overlays, args.seg),
             )
+            result = answer if isinstance(answer, CaseResult) else None
             if result is not None and args.threshold is not None:
                 result = result.with_threshold(args.threshold)
             results.append(result)
@@ -200,6 +235,118 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
     return EXIT_OK if all(r is not None for r in results) else EXIT_FAILED
 
 
+def _submit_all(client: ICHClient, args: argparse.Namespace) -> int:
+    """``ich analyze --async``: queue every study, print one job id per line (or the jobs as JSON)."""
+    if args.out is not None or args.threshold is not None:
+        _err("--out and --threshold apply to results: use them with `ich wait`, not with --async")
+        return EXIT_USAGE
+    disable: bool | None = True if args.no_progress else None
+    studies: list[tuple[str | list[str], str]] = (
+        [(list(args.paths), str(Path(args.paths[0]).resolve().parent))]
+        if args.one_study
+        else [(path, path) for path in args.paths]
+    )
+    jobs: list[Job | None] = []
+    for study, path in studies:
+
+        def send(packed: PackedStudy, progress: Callable[[int, int], None]) -> Job:
+            return client.submit_packed(
+                packed, include_overlays=args.overlays, include_seg=args.seg, progress=progress
+            )
+
+        job = _analyze_one(client, study, path, disable, position=0, send=send)
+        jobs.append(job if isinstance(job, Job) else None)
+        if isinstance(job, Job) and not args.json:
+            sys.stdout.write(f"{job.id}\n")
+            sys.stdout.flush()
+    if args.json:
+        sys.stdout.write(json.dumps([as_dict(j) if j else None for j in jobs], indent=2) + "\n")
+    return EXIT_OK if all(j is not None for j in jobs) else EXIT_FAILED
+
+
+def _status(client: ICHClient, args: argparse.Namespace) -> int:
+    jobs: list[Job | None] = []
+    for job_id in args.ids:
+        try:
+            job = client.get_job(job_id)
+        except APIStatusError as exc:
+            _err(f"{job_id}: {exc.status_code} {exc.code}: {exc.detail}")
+            jobs.append(None)
+            continue
+        except ICHError as exc:
+            _err(f"{job_id}: {exc}")
+            jobs.append(None)
+            continue
+        jobs.append(job)
+        if not args.json:
+            sys.stdout.write(_job_line(job) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps([as_dict(j) if j else None for j in jobs], indent=2) + "\n")
+    return EXIT_OK if all(j is not None for j in jobs) else EXIT_FAILED
+
+
+def _job_line(job: Job) -> str:
+    line = f"{job.id}: {job.status}"
+    if job.attempts > 1 or (job.attempts and job.status in ("queued", "failed")):
+        line += f" (attempt {job.attempts})"
+    if job.error is not None:
+        line += f": {job.error.code}: {job.error.detail}"
+    if job.result is not None:
+        decision = "ICH DETECTED" if job.result.ich_detected else "no ICH detected"
+        line += f": {decision} (probability {job.result.ich_probability:.3f})"
+    return line
+
+
+def _wait(client: ICHClient, args: argparse.Namespace) -> int:
+    if args.poll <= 0 or (args.wait_timeout is not None and args.wait_timeout < 0):
+        _err("--poll must be positive and --wait-timeout >= 0")
+        return EXIT_USAGE
+    disable: bool | None = True if args.no_progress else None
+    results: list[CaseResult | None] = []
+    for job_id in args.ids:
+        with tqdm(total=1, desc=f"{job_id[:8]} …", file=sys.stderr, disable=disable, leave=False) as bar:
+
+            def on_update(job: Job, bar: tqdm[Any] = bar) -> None:
+                bar.set_description_str(f"{job.id[:8]} {job.status}")
+
+            try:
+                job = client.wait(
+                    job_id, timeout=args.wait_timeout, poll_interval=args.poll, on_update=on_update
+                )
+            except JobTimeoutError as exc:
+                _err(f"{job_id}: still {exc.job.status} after {args.wait_timeout:g} s")
+                results.append(None)
+                continue
+            except APIStatusError as exc:
+                _err(f"{job_id}: {exc.status_code} {exc.code}: {exc.detail}")
+                results.append(None)
+                continue
+            except ICHError as exc:
+                _err(f"{job_id}: {exc}")
+                results.append(None)
+                continue
+            bar.update(1)
+        if job.status != "done" or job.result is None:
+            error = job.error
+            _err(f"{job_id}: failed: {error.code}: {error.detail}" if error else f"{job_id}: failed")
+            for reason in (error.reasons or []) if error else []:
+                _err(f"  {', '.join(f'{k}: {v}' for k, v in reason.items())}")
+            results.append(None)
+            continue
+        results.append(job.result)
+        if not args.json:
+            tqdm.write(_summary(job_id, job.result, args.top), file=sys.stdout)
+    if args.json:
+        payload: Any = (
+            (as_dict(results[0]) if results[0] is not None else None)
+            if len(results) == 1
+            else [as_dict(r) if r is not None else None for r in results]
+        )
+        if len(results) > 1 or payload is not None:
+            sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    return EXIT_OK if all(r is not None for r in results) else EXIT_FAILED
+
+
 def _analyze_one(
     client: ICHClient,
     study: str | list[str],
@@ -207,7 +354,8 @@ def _analyze_one(
     disable: bool | None,
     position: int,
     include: tuple[bool, bool] = (False, False),
-) -> CaseResult | None:
+    send: Callable[[PackedStudy, Callable[[int, int], None]], Job] | None = None,
+) -> CaseResult | Job | None:
     label = Path(path).name or path
     try:
         zipping: tqdm[Any] | None = None
@@ -251,8 +399,10 @@ def _analyze_one(
                     upload.reset(total=total)
                 upload.update(sent - upload.n)
                 if sent == total:
-                    upload.set_description_str(f"analyse {label}")
+                    upload.set_description_str(f"{'queue' if send else 'analyse'} {label}")
 
+            if send is not None:
+                return send(packed, on_bytes)
             return client.analyze_packed(
                 packed, include_overlays=include[0], include_seg=include[1], progress=on_bytes
             )

@@ -10,6 +10,8 @@ import asyncio
 import logging
 import os
 import time
+import urllib.parse
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -21,9 +23,10 @@ from ich_client.errors import (
     APIStatusError,
     APITimeoutError,
     ICHError,
+    JobTimeoutError,
     error_from_response,
 )
-from ich_client.models import CaseResult, Health, ModelsInfo
+from ich_client.models import JOB_STATUSES, CaseResult, Health, Job, JobPage, ModelsInfo
 from ich_client.retry import RETRY_STATUSES, RetryPolicy, is_retryable_exception, parse_retry_after
 from ich_client.study import DEFAULT_SPOOL_BYTES, PackedStudy, StudyInput, pack_study
 from ich_client.version import __version__
@@ -36,6 +39,10 @@ DEFAULT_BASE_URL = "http://localhost:8080"
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 
 ProgressCallback = Callable[[int, int], None]
+#: Called by ``wait`` with the job each time its status or attempt count changes.
+JobCallback = Callable[[Job], None]
+#: Seconds between two polls of ``wait``.
+DEFAULT_POLL_INTERVAL = 1.0
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -79,6 +86,52 @@ class _BaseClient:
     def _cases_path(include_overlays: bool, include_seg: bool) -> str:
         include = [name for name, wanted in (("overlays", include_overlays), ("seg", include_seg)) if wanted]
         return f"/v1/cases?include={','.join(include)}" if include else "/v1/cases"
+
+    @staticmethod
+    def _studies_path(include_overlays: bool, include_seg: bool) -> str:
+        include = [name for name, wanted in (("overlays", include_overlays), ("seg", include_seg)) if wanted]
+        return f"/v1/studies?include={','.join(include)}" if include else "/v1/studies"
+
+    @staticmethod
+    def _submit_headers(packed: PackedStudy, idempotency_key: str | None) -> dict[str, str]:
+        # A fresh key per submit unless the caller has one: the client's own retries (429, 503, a dropped
+        # connection) then never queue the study twice.
+        key = idempotency_key or str(uuid.uuid4())
+        return {**_BaseClient._upload_headers(packed), "Idempotency-Key": key}
+
+    @staticmethod
+    def _job_path(job: Job | str) -> str:
+        job_id = job if isinstance(job, str) else job.id
+        return f"/v1/studies/{urllib.parse.quote(job_id, safe='')}"
+
+    @staticmethod
+    def _list_params(status: str | None, limit: int, cursor: str | None) -> dict[str, str]:
+        if status is not None and status not in JOB_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(JOB_STATUSES)}, got {status!r}")
+        params = {"limit": str(limit)}
+        if status is not None:
+            params["status"] = status
+        if cursor is not None:
+            params["cursor"] = cursor
+        return params
+
+    @staticmethod
+    def _check_wait(timeout: float | None, poll_interval: float) -> float | None:
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval}")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout}")
+        return None if timeout is None else time.monotonic() + timeout
+
+    @staticmethod
+    def _changed(job: Job, last: Job | None) -> bool:
+        return last is None or (job.status, job.attempts) != (last.status, last.attempts)
+
+    @staticmethod
+    def _timed_out(job: Job, deadline: float | None, poll_interval: float) -> JobTimeoutError | None:
+        if deadline is None or time.monotonic() + poll_interval <= deadline:
+            return None
+        return JobTimeoutError(f"job {job.id} still {job.status} when the wait timed out", job)
 
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
         """Seconds to wait before retrying, or None when this outcome must not be retried."""
@@ -211,6 +264,104 @@ class ICHClient(_BaseClient):
         )
         return self._decode(response, CaseResult)
 
+    def submit(
+        self,
+        study: StudyInput,
+        *,
+        include_overlays: bool = False,
+        include_seg: bool = False,
+        idempotency_key: str | None = None,
+        progress: ProgressCallback | None = None,
+        spool_bytes: int = DEFAULT_SPOOL_BYTES,
+    ) -> Job:
+        """Queue one study (``POST /v1/studies``) and return its job at once; ``wait`` for the result.
+
+        The service stores the study durably before it answers, analyses it when a worker is free and keeps
+        the result for its retention period. ``idempotency_key`` (default: a fresh UUID per call) makes a
+        repeated submit of the same upload return the same job.
+
+        Raises:
+            APIStatusError: ``RateLimitError`` (429, queue full; retried first), ``ConflictError`` (409: the
+                key was used for another upload), and the upload errors of ``analyze``.
+        """
+        with pack_study(study, spool_bytes=spool_bytes) as packed:
+            return self.submit_packed(
+                packed,
+                include_overlays=include_overlays,
+                include_seg=include_seg,
+                idempotency_key=idempotency_key,
+                progress=progress,
+            )
+
+    def submit_packed(
+        self,
+        packed: PackedStudy,
+        *,
+        include_overlays: bool = False,
+        include_seg: bool = False,
+        idempotency_key: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Job:
+        """Queue an already packed study."""
+        response = self._request(
+            "POST",
+            self._studies_path(include_overlays, include_seg),
+            body=lambda: packed.chunks(progress=progress),
+            headers=self._submit_headers(packed, idempotency_key),
+        )
+        return self._decode(response, Job)
+
+    def get_job(self, job_id: str) -> Job:
+        """``GET /v1/studies/{id}``: the job's state, error and (once done) result.
+
+        Raises:
+            NotFoundError: unknown, deleted, or past the service's retention.
+        """
+        return self._decode(self._request("GET", self._job_path(job_id)), Job)
+
+    def list_jobs(self, *, status: str | None = None, limit: int = 50, cursor: str | None = None) -> JobPage:
+        """``GET /v1/studies``: one page of jobs, newest first, without results."""
+        params = self._list_params(status, limit, cursor)
+        return self._decode(self._request("GET", "/v1/studies", params=params), JobPage)
+
+    def delete_job(self, job: Job | str) -> None:
+        """``DELETE /v1/studies/{id}``: remove the study and its result from the service now."""
+        self._request("DELETE", self._job_path(job))
+
+    def wait(
+        self,
+        job: Job | str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        on_update: JobCallback | None = None,
+    ) -> Job:
+        """Poll until the job is ``done`` or ``failed`` and return it (``result`` or ``error`` filled in).
+
+        Args:
+            job: a ``Job`` from ``submit`` or a job id.
+            timeout: seconds to wait at most (None: as long as it takes).
+            poll_interval: seconds between polls.
+            on_update: called with the job whenever its status or attempt count changes (progress).
+
+        Raises:
+            JobTimeoutError: still not finished after ``timeout``; ``.job`` is its last state.
+            NotFoundError: the job is gone (deleted, or past retention).
+        """
+        deadline = self._check_wait(timeout, poll_interval)
+        last: Job | None = None
+        while True:
+            current = self.get_job(job if isinstance(job, str) else job.id)
+            if on_update is not None and self._changed(current, last):
+                on_update(current)
+            last = current
+            if current.finished:
+                return current
+            timed_out = self._timed_out(current, deadline, poll_interval)
+            if timed_out is not None:
+                raise timed_out
+            self._sleep(poll_interval)
+
     def health(self) -> Health:
         """``GET /healthz``: is the gateway process alive."""
         return self._decode(self._request("GET", "/healthz"), Health, ok=True)
@@ -231,13 +382,16 @@ class ICHClient(_BaseClient):
         *,
         body: Callable[[], Iterator[bytes]] | None = None,
         headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
         retry: bool = True,
         accept: set[int] | frozenset[int] = frozenset(),
     ) -> httpx.Response:
         attempt = 0
         while True:
             try:
-                response = self._http.request(method, path, content=body() if body else None, headers=headers)
+                response = self._http.request(
+                    method, path, content=body() if body else None, headers=headers, params=params
+                )
             except httpx.TransportError as exc:
                 delay = self._retry_delay(attempt, None) if retry and is_retryable_exception(exc) else None
                 if delay is None:
@@ -332,6 +486,90 @@ class AsyncICHClient(_BaseClient):
         )
         return self._decode(response, CaseResult)
 
+    async def submit(
+        self,
+        study: StudyInput,
+        *,
+        include_overlays: bool = False,
+        include_seg: bool = False,
+        idempotency_key: str | None = None,
+        progress: ProgressCallback | None = None,
+        spool_bytes: int = DEFAULT_SPOOL_BYTES,
+    ) -> Job:
+        """Queue one study; see ``ICHClient.submit``."""
+        packed = await asyncio.to_thread(pack_study, study, spool_bytes=spool_bytes)
+        try:
+            return await self.submit_packed(
+                packed,
+                include_overlays=include_overlays,
+                include_seg=include_seg,
+                idempotency_key=idempotency_key,
+                progress=progress,
+            )
+        finally:
+            packed.close()
+
+    async def submit_packed(
+        self,
+        packed: PackedStudy,
+        *,
+        include_overlays: bool = False,
+        include_seg: bool = False,
+        idempotency_key: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Job:
+        """Queue an already packed study."""
+
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in packed.chunks(progress=progress):
+                yield chunk
+
+        response = await self._request(
+            "POST",
+            self._studies_path(include_overlays, include_seg),
+            body=body,
+            headers=self._submit_headers(packed, idempotency_key),
+        )
+        return self._decode(response, Job)
+
+    async def get_job(self, job_id: str) -> Job:
+        """``GET /v1/studies/{id}``; see ``ICHClient.get_job``."""
+        return self._decode(await self._request("GET", self._job_path(job_id)), Job)
+
+    async def list_jobs(
+        self, *, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> JobPage:
+        """``GET /v1/studies``; see ``ICHClient.list_jobs``."""
+        params = self._list_params(status, limit, cursor)
+        return self._decode(await self._request("GET", "/v1/studies", params=params), JobPage)
+
+    async def delete_job(self, job: Job | str) -> None:
+        """``DELETE /v1/studies/{id}``."""
+        await self._request("DELETE", self._job_path(job))
+
+    async def wait(
+        self,
+        job: Job | str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        on_update: JobCallback | None = None,
+    ) -> Job:
+        """Poll until the job is finished; see ``ICHClient.wait``."""
+        deadline = self._check_wait(timeout, poll_interval)
+        last: Job | None = None
+        while True:
+            current = await self.get_job(job if isinstance(job, str) else job.id)
+            if on_update is not None and self._changed(current, last):
+                on_update(current)
+            last = current
+            if current.finished:
+                return current
+            timed_out = self._timed_out(current, deadline, poll_interval)
+            if timed_out is not None:
+                raise timed_out
+            await self._sleep(poll_interval)
+
     async def health(self) -> Health:
         """``GET /healthz``: is the gateway process alive."""
         return self._decode(await self._request("GET", "/healthz"), Health, ok=True)
@@ -352,6 +590,7 @@ class AsyncICHClient(_BaseClient):
         *,
         body: Callable[[], AsyncIterator[bytes]] | None = None,
         headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
         retry: bool = True,
         accept: set[int] | frozenset[int] = frozenset(),
     ) -> httpx.Response:
@@ -359,7 +598,7 @@ class AsyncICHClient(_BaseClient):
         while True:
             try:
                 response = await self._http.request(
-                    method, path, content=body() if body else None, headers=headers
+                    method, path, content=body() if body else None, headers=headers, params=params
                 )
             except httpx.TransportError as exc:
                 delay = self._retry_delay(attempt, None) if retry and is_retryable_exception(exc) else None

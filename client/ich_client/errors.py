@@ -84,6 +84,10 @@ class NotFoundError(APIStatusError):
     """404: usually a wrong base URL (e.g. a path prefix the service does not have)."""
 
 
+class ConflictError(APIStatusError):
+    """409: the ``Idempotency-Key`` was used for a different upload."""
+
+
 class PayloadTooLargeError(APIStatusError):
     """413: the study exceeds the service's upload, uncompressed-size or member-count limits."""
 
@@ -112,6 +116,7 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
     404: NotFoundError,
+    409: ConflictError,
     413: PayloadTooLargeError,
     415: UnsupportedMediaTypeError,
     422: UnprocessableStudyError,
@@ -165,3 +170,11 @@ def error_from_response(response: httpx.Response, retry_after: float | None = No
         retry_after=retry_after,
         response=response,
     )
+
+
+class JobTimeoutError(ICHError, TimeoutError):
+    """``wait`` gave up before the job finished; ``job`` is its last known state (it runs on regardless)."""
+
+    def __init__(self, message: str, job: Any) -> None:
+        super().__init__(message)
+        self.job = job

@@ -115,6 +115,8 @@ class CaseResult(_Model):
     model_version: str
     engine: str
     ich_probability: float
+    #: The paper's case score (highest slice probability), beside the lesion-based ``ich_probability``.
+    max_slice_probability: float | None = None
     ich_detected: bool
     threshold: float
     indeterminate: bool
@@ -203,3 +205,49 @@ def _float32(value: float) -> float:
 def as_dict(model: BaseModel) -> dict[str, Any]:
     """JSON-ready dict of a result, extra fields included."""
     return model.model_dump(mode="json")
+
+
+#: States of a job (``GET /v1/studies/{id}``); ``done`` and ``failed`` are final.
+JOB_STATUSES = ("queued", "running", "done", "failed")
+
+
+class JobError(_Model):
+    """Why a job failed: the code and detail ``/v1/cases`` would give (``reasons`` for a study without CT)."""
+
+    code: str
+    detail: str
+    reasons: list[dict[str, Any]] | None = None
+
+
+class JobSummary(_Model):
+    """A job as listed (``list_jobs``): its state, without the result."""
+
+    id: str
+    status: str
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    attempts: int = 0
+    error: JobError | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job is ``done`` or ``failed`` (it will not change any more)."""
+        return self.status in ("done", "failed")
+
+
+class Job(JobSummary):
+    """A study queued with ``submit`` (``POST /v1/studies``); ``result`` once ``status`` is ``done``.
+
+    The answer to ``submit`` carries only ``id``, ``status`` and ``created_at``; ``get_job`` and ``wait``
+    fill in the rest.
+    """
+
+    result: CaseResult | None = None
+
+
+class JobPage(_Model):
+    """``GET /v1/studies``: jobs newest first (no results); ``next_cursor`` for the next page, or None."""
+
+    items: list[JobSummary]
+    next_cursor: str | None = None

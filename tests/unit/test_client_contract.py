@@ -12,7 +12,7 @@ import copy
 from typing import Any
 
 import pytest
-from ich_client import CaseResult, Health, ModelsInfo
+from ich_client import CaseResult, Health, Job, JobPage, ModelsInfo
 from pydantic import BaseModel
 
 from api.app import create_app
@@ -138,6 +138,17 @@ def test_health_matches_the_service(openapi: Schema, path: str) -> None:
         client_schema(Health), server, client_only=frozenset({"ok", "engine", "model_version"})
     )
     assert problems == []
+
+
+def test_jobs_match_the_service(openapi: Schema) -> None:
+    job = response_schema(openapi, "get", "/v1/studies/{study_id}")
+    assert {"status", "attempts", "result"} <= set(job["properties"])
+    assert differences(client_schema(Job), job) == []
+    # The 202 of POST /v1/studies is a subset of the job; the client reads it as a Job too.
+    accepted = response_schema(openapi, "post", "/v1/studies", "202")
+    client_only = frozenset({"started_at", "finished_at", "attempts", "error", "result"})
+    assert differences(client_schema(Job), accepted, client_only=client_only) == []
+    assert differences(client_schema(JobPage), response_schema(openapi, "get", "/v1/studies")) == []
 
 
 def test_error_body_is_what_the_client_reads(openapi: Schema) -> None:
