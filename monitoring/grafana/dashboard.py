@@ -2,8 +2,9 @@
 
 The dashboard is code, built with grafana-foundation-sdk, so that a query fix is a reviewed diff rather than a
 hand-edited JSON blob. Panels: studies per minute, latency per stage, the distribution of case probabilities,
-positive and indeterminate rates, errors by reason, Triton queue and compute time, and GPU utilisation
-(DCGM exporter, with Triton's own gauge as a fallback).
+positive and indeterminate rates, errors by reason, the durable job queue (jobs by status, the oldest queued
+job's age, queue time, attempts), Triton queue and compute time, and GPU utilisation (DCGM exporter, with
+Triton's own gauge as a fallback).
 
     python monitoring/grafana/dashboard.py           # rewrite ich-dashboard.json
     python monitoring/grafana/dashboard.py --check   # exit 1 when the JSON's panels or queries are stale
@@ -223,6 +224,52 @@ def build() -> dbm.Dashboard:
                         f"sum(rate(ich_case_probability_count{{{GATEWAY}}}[1h]))",
                         "mean",
                     )
+                ],
+            )
+        )
+        .with_row(db.Row("Job queue (/v1/studies)"))
+        .with_panel(
+            _timeseries(
+                "Jobs by status",
+                "Jobs in the shared store (every replica reports the same numbers, hence max).",
+                "short",
+                [(f"max by (status) (ich_jobs{{{GATEWAY}}})", "{{status}}")],
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Oldest queued job and queue time (p50, p95)",
+                "Age of the oldest job still waiting (what ICHJobQueueStale alerts on), and the time "
+                "from the 202 to the start of the analysis.",
+                "s",
+                [
+                    (f"max(ich_job_oldest_queued_seconds{{{GATEWAY}}})", "oldest queued"),
+                    (
+                        "histogram_quantile(0.95, sum by (le) "
+                        f"(rate(ich_job_queue_seconds_bucket{{{GATEWAY}}}[$__rate_interval])))",
+                        "queue p95",
+                    ),
+                    (
+                        "histogram_quantile(0.5, sum by (le) "
+                        f"(rate(ich_job_queue_seconds_bucket{{{GATEWAY}}}[$__rate_interval])))",
+                        "queue p50",
+                    ),
+                ],
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Job attempts per minute",
+                "How attempts ended: done, failed, retried (engine unavailable), released (shutdown), lost "
+                "(lease lost: a stalled worker or a deleted job); and jobs purged by retention.",
+                "short",
+                [
+                    (
+                        "sum by (outcome) "
+                        f"(rate(ich_job_attempts_total{{{GATEWAY}}}[$__rate_interval])) * 60",
+                        "{{outcome}}",
+                    ),
+                    (f"sum(rate(ich_jobs_purged_total{{{GATEWAY}}}[$__rate_interval])) * 60", "purged"),
                 ],
             )
         )
