@@ -42,7 +42,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     ICH_PORT=8080 \
     ICH_ENGINE=embedded \
     ICH_MODEL_REPOSITORY=/app/model_repository \
+    ICH_DATA_DIR=/var/lib/ich \
     ICH_LOG_LEVEL=INFO
+# The job store (SQLite and the stored studies) when ICH_DATABASE_URL is unset: mount a volume here.
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/ich
 USER 10001:10001
 EXPOSE 8080
 # Python instead of curl: the slim image has no curl and the probe must not add packages.

@@ -36,6 +36,7 @@ GATEWAY: Final = "ich-gateway"
 TRITON: Final = "ich-triton"
 GATEWAY_CONFIG_PREFIX: Final = "ich-gateway-config"
 API_KEYS_SECRET: Final = "ich-api-keys"
+DATABASE_SECRET: Final = "ich-database"
 ADAPTER_VALUES: Final = ROOT / "monitoring/prometheus-adapter/values.yaml"
 #: PrometheusRule object name -> the rule file it must carry.
 RULE_SOURCES: Final[dict[str, Path]] = {
@@ -437,6 +438,49 @@ def check_triton(docs: list[Doc], overlay: str) -> Iterator[str]:
                 yield f"{policy_name}: only the gateway may reach Triton's API ports"
 
 
+def check_job_store(docs: list[Doc], overlay: str) -> Iterator[str]:
+    """The job queue's store (issue 16): PostgreSQL from a Secret where replicas scale, else SQLite on a PVC.
+
+    SQLite serves one process: a gateway that may run more than one replica must read ``ICH_DATABASE_URL``
+    from the ``ich-database`` Secret (never a ConfigMap: it holds a password); one that uses SQLite must run
+    exactly one replica (HPA pinned to 1, Recreate) with ``ICH_DATA_DIR`` on a PersistentVolumeClaim.
+    """
+    deployments = _find(docs, "Deployment", GATEWAY)
+    if len(deployments) != 1:
+        return
+    deployment = deployments[0]
+    (container,) = _containers(deployment)
+    configs = [c for c in _find(docs, "ConfigMap") if c["metadata"]["name"].startswith(GATEWAY_CONFIG_PREFIX)]
+    data: dict[str, str] = (configs[0].get("data") or {}) if configs else {}
+    if "ICH_DATABASE_URL" in data:
+        yield "ConfigMap: ICH_DATABASE_URL holds a password: take it from the ich-database Secret"
+    env = {e["name"]: e for e in container.get("env", [])}
+    secret_ref = ((env.get("ICH_DATABASE_URL") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+    hpas = [
+        h for h in _find(docs, "HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == GATEWAY
+    ]
+    max_replicas = max([int(h["spec"].get("maxReplicas", 1)) for h in hpas] or [1])
+    if overlay == "gpu" or max_replicas > 1:
+        if secret_ref.get("name") != DATABASE_SECRET:
+            yield f"Deployment/{GATEWAY}: shared job queue: ICH_DATABASE_URL must come from {DATABASE_SECRET}"
+        return
+    if secret_ref:
+        return
+    spec = deployment["spec"]
+    if int(spec.get("replicas", 1)) != 1 or max_replicas != 1:
+        yield f"Deployment/{GATEWAY}: SQLite serves one replica: replicas and the HPA's maxReplicas must be 1"
+    if (spec.get("strategy") or {}).get("type") != "Recreate":
+        yield f"Deployment/{GATEWAY}: with SQLite on a ReadWriteOnce volume the strategy must be Recreate"
+    data_dir = data.get("ICH_DATA_DIR", "").rstrip("/")
+    mounts = {m["mountPath"].rstrip("/"): m["name"] for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in spec["template"]["spec"].get("volumes", [])}
+    claim = (volumes.get(mounts.get(data_dir, ""), {}).get("persistentVolumeClaim") or {}).get("claimName")
+    if not data_dir or claim is None:
+        yield f"Deployment/{GATEWAY}: ICH_DATA_DIR must be a PersistentVolumeClaim mount (SQLite job store)"
+    elif not _find(docs, "PersistentVolumeClaim", claim):
+        yield f"Deployment/{GATEWAY}: PersistentVolumeClaim {claim} is not in the overlay"
+
+
 def check_overlay(docs: list[Doc], overlay: str) -> list[str]:
     """Every problem found in one rendered overlay (empty when it passes)."""
     problems: list[str] = []
@@ -446,6 +490,7 @@ def check_overlay(docs: list[Doc], overlay: str) -> list[str]:
         problems += check_workload(deployment, docs)
     problems += check_gateway(docs, engine="triton" if overlay == "gpu" else "embedded")
     problems += check_triton(docs, overlay)
+    problems += check_job_store(docs, overlay)
     expected_rules = {GATEWAY, TRITON} if overlay == "gpu" else {GATEWAY}
     found_rules = {r["metadata"]["name"] for r in _find(docs, "PrometheusRule")}
     if found_rules != expected_rules:
