@@ -37,6 +37,7 @@ from torch import nn
 
 from ich import repository, spec
 from ich.ensemble import EnsembleRunner
+from ich.scoring import CASE_MODEL_FILENAME, CaseModel
 from training.networks import InceptionUNet
 
 logger = logging.getLogger(__name__)
@@ -140,8 +141,13 @@ def _compare(
 
 
 def export_base_model(
-    model: nn.Module, path: Path, input_size: int, *, opset: int = DEFAULT_OPSET,
-    tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
+    model: nn.Module,
+    path: Path,
+    input_size: int,
+    *,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
 ) -> float:
     """Export one U-Net (IMAGE [B, 4, S, S] -> PROB [B, 1, S, S]) and check it; return the max abs diff.
 
@@ -171,8 +177,13 @@ WEIGHTING_OUTPUTS = [spec.WEIGHTS, spec.FUSED, spec.SLICE_PROB]
 
 
 def export_weighting_model(
-    model: nn.Module, path: Path, input_size: int, *, opset: int = DEFAULT_OPSET,
-    tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
+    model: nn.Module,
+    path: Path,
+    input_size: int,
+    *,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
 ) -> float:
     """Export the weight model (five maps -> WEIGHTS [B, 5], FUSED [B, 1, S, S], SLICE_PROB [B, 1]).
 
@@ -192,8 +203,12 @@ def default_version() -> str:
     day = dt.datetime.now(dt.UTC).strftime("%Y.%m.%d")
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=_REPO_ROOT, capture_output=True, text=True,
-            check=True, timeout=10,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=_REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return day
@@ -218,7 +233,9 @@ def _check_end_to_end(
         probs = {key: unets[key](x) for key in spec.MODEL_KEYS}
         weights, fused, slice_prob = weight(*(probs[key] for key in spec.MODEL_KEYS))
     pairs = [
-        (out.fused, fused), (out.weights, weights), (out.slice_prob, slice_prob.reshape(-1)),
+        (out.fused, fused),
+        (out.weights, weights),
+        (out.slice_prob, slice_prob.reshape(-1)),
         *((out.probs[key], probs[key]) for key in spec.MODEL_KEYS),
     ]
     worst = max(float(np.max(np.abs(a - b.numpy()))) for a, b in pairs)
@@ -337,25 +354,72 @@ def _input_size_from_run(run_dir: Path) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+#: The case model of the shipped configuration's cross-validation (``ich-model cv-report``).
+DEFAULT_CASE_MODEL = Path("training/cv/default/case_model.json")
+
+
+def copy_case_model(source: Path, root: Path) -> None:
+    """Check ``source`` and copy it into the repository as ``case_model.json`` (it belongs to the weights).
+
+    Why a copy and not a path: the gateway, Triton's local copy and a container image carry the repository
+    folder, and the threshold must travel with the weights it was chosen for.
+    """
+    model = CaseModel.load(source)  # refuses a malformed file before anything is written
+    model.save(root / CASE_MODEL_FILENAME)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ich-model export``."""
-    parser.add_argument("--run", type=Path, default=Path("runs/default"),
-                        help="training run holding <key>/best.pt and weight/best.pt (default: %(default)s)")
-    parser.add_argument("--checkpoint", action="append", default=[], metavar="STEP=PATH",
-                        help="override one checkpoint, e.g. all=runs/x/all/best.pt or weight=...; repeatable")
-    parser.add_argument("--out", type=Path, default=Path("model_repository"),
-                        help="model repository to write (default: %(default)s)")
-    parser.add_argument("--input-size", type=int, default=None,
-                        help="S; default: recorded in the checkpoints, else [run].size of <run>/config.toml")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=Path("runs/default"),
+        help="training run holding <key>/best.pt and weight/best.pt (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="STEP=PATH",
+        help="override one checkpoint, e.g. all=runs/x/all/best.pt or weight=...; repeatable",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("model_repository"),
+        help="model repository to write (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="S; default: recorded in the checkpoints, else [run].size of <run>/config.toml",
+    )
     parser.add_argument("--version", default=None, help="model version for VERSION (default: date-gitsha)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="max abs ONNX-vs-PyTorch difference allowed (default: %(default)g)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="max abs ONNX-vs-PyTorch difference allowed (default: %(default)g)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=repository.DEFAULT_MAX_BATCH_SIZE)
     parser.add_argument("--kind", default="KIND_GPU", help="Triton instance kind (default: %(default)s)")
-    parser.add_argument("--rotate-tta-deg", type=float, default=None,
-                        help="rotation test-time augmentation of the base models, +- degrees "
-                             "(default: [export].rotate_tta_deg of <run>/config.toml, else 0)")
+    parser.add_argument(
+        "--case-model",
+        type=Path,
+        default=DEFAULT_CASE_MODEL,
+        help="case model (lesion model, calibration, operating point) fitted by "
+        "ich-model cv-report, copied into the repository (default: %(default)s; "
+        "'none' for the paper's maximum slice probability)",
+    )
+    parser.add_argument(
+        "--rotate-tta-deg",
+        type=float,
+        default=None,
+        help="rotation test-time augmentation of the base models, +- degrees "
+        "(default: [export].rotate_tta_deg of <run>/config.toml, else 0)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -408,5 +472,23 @@ def run(args: argparse.Namespace) -> int:
     for name, diff in report.max_abs_diff.items():
         size = report.file_bytes.get(name)
         logger.info("%-18s max |onnx - torch| %.2e%s", name, diff, f"  {size / 1e6:.2f} MB" if size else "")
+    if args.case_model == DEFAULT_CASE_MODEL and not DEFAULT_CASE_MODEL.is_file():
+        logger.warning(
+            "no %s: the repository decides by the paper's maximum slice probability", DEFAULT_CASE_MODEL
+        )
+        (args.out / CASE_MODEL_FILENAME).unlink(missing_ok=True)
+    elif str(args.case_model).lower() != "none":
+        try:
+            copy_case_model(args.case_model, args.out)
+        except (OSError, ValueError, KeyError) as exc:
+            logger.error("case model %s: %s", args.case_model, exc)
+            return 1
+        logger.info(
+            "case model %s copied (threshold %.3f)",
+            args.case_model,
+            CaseModel.load(args.case_model).threshold,
+        )
+    else:
+        (args.out / CASE_MODEL_FILENAME).unlink(missing_ok=True)
     logger.info("wrote %s (version %s, input size %d)", report.root, report.version, report.input_size)
     return 0
