@@ -265,3 +265,14 @@ def test_migrations_reach_head_and_rerun_harmlessly(backend: str | None, tmp_pat
 def test_database_url_must_be_postgresql_or_sqlite(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="postgresql://"):
         open_job_store(Settings(data_dir=tmp_path, database_url="mysql://u@h/db"))
+
+
+def test_database_urls_get_the_psycopg_driver(tmp_path: Path) -> None:
+    from ich.jobs.database import database_url
+
+    assert database_url(None, tmp_path).startswith("sqlite:///") and database_url(None, tmp_path).endswith(
+        "/ich.sqlite3"
+    )
+    assert database_url("postgresql://u:p@db:5432/ich", tmp_path) == "postgresql+psycopg://u:p@db:5432/ich"
+    assert database_url("postgres://u@db/ich", tmp_path) == "postgresql+psycopg://u@db/ich"
+    assert database_url("postgresql+psycopg://u@db/ich", tmp_path) == "postgresql+psycopg://u@db/ich"
