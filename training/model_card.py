@@ -211,9 +211,9 @@ def training_section(cfg: Mapping[str, Any], run: Path | None) -> str:
     lines += [
         "",
         "No patient is held out for selection: every step trains its fixed number of iterations and keeps "
-        "the last weights, in every fold and in the shipped run alike. Each batch holds more normal slices than "
-        "hemorrhage slices (`negative_fraction`); normal slices at the vertex and the skull base are drawn "
-        "more often (`edge_negative_weight`); augmentation imitates other scanners (noise, kernel "
+        "the last weights, in every fold and in the shipped run alike. Each batch holds more normal slices "
+        "than hemorrhage slices (`negative_fraction`); normal slices at the vertex and the skull base are "
+        "drawn more often (`edge_negative_weight`); augmentation imitates other scanners (noise, kernel "
         "sharpness, HU offset; `training.augment`).",
     ]
     if run is not None and (run / "train.log").is_file():
@@ -261,8 +261,9 @@ SEG. The paper's case score, the highest slice probability, is reported beside i
 Trained on the 66 patients of this copy of **"Computed Tomography Images for Intracranial Hemorrhage
 Detection and Segmentation"** (version 1.0.0, PhysioNet; 82 patients in all), by Hssayeni M. D., Croock
 M. S., Salman A. D., Al-khafaji H. F., Yahya Z. A. and Ghoraani B.; described in *Intracranial Hemorrhage
-Segmentation Using a Deep Convolutional Model*, Data 2020, 5(1):14. Licensed under the Creative Commons Attribution 4.0
-International licence (CC BY 4.0); these weights are derived from it and carry this attribution.
+Segmentation Using a Deep Convolutional Model*, Data 2020, 5(1):14. Licensed under the Creative Commons
+Attribution 4.0 International licence (CC BY 4.0); these weights are derived from it and carry this
+attribution.
 
 The data: head CT of trauma patients, Al Hilla Teaching Hospital, Iraq, 2018, 5 mm slices, stored as 8-bit
 JPEG renderings in a brain and a bone window with radiologists' hemorrhage masks and per-slice subtype labels.
