@@ -167,6 +167,15 @@ def test_bad_uploads_get_the_cases_errors_and_store_nothing(engine: FakeEngine, 
         assert_error(
             client.post("/v1/studies", content=buffer.getvalue(), headers=ZIP), 400, "unsafe_archive"
         )
+    with make_client(engine, tmp_path, max_members=2) as client:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for i in range(3):
+                archive.writestr(f"IM{i}.dcm", b"x")
+        body = assert_error(
+            client.post("/v1/studies", content=buffer.getvalue(), headers=ZIP), 413, "study_too_large"
+        )
+        assert "members" in body["detail"]
         assert client.get("/v1/studies").json() == {"items": [], "next_cursor": None}
         assert not list((tmp_path / "data" / "studies").iterdir())
 
