@@ -94,4 +94,5 @@ STUDY_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "Upload, uncompressed size or member count too large."},
     415: {"model": ErrorBody, "description": "Neither application/zip nor multipart/form-data."},
     429: {"model": ErrorBody, "description": "The queue is full; retry after Retry-After seconds."},
+    503: {"model": ErrorBody, "description": "The job store (database) is unavailable; retry later."},
 }

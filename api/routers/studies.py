@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from api.auth import require_api_key
 from api.deps import SettingsDep
@@ -45,6 +47,8 @@ _KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_PAGE = 500
 
+T = TypeVar("T")
+
 
 def get_job_queue(request: Request) -> JobQueue:
     """The queue the lifespan opened; 503 while there is none (start-up, shutdown)."""
@@ -56,6 +60,21 @@ def get_job_queue(request: Request) -> JobQueue:
 
 
 JobQueueDep = Annotated[JobQueue, Depends(get_job_queue)]
+
+
+async def _store(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking store call in a thread; the database being unreachable is a 503, not a 500."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except (OperationalError, InterfaceError) as exc:
+        # The type only: a driver's message may carry the database URL.
+        logger.error(
+            "job store unavailable (%s)", type(exc.orig).__name__ if exc.orig else type(exc).__name__
+        )
+        retry_after = request.app.state.settings.retry_after_s
+        raise service_unavailable(
+            "queue_unavailable", "the job store is unavailable; retry later", retry_after
+        ) from None
 
 
 def _options(include: str | None) -> tuple[str, ...]:
@@ -113,10 +132,10 @@ async def create_study(
     options = _options(include)
     key = _idempotency_key(request)
     store = queue.store
-    known = await asyncio.to_thread(store.find_by_key, key) if key is not None else None
+    known = await _store(request, store.find_by_key, key) if key is not None else None
     if known is None:
         # Before the body is read: a full queue costs the client no upload and us no memory.
-        active = await asyncio.to_thread(store.active_count)
+        active = await _store(request, store.active_count)
         if active >= settings.max_queued_jobs:
             raise ApiError(
                 429,
@@ -132,7 +151,7 @@ async def create_study(
     )
     await run_blocking(request.app.state.executor, check_archive, data, limits)
     try:
-        job, created = await asyncio.to_thread(store.submit, data, options=options, idempotency_key=key)
+        job, created = await _store(request, store.submit, data, options=options, idempotency_key=key)
     except IdempotencyConflictError as exc:
         raise ApiError(
             409,
@@ -152,11 +171,11 @@ async def create_study(
     responses={404: STUDY_ERROR_RESPONSES[400] | {"description": "Unknown study."}},
     summary="A study's job: status, error, result",
 )
-async def get_study(study_id: str, queue: JobQueueDep) -> JSONResponse:
+async def get_study(request: Request, study_id: str, queue: JobQueueDep) -> JSONResponse:
     """The job; ``result`` is the ``/v1/cases`` result once ``status`` is ``done``."""
     if not _ID_PATTERN.match(study_id):
         raise _not_found()
-    job = await asyncio.to_thread(queue.store.get, study_id)
+    job = await _store(request, queue.store.get, study_id)
     if job is None:
         raise _not_found()
     return JSONResponse(job_body(job, with_result=True))
@@ -164,6 +183,7 @@ async def get_study(study_id: str, queue: JobQueueDep) -> JSONResponse:
 
 @router.get("/studies", response_model=StudyPage, summary="Studies, newest first, paged")
 async def list_studies(
+    request: Request,
     queue: JobQueueDep,
     status: Annotated[
         str | None, Query(description=f"Only jobs in this state: {', '.join(STATUSES)}.")
@@ -175,7 +195,7 @@ async def list_studies(
     if status is not None and status not in STATUSES:
         raise ApiError(422, "invalid_request", f"unknown status; known: {', '.join(STATUSES)}")
     try:
-        page = await asyncio.to_thread(queue.store.list, status=status, limit=limit, cursor=cursor)
+        page = await _store(request, queue.store.list, status=status, limit=limit, cursor=cursor)
     except ValueError as exc:
         raise ApiError(422, "invalid_request", "cursor is not one this service gave") from exc
     items = [job_body(job, with_result=False) for job in page.jobs]
@@ -188,9 +208,9 @@ async def list_studies(
     responses={404: STUDY_ERROR_RESPONSES[400] | {"description": "Unknown study."}},
     summary="Delete a study and its result now",
 )
-async def delete_study(study_id: str, queue: JobQueueDep) -> Response:
+async def delete_study(request: Request, study_id: str, queue: JobQueueDep) -> Response:
     """Remove the job, its stored upload and its result at once (a running analysis is abandoned)."""
-    if not _ID_PATTERN.match(study_id) or not await asyncio.to_thread(queue.store.delete, study_id):
+    if not _ID_PATTERN.match(study_id) or not await _store(request, queue.store.delete, study_id):
         raise _not_found()
     logger.info("study job %s deleted", study_id)
     return Response(status_code=204)

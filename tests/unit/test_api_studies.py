@@ -278,6 +278,26 @@ def test_studies_need_a_key_when_keys_are_configured(engine: FakeEngine, tmp_pat
         assert ok.status_code == 200
 
 
+def test_an_unreachable_database_is_503_not_500(client: TestClient) -> None:
+    # A real connection attempt to a port nobody listens on, as when PostgreSQL is down.
+    from sqlalchemy import create_engine
+
+    store = client.app.state.jobs.store  # type: ignore[attr-defined]
+    working, store.engine = store.engine, create_engine("postgresql+psycopg://ich@127.0.0.1:1/ich")
+    try:
+        data, _ = study_zip(volume())
+        for response in (
+            client.post("/v1/studies", content=data, headers=ZIP),
+            client.get("/v1/studies"),
+            client.get("/v1/studies/00000000-0000-4000-8000-000000000000"),
+        ):
+            assert_error(response, 503, "queue_unavailable")
+            assert response.headers["retry-after"] == "5"
+    finally:
+        store.engine.dispose()
+        store.engine = working
+
+
 def test_openapi_documents_the_study_routes(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert set(paths["/v1/studies"]) == {"get", "post"}
