@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--poll", type=float, default=1.0, metavar="S", help="seconds between polls (1)")
     wait.add_argument("--top", type=int, default=3, metavar="N", help="top slices in the summary (3)")
     wait.add_argument("--no-progress", action="store_true", help="no progress line")
+    wait.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="also write <id>.json per job (and the previews and SEG queued with --overlays/--seg)",
+    )
 
     health = commands.add_parser(
         "health", parents=[parent], help="is the service alive and ready", description="GET /healthz, /readyz"
@@ -213,13 +219,7 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
             if result is None:
                 continue
             if args.out is not None:
-                name = _unique_name(_stem(path), used_names)
-                target = args.out / f"{name}.json"
-                target.write_text(json.dumps(as_dict(result), indent=2) + "\n", encoding="utf-8")
-                for overlay in result.overlays or []:
-                    (args.out / f"{name}-slice{overlay.index:03d}.png").write_bytes(overlay.image_bytes())
-                if result.seg is not None:
-                    (args.out / f"{name}-seg.dcm").write_bytes(result.seg.dicom_bytes())
+                _write_outputs(args.out, _unique_name(_stem(path), used_names), result)
             if not args.json:
                 # tqdm.write keeps the summary from tearing a progress bar that is still drawn.
                 tqdm.write(_summary(path, result, args.top), file=sys.stdout)
@@ -233,6 +233,15 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
             # Several studies: a list aligned with the PATH arguments, null where a study failed.
             sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     return EXIT_OK if all(r is not None for r in results) else EXIT_FAILED
+
+
+def _write_outputs(out: Path, name: str, result: CaseResult) -> None:
+    """``<name>.json``, and the overlay PNGs and the SEG when the result carries them, in ``out``."""
+    (out / f"{name}.json").write_text(json.dumps(as_dict(result), indent=2) + "\n", encoding="utf-8")
+    for overlay in result.overlays or []:
+        (out / f"{name}-slice{overlay.index:03d}.png").write_bytes(overlay.image_bytes())
+    if result.seg is not None:
+        (out / f"{name}-seg.dcm").write_bytes(result.seg.dicom_bytes())
 
 
 def _submit_all(client: ICHClient, args: argparse.Namespace) -> int:
@@ -302,6 +311,8 @@ def _wait(client: ICHClient, args: argparse.Namespace) -> int:
         _err("--poll must be positive and --wait-timeout >= 0")
         return EXIT_USAGE
     disable: bool | None = True if args.no_progress else None
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
     results: list[CaseResult | None] = []
     for job_id in args.ids:
         with tqdm(total=1, desc=f"{job_id[:8]} …", file=sys.stderr, disable=disable, leave=False) as bar:
@@ -334,6 +345,8 @@ def _wait(client: ICHClient, args: argparse.Namespace) -> int:
             results.append(None)
             continue
         results.append(job.result)
+        if args.out is not None:
+            _write_outputs(args.out, job.id, job.result)
         if not args.json:
             tqdm.write(_summary(job_id, job.result, args.top), file=sys.stdout)
     if args.json:

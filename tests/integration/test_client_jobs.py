@@ -100,15 +100,31 @@ def test_the_async_client_submits_and_waits(gateway: str, study: Path) -> None:
 
 
 def test_the_command_line_queues_reports_and_waits(
-    gateway: str, study: Path, capsys: pytest.CaptureFixture[str]
+    gateway: str, study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli.main(["analyze", "--async", str(study), str(study), "--url", gateway, "--no-progress"]) == 0
     ids = capsys.readouterr().out.split()
     assert len(ids) == 2 and all(re.fullmatch(r"[0-9a-f-]{36}", i) for i in ids)
-    assert cli.main(["wait", *ids, "--url", gateway, "--json", "--poll", "0.1", "--no-progress"]) == 0
+    out = tmp_path / "results"
+    code = cli.main(
+        ["wait", *ids, "--url", gateway, "--json", "--poll", "0.1", "--no-progress", "--out", str(out)]
+    )
+    assert code == 0
     results = json.loads(capsys.readouterr().out)
     assert len(results) == 2 and all(r["ich_probability"] > 0 for r in results)
+    assert json.loads((out / f"{ids[0]}.json").read_text()) == results[0]
     assert cli.main(["status", ids[0], "--url", gateway]) == 0
     assert capsys.readouterr().out.startswith(f"{ids[0]}: done")
     assert cli.main(["status", "00000000-0000-4000-8000-000000000000", "--url", gateway]) == 1
     assert "404" in capsys.readouterr().err
+
+
+def test_waiting_for_a_failed_job_exits_1_with_the_reason(
+    gateway: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.zip"
+    empty.write_bytes(b"PK\x05\x06" + b"\x00" * 18)
+    assert cli.main(["analyze", "--async", str(empty), "--url", gateway, "--no-progress"]) == 0
+    (job_id,) = capsys.readouterr().out.split()
+    assert cli.main(["wait", job_id, "--url", gateway, "--poll", "0.1", "--no-progress"]) == 1
+    assert f"{job_id}: failed: no_usable_series" in capsys.readouterr().err
