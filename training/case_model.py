@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ich import spec
-from ich.calibration import logit, sigmoid
+from ich.calibration import PlattCalibration
 from ich.scoring import FEATURES, NO_LESION_SCORE, CaseModel
 from training.calibration import fit_platt, indeterminate_band, threshold_for_sensitivity
 from training.records import Records
@@ -83,9 +83,24 @@ def subset(records: Records, cases: set[Any]) -> Records:
     )
 
 
-def _keep_for(threshold: float, a: float, b: float) -> float:
-    """The raw score whose Platt-calibrated value is ``threshold``."""
-    return float(sigmoid((float(logit(threshold)) - b) / a))
+def _keep_for(threshold: float, platt: PlattCalibration) -> float:
+    """The lowest raw score whose Platt-calibrated value reaches ``threshold``.
+
+    The closed-form inverse ``sigmoid((logit(threshold) - b) / a)`` can land an ulp above the raw score of
+    the case that set the threshold, which would then be called positive with no kept lesion. The map is
+    non-decreasing, so a bisection over the float64 values of [0, 1] (ordered like their bit patterns)
+    finds the exact boundary: ``raw >= keep`` exactly when ``platt.apply(raw) >= threshold``.
+    """
+    if platt.apply(0.0) >= threshold:
+        return 0.0
+    lo, hi = 0, int(np.float64(1.0).view(np.int64))  # platt.apply(1.0) >= threshold: some case reached it
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if platt.apply(float(np.int64(mid).view(np.float64))) >= threshold:
+            hi = mid
+        else:
+            lo = mid
+    return float(np.int64(hi).view(np.float64))
 
 
 def fit_case_model(
@@ -109,7 +124,7 @@ def fit_case_model(
         scale=tuple(float(v) for v in scale),
         coef=tuple(float(v) for v in coef),
         intercept=intercept,
-        keep=_keep_for(threshold, platt.a, platt.b),
+        keep=_keep_for(threshold, platt),
         calibration=platt,
         threshold=float(threshold),
         band=(float(band[0]), float(band[1])),

@@ -28,7 +28,6 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -37,7 +36,7 @@ from ich import repository, spec
 from ich.ensemble import EnsembleRunner
 from ich.preprocess import preprocess_volume, resize_channel
 from ich.scoring import CASE_MODEL_FILENAME, CaseModel, model_pixel_mm
-from training.case_model import apply_case_model, paper_rule
+from training.case_model import ScoredCase, apply_case_model, paper_rule
 from training.records import CasePrediction, Records, case_records
 
 logger = logging.getLogger(__name__)
@@ -164,13 +163,17 @@ def collect(
     return records, skipped
 
 
-def write_predictions(report: dict[str, Any], path: Path) -> None:
-    """Case-level predictions CSV (``case``, ``probability``, ``label``): the input of ``review select``."""
+def write_predictions(scored: Sequence[ScoredCase], path: Path) -> None:
+    """Case-level predictions CSV (``case``, ``probability``, ``label``): the input of ``review select``.
+
+    Written from the decisions, not from the report, whose probabilities are rounded to 4 decimals: a
+    probability of 0.49996 must not read as a call at 0.5 in the worklist.
+    """
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["case", "probability", "label"])
-        for case in report["cases"]:
-            writer.writerow([case["case"], f"{float(case['probability']):.6f}", int(case["label"])])
+        for case in scored:
+            writer.writerow([case.case, f"{float(case.probability):.6f}", int(case.label)])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -258,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     }
     report["definitions"] = (__doc__ or "").split("the cross-validation report:")[-1].strip()
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    write_predictions(report, pred_path)
+    write_predictions(scored, pred_path)
     op = report["operating_point"]
     logger.info(
         "case AUC %s (max slice %s), sensitivity %s, specificity %s, Dice %s; %d skipped -> %s",

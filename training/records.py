@@ -63,11 +63,16 @@ def _cell(value: Any) -> Any:
     return round(value, 6) if isinstance(value, float) else value
 
 
+#: Columns read back as text: a case id is a name ("049", "1e5"), not a number.
+_TEXT_COLUMNS: frozenset[str] = frozenset({"case"})
+
+
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     if not path.is_file() or path.stat().st_size == 0:
         return []
     with path.open(newline="", encoding="utf-8") as fh:
-        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        rows = list(csv.DictReader(fh))
+    return [{k: v if k in _TEXT_COLUMNS else _parse(v) for k, v in row.items()} for row in rows]
 
 
 def _parse(text: str) -> Any:

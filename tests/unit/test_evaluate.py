@@ -1,12 +1,11 @@
-"""``ich-model evaluate`` on the committed CT-ICH fixture slices with a tiny exported repository."""
+"""``ich-model evaluate`` with a tiny exported repository, on copies of the CT-ICH fixture and DICOM cases."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
+import logging
 import shutil
-from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +14,24 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ich import metrics, spec  # noqa: E402
+from ich import spec  # noqa: E402
+from ich.calibration import PlattCalibration  # noqa: E402
 from ich.ensemble import EnsembleRunner  # noqa: E402
 from ich.preprocess import preprocess_volume  # noqa: E402
+from ich.scoring import CASE_MODEL_FILENAME, FEATURES, NO_LESION_SCORE, CaseModel  # noqa: E402
+from tests.support.ct_ich_data import synthetic_ct_ich  # noqa: E402
 from training import evaluate  # noqa: E402
 from training.cli import main  # noqa: E402
 from training.data.ct_ich import list_patients, read_labels, read_patient  # noqa: E402
 from training.export import export_repository  # noqa: E402
 from training.networks import InceptionUNet, WeightModel, slice_probability  # noqa: E402
+from training.records import TABLES, Records  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_ich"
 SIZE = 32
 OPENING = 3
+#: 049 and 081 with their hemorrhage, and a normal copy of 049: both classes, so AUCs and a ROC exist.
+PATIENTS = {"049": ("049", True), "060": ("049", False), "081": ("081", True)}
 
 
 @pytest.fixture(scope="module")
@@ -40,70 +45,113 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def evaluated(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_ct_ich(tmp_path_factory.mktemp("data") / "ct_ich", PATIENTS)
+
+
+@pytest.fixture(scope="module")
+def evaluated(
+    repo: Path, data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("eval") / "report.json"
-    assert main(["evaluate", "--data", str(FIXTURE), "--out", str(out), "--repository", str(repo)]) == 0
+    assert main(["evaluate", "--data", str(data), "--out", str(out), "--repository", str(repo)]) == 0
     return json.loads(out.read_text()), out
 
 
-def _check_level(block: dict[str, Any]) -> None:
-    assert block["n"] > 0
-    for key in ("sensitivity", "specificity"):
-        assert block[key] is None or 0.0 <= block[key] <= 1.0
-    if 0 < block["n_positive"] < block["n"]:
+def _predictions(out: Path) -> list[dict[str, str]]:
+    with out.with_name(out.stem + "_predictions.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _in_unit(value: float | None) -> bool:
+    return value is not None and 0.0 <= value <= 1.0
+
+
+def _check_auc(block: dict[str, Any], n: int, n_positive: int) -> None:
+    assert (block["n"], block["n_positive"]) == (n, n_positive)
+    if 0 < n_positive < n:
         lo, hi = block["auc_ci"]
-        assert 0.0 <= lo <= hi <= 1.0
-        assert 0.0 <= block["auc"] <= 1.0
-    else:  # AUC undefined with one class: reported as missing, never as a number
+        assert 0.0 <= lo <= hi <= 1.0 and _in_unit(block["auc"])
+    else:  # one class only: reported as missing, never as a number
         assert block["auc"] is None and block["auc_ci"] is None
 
 
-def test_report_has_every_key_in_range(evaluated: tuple[dict[str, Any], Path]) -> None:
+def _check_proportion(block: dict[str, Any], n: int) -> None:
+    assert block["n"] == n and 0 <= block["k"] <= n
+    if n:
+        lo, hi = block["ci"]
+        assert 0.0 <= lo <= block["value"] <= hi <= 1.0
+        assert block["value"] == pytest.approx(block["k"] / n, abs=1e-4)
+    else:
+        assert block["value"] is None and block["ci"] is None
+
+
+def test_report_has_every_key_in_range(evaluated: tuple[dict[str, Any], Path], data: Path) -> None:
     report, _ = evaluated
-    n_patients = len(list_patients(FIXTURE))
-    assert report["meta"]["patients"] == n_patients
-    assert report["meta"]["model_version"] == "eval-test" and report["meta"]["input_size"] == SIZE
-    assert report["slice"]["n"] == report["meta"]["slices"]
-    assert report["case"]["n"] == n_patients
-    assert report["slice"]["n_positive"] > 0  # the fixture holds hemorrhage, so Dice is defined
-    for block in (report, *report["models"].values()):
-        _check_level(block["slice"])
-        _check_level(block["case"])
-        assert 0.0 <= block["dice"] <= 1.0 and 0.0 <= block["dice_micro"] <= 1.0
-        assert block["dice_slices"] > 0
-    assert set(report["models"]) == set(spec.MODEL_KEYS)
-    assert set(report["per_subtype"]) == {
-        "intraventricular", "intraparenchymal", "subarachnoid", "epidural", "subdural"
-    }
-    for sub in report["per_subtype"].values():
-        assert (sub["sensitivity"] is None) == (sub["n_slices"] == 0)
-    assert set(report["delong"]) == set(spec.MODEL_KEYS)
-    for key, tests in report["delong"].items():
-        for level in ("slice", "case"):
-            res = tests[level]
-            if res is None:  # too few positives or negatives for the test
-                continue
-            assert 0.0 <= res["p"] <= 1.0
-            assert res["auc_model"] == pytest.approx(report["models"][key][level]["auc"], abs=1e-6)
-            diff = res["auc_ensemble"] - res["auc_model"]
-            if res["z"] is not None and abs(diff) > 1e-9:
-                assert math.copysign(1, res["z"]) == math.copysign(1, diff)
+    n_slices = sum(len(read_patient(data, p).slice_numbers) for p in PATIENTS)
+    n_positive_slices = sum(int(read_patient(data, p).slice_labels.sum()) for p in PATIENTS)
+    assert report["patients"] == 3 and report["patients_with_hemorrhage"] == 2
+    assert report["slices"] == n_slices
+    meta = report["meta"]
+    assert meta["model_version"] == "eval-test" and meta["input_size"] == SIZE
+    assert meta["decision"] == "maximum slice probability" and meta["threshold"] == 0.5
+    assert meta["cases_evaluated"] == 3 and meta["skipped"] == [] and meta["subset"] is None
+    assert (meta["files"], meta["predictions"]) == ("report_files", "report_predictions.csv")
+    for key in ("ich_probability", "max_slice_probability"):
+        _check_auc(report["case"][key], 3, 2)
+    # without a case model the case probability is the paper's maximum slice probability
+    assert report["case"]["ich_probability"] == report["case"]["max_slice_probability"]
+    op = report["operating_point"]
+    _check_proportion(op["sensitivity"], 2)
+    _check_proportion(op["specificity"], 1)
+    _check_proportion(op["indeterminate"], 3)
+    assert 0.0 <= op["normal_heads_flagged_per_10"] <= 10.0
+    assert set(op["missed_cases"]) <= {"049", "081"} and set(op["flagged_normal_cases"]) <= {"060"}
+    assert _in_unit(report["calibration"]["brier"]) and _in_unit(report["calibration"]["ece"])
+    assert sum(b["count"] for b in report["calibration"]["bins"]) == 3
+    for block in report["dice"].values():
+        assert _in_unit(block["per_patient"]) and _in_unit(block["micro"])
+        assert block["patients"] == 2 and set(block["by_patient"]) == {"049", "081"}
+    assert set(report["models"]) == {"ensemble", *spec.MODEL_KEYS}
+    for key, block in report["models"].items():
+        _check_auc(block["slice"], n_slices, n_positive_slices)
+        _check_auc(block["case_max_slice"], 3, 2)
+        if key != "ensemble":
+            assert _in_unit(block["dice_candidates"])
+            test = block["delong_slice_vs_ensemble"]
+            assert test is None or _in_unit(test["p"])
+    # every case as decided: detected at the threshold, indeterminate inside the paper's band
+    assert [c["case"] for c in report["cases"]] == list(PATIENTS)
+    for case in report["cases"]:
+        assert case["probability"] == case["max_slice_probability"]
+        assert case["label"] == int(PATIENTS[case["case"]][1])
+    assert report["definitions"].startswith("* slice label")
 
 
-def test_plot_and_predictions_beside_report(evaluated: tuple[dict[str, Any], Path], repo: Path) -> None:
+def test_records_figures_and_predictions_beside_the_report(
+    evaluated: tuple[dict[str, Any], Path], repo: Path, data: Path
+) -> None:
     report, out = evaluated
-    png = out.with_name(report["meta"]["roc_plot"])
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with out.with_name(report["meta"]["predictions"]).open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert [r["case"] for r in rows] == list_patients(FIXTURE)
+    files = out.with_name(report["meta"]["files"])
+    for name in ("reliability.png", "roc.png"):  # a ROC: both classes are present
+        assert (files / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {f"{t}.csv" for t in TABLES} <= {p.name for p in files.iterdir()}
+    records = Records.read(files)
+    assert [r["case"] for r in records.cases] == list(PATIENTS)
+    assert len(records.slices) == report["slices"]
+    rows = _predictions(out)
+    assert [r["case"] for r in rows] == list_patients(data) == list(PATIENTS)
     # case probability = max over the patient's slices of the runner's SLICE_PROB; label = any positive slice
-    pid = rows[0]["case"]
-    labels = read_labels(FIXTURE / "hemorrhage_diagnosis.csv")
-    patient = read_patient(FIXTURE, pid, labels.get(pid))
-    result = EnsembleRunner.from_repository(repo).run(preprocess_volume(patient.hu, SIZE))
-    assert float(rows[0]["probability"]) == pytest.approx(float(result.slice_prob.max()), abs=1e-6)
-    assert int(rows[0]["label"]) == int(patient.slice_labels.max())
+    labels = read_labels(data / "hemorrhage_diagnosis.csv")
+    runner = EnsembleRunner.from_repository(repo)
+    for row in rows:
+        patient = read_patient(data, row["case"], labels.get(row["case"]))
+        result = runner.run(preprocess_volume(patient.hu, SIZE))
+        assert float(row["probability"]) == pytest.approx(float(result.slice_prob.max()), abs=1e-6)
+        assert int(row["label"]) == int(patient.slice_labels.max())
+        case = next(c for c in report["cases"] if c["case"] == row["case"])
+        assert case["detected"] == (float(row["probability"]) >= 0.5)
+        assert case["indeterminate"] == (0.4 <= float(row["probability"]) <= 0.6)
 
 
 def test_base_model_alone_gets_the_ensemble_post_processing(repo: Path) -> None:
@@ -111,24 +159,50 @@ def test_base_model_alone_gets_the_ensemble_post_processing(repo: Path) -> None:
     maps = (rng.random((4, 1, SIZE, SIZE)) * 0.4).astype(np.float32)
     maps[0, 0, 5, 5] = 0.99  # a stray pixel: removed by the opening
     maps[1, 0, 10:16, 10:16] = 0.9  # a blob: kept
-    got = evaluate._BaseAlone(repo, None).slice_prob(maps)
+    got = evaluate.BaseAlone(repo, None).slice_prob(maps)
     expected = slice_probability(torch.from_numpy(maps), OPENING).numpy().reshape(-1)
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert got[0] < 0.5 and got[1] == pytest.approx(0.9, abs=1e-6)
 
 
 def test_subset_from_split_file(repo: Path, tmp_path: Path) -> None:
-    chosen = list_patients(FIXTURE)[:2]
     split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["999"], "val": [int(p) for p in chosen]}))
+    split.write_text(json.dumps({"subsets": {"train": ["49"], "val": [81]}}))  # numbers, not folder names
     out = tmp_path / "val.json"
-    argv = ["evaluate", "--data", str(FIXTURE), "--out", str(out), "--repository", str(repo),
-            "--split-file", str(split), "--subset", "val", "--bootstrap", "50"]
+    argv = [
+        "evaluate",
+        "--data",
+        str(FIXTURE),
+        "--out",
+        str(out),
+        "--repository",
+        str(repo),
+        "--split-file",
+        str(split),
+        "--subset",
+        "val",
+    ]
     assert main(argv) == 0
     report = json.loads(out.read_text())
-    assert report["meta"]["patients"] == 2 and report["meta"]["subset"] == "val"
-    with out.with_name("val_predictions.csv").open(newline="") as fh:
-        assert [r["case"] for r in csv.DictReader(fh)] == chosen
+    assert report["meta"]["subset"] == "val" and report["meta"]["cases_evaluated"] == 1
+    assert report["patients"] == 1 and [c["case"] for c in report["cases"]] == ["081"]
+    assert [r["case"] for r in _predictions(out)] == ["081"]
+    # an unknown subset is a bad input
+    bad = tmp_path / "t.json"
+    argv = [
+        "evaluate",
+        "--data",
+        str(FIXTURE),
+        "--out",
+        str(bad),
+        "--repository",
+        str(repo),
+        "--split-file",
+        str(split),
+        "--subset",
+        "test",
+    ]
+    assert main(argv) == 2 and not bad.exists()
 
 
 def test_patient_ids_match_by_number() -> None:
@@ -138,67 +212,158 @@ def test_patient_ids_match_by_number() -> None:
 
 
 def test_bad_inputs_fail_cleanly(repo: Path, tmp_path: Path) -> None:
-    out = str(tmp_path / "r.json")
-    assert main(["evaluate", "--data", str(tmp_path), "--out", out, "--repository", str(repo)]) == 2
-    assert main(["evaluate", "--data", str(FIXTURE), "--out", out, "--repository", str(repo),
-                 "--patients", "12345"]) == 2
-    assert main(["evaluate", "--data", str(FIXTURE), "--out", out, "--repository", str(tmp_path)]) == 2
-    assert not (tmp_path / "r.json").exists()
-    # a patient folder with a slice missing its bone image: a clear failure, no report
-    broken = tmp_path / "broken"
-    shutil.copytree(FIXTURE, broken)
-    pid = list_patients(broken)[0]
-    first = min(read_patient(broken, pid).slice_numbers)
-    (broken / "Patients_CT" / pid / "bone" / f"{first}.jpg").unlink()
-    assert main(["evaluate", "--data", str(broken), "--out", out, "--repository", str(repo)]) == 1
-    assert not (tmp_path / "r.json").exists()
+    out = tmp_path / "r.json"
+    (tmp_path / "empty").mkdir()
+    bad = [
+        ["--data", str(tmp_path / "empty"), "--repository", str(repo)],  # no cases
+        ["--data", str(FIXTURE), "--repository", str(repo), "--patients", "12345"],  # unknown patient
+        ["--data", str(FIXTURE), "--repository", str(tmp_path / "empty")],  # not a repository
+    ]
+    for args in bad:
+        assert main(["evaluate", "--out", str(out), *args]) == 2, args
+        assert not out.exists() and not out.with_name("r_predictions.csv").exists()
+        assert not out.with_name("r_files").exists()
+    # a folder none of whose cases can be read: a failure, no report
+    data = tmp_path / "unreadable"
+    shutil.copytree(FIXTURE, data)
+    for jpg in (data / "Patients_CT").rglob("*.jpg"):
+        jpg.unlink()
+    assert main(["evaluate", "--data", str(data), "--out", str(out), "--repository", str(repo)]) == 1
+    assert not out.exists()
 
 
-@pytest.mark.parametrize("damage", ["no_csv", "no_subtype_columns"])
+def test_unreadable_patient_is_skipped_with_the_reason(repo: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURE, data)
+    for jpg in (data / "Patients_CT" / "081").rglob("*.jpg"):  # a damaged copy: the folder emptied
+        jpg.unlink()
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--data", str(data), "--out", str(out), "--repository", str(repo)]) == 0
+    report = json.loads(out.read_text())
+    (skipped,) = report["meta"]["skipped"]
+    assert skipped["case"] == "081" and "081" in skipped["reason"] and "brain image" in skipped["reason"]
+    assert report["meta"]["cases_evaluated"] == 1 and report["patients"] == 1
+    assert [c["case"] for c in report["cases"]] == ["049"]
+    assert [r["case"] for r in _predictions(out)] == ["049"]
+    assert report["slices"] == len(read_patient(FIXTURE, "049").slice_numbers)
+
+
+def test_slice_without_its_bone_image_is_evaluated(
+    repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURE, data)
+    first = min(read_patient(data, "049").slice_numbers)
+    (data / "Patients_CT" / "049" / "bone" / f"{first}.jpg").unlink()
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--data", str(data), "--out", str(out), "--repository", str(repo)]) == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["skipped"] == [] and report["meta"]["cases_evaluated"] == 2
+    assert report["slices"] == sum(len(read_patient(FIXTURE, p).slice_numbers) for p in ("049", "081"))
+    assert f"patient 049 slice {first}: bone-window image missing" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["intact", "no_csv", "no_subtype_columns"])
 def test_labels_fall_back_to_masks(repo: Path, tmp_path: Path, damage: str) -> None:
     data = tmp_path / "data"
     shutil.copytree(FIXTURE, data)
+    # 049 slice 15 is labelled epidural in the CSV; without its mask only the CSV says so
+    (data / "Patients_CT" / "049" / "brain" / "15_HGE_Seg.jpg").unlink()
     csv_path = data / "hemorrhage_diagnosis.csv"
     if damage == "no_csv":
         csv_path.unlink()
-    else:
+    elif damage == "no_subtype_columns":
         lines = csv_path.read_text(encoding="utf-8-sig").splitlines()
         csv_path.write_text("\n".join(",".join(line.split(",")[:2]) for line in lines) + "\n")
     out = tmp_path / "r.json"
-    argv = ["evaluate", "--data", str(data), "--out", str(out), "--repository", str(repo)]
-    assert main([*argv, "--bootstrap", "20"]) == 0
+    assert main(["evaluate", "--data", str(data), "--out", str(out), "--repository", str(repo)]) == 0
     report = json.loads(out.read_text())
     with_mask = sum(int(read_patient(data, p).masks.any(axis=(1, 2)).sum()) for p in list_patients(data))
-    assert report["slice"]["n_positive"] == with_mask > 0
-    assert all(v["n_slices"] == 0 for v in report["per_subtype"].values())
+    expected = with_mask + 1 if damage == "intact" else with_mask
+    assert report["models"]["ensemble"]["slice"]["n_positive"] == expected
+    slices = Records.read(out.with_name("r_files")).slices
+    labelled = [(r["case"], r["slice"]) for r in slices if r["label"]]
+    assert len(labelled) == expected and (("049", 2) in labelled) == (damage == "intact")
 
 
-def test_report_figures_for_a_perfect_and_a_useless_scorer() -> None:
-    # Two patients; the ensemble scores slices by their label (perfect), model "all" scores all 0.5.
-    col = evaluate._Collected()
-    labels = np.array([0, 1, 1, 0, 0, 0])
-    col.patients = ["a", "a", "a", "b", "b", "b"]
-    col.labels = [labels]
-    col.subtypes = [np.array([[0] * 5, [0, 1, 0, 0, 0], [0, 1, 0, 0, 1], [0] * 5, [0] * 5, [0] * 5])]
-    truth = np.array([0, 9, 4, 0, 0, 0])
-    perfect = np.stack([truth, truth, truth], axis=1)  # intersection = |pred| = |truth|
-    missed = np.stack([0 * truth, 0 * truth, truth], axis=1)
-    for name in col.scorers:
-        good = name == evaluate.ENSEMBLE
-        col.scorers[name].add(labels * 0.9 + 0.05 if good else np.full(6, 0.5), perfect if good else missed)
-    report, _ = evaluate.build_report(col, Namespace(threshold=0.5, bootstrap=100, seed=0))
-    assert report["slice"]["auc"] == 1.0 and report["slice"]["auc_ci"] == [1.0, 1.0]
-    assert (report["slice"]["sensitivity"], report["slice"]["specificity"]) == (1.0, 1.0)
-    assert report["case"]["auc"] == 1.0 and report["case"]["n"] == 2
-    assert report["dice"] == 1.0 and report["dice_micro"] == 1.0
-    assert report["dice_by_patient"] == {"a": 1.0}  # "b" has no hemorrhage slice, so no Dice
-    assert report["per_subtype"]["intraparenchymal"] == {"sensitivity": 1.0, "n_slices": 2}
-    assert report["per_subtype"]["epidural"] == {"sensitivity": None, "n_slices": 0}
-    useless = report["models"]["all"]
-    assert useless["slice"]["auc"] == 0.5 and useless["dice"] == 0.0
-    assert (useless["slice"]["sensitivity"], useless["slice"]["specificity"]) == (1.0, 0.0)
-    # DeLong on slices by hand: ensemble V10 = [1, 1], V01 = [1]*4; model V10 = [.5, .5], V01 = [.5]*4:
-    # the differences are constant, so the variance is 0 and the AUCs differ: z is infinite, p = 0
-    assert report["delong"]["all"]["slice"] == {"z": None, "p": 0.0, "auc_ensemble": 1.0, "auc_model": 0.5}
-    assert report["delong"]["all"]["case"] is None  # one positive and one negative case: too few
-    assert metrics.roc_auc(labels, labels * 0.9 + 0.05) == 1.0
+def _case_model(threshold: float = 0.5, band: tuple[float, float] = (0.4, 0.6)) -> CaseModel:
+    """A hand-set case model: every lesion is unlikely (intercept -5), more so with less agreement."""
+    n = len(FEATURES)
+    coef = [0.0] * n
+    coef[FEATURES.index("agreement")] = 0.5
+    return CaseModel(
+        mean=(0.0,) * n,
+        scale=(1.0,) * n,
+        coef=tuple(coef),
+        intercept=-5.0,
+        keep=0.004,
+        calibration=PlattCalibration(a=1.0, b=0.0),
+        threshold=threshold,
+        band=band,
+        info={"made": "by hand"},
+    )
+
+
+def test_the_repository_case_model_decides(repo: Path, tmp_path: Path) -> None:
+    with_model = tmp_path / "repo"
+    shutil.copytree(repo, with_model)
+    model = _case_model()
+    model.save(with_model / CASE_MODEL_FILENAME)
+    out = tmp_path / "r.json"
+    argv = ["evaluate", "--data", str(FIXTURE), "--repository", str(with_model)]
+    assert main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["decision"] == "case model" and report["meta"]["threshold"] == model.threshold
+    # the case probability is the calibrated best lesion probability of the recorded lesions
+    records = Records.read(out.with_name("r_files"))
+    best = {r["case"]: NO_LESION_SCORE for r in records.cases}
+    for row in records.lesions:
+        x = np.array([[float(row[f]) for f in FEATURES]])
+        best[row["case"]] = max(best[row["case"]], float(model.lesion_probabilities(x)[0]))
+    rows = _predictions(out)
+    assert [r["case"] for r in rows] == ["049", "081"]
+    for row in rows:
+        expected = model.calibration.apply(best[row["case"]])
+        assert float(row["probability"]) == pytest.approx(expected, abs=1e-5)
+    # far below the model's threshold: nothing detected
+    assert report["operating_point"]["sensitivity"]["value"] == 0.0
+    assert all(not c["detected"] for c in report["cases"])
+    # --threshold overrides the model's: at 0 every case is called
+    out2 = tmp_path / "r2.json"
+    assert main([*argv, "--out", str(out2), "--threshold", "0.0"]) == 0
+    report2 = json.loads(out2.read_text())
+    assert report2["meta"]["decision"] == "case model" and report2["meta"]["threshold"] == 0.0
+    assert report2["operating_point"]["sensitivity"]["value"] == 1.0
+    assert [r["probability"] for r in _predictions(out2)] == [r["probability"] for r in rows]
+    # the model's own threshold, moved below the cases' probabilities, calls them too
+    _case_model(threshold=0.0005, band=(0.0, 0.6)).save(with_model / CASE_MODEL_FILENAME)
+    out3 = tmp_path / "r3.json"
+    assert main([*argv, "--out", str(out3)]) == 0
+    report3 = json.loads(out3.read_text())
+    assert report3["meta"]["threshold"] == 0.0005
+    assert report3["operating_point"]["sensitivity"]["value"] == 1.0
+
+
+def test_dicom_layout_with_masks(repo: Path, tmp_path: Path) -> None:
+    pytest.importorskip("nibabel")
+    from tests.unit.test_dicom_masks import _write_case  # a DICOM series + NIfTI mask on disk
+
+    root = tmp_path / "dicom_cases"
+    _write_case(root, flip_k=True)
+    _, mask = _write_case(root, flip_k=False)
+    (root / "broken").mkdir()  # a case folder without dicom/: skipped with the reason
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--data", str(root), "--out", str(out), "--repository", str(repo)]) == 0
+    report = json.loads(out.read_text())
+    assert [c["case"] for c in report["cases"]] == ["flipped", "plain"]
+    assert report["meta"]["cases_evaluated"] == 2 and report["patients_with_hemorrhage"] == 2
+    (skipped,) = report["meta"]["skipped"]
+    assert skipped["case"] == "broken" and "dicom/" in skipped["reason"]
+    assert str(tmp_path) not in skipped["reason"]  # the reason names no case folder
+    assert report["slices"] == 2 * len(mask)
+    slices = Records.read(out.with_name("r_files")).slices
+    for case in ("flipped", "plain"):
+        assert [r["label"] for r in slices if r["case"] == case] == mask.any(axis=(1, 2)).astype(int).tolist()
+        assert all(r["truth_voxels"] > 0 for r in slices if r["case"] == case and r["label"])
+    assert [r["case"] for r in _predictions(out)] == ["flipped", "plain"]
