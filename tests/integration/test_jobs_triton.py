@@ -1,9 +1,9 @@
 """Jobs wait for a stopped Triton: a real ``tritonserver`` goes away while studies are queued, comes back, and
 every job finishes; none fails and none spends an attempt while the engine is down.
 
-Real parts only: ``ich-serve`` under uvicorn with ``ICH_ENGINE=triton``, its SQLite job store, and a CPU
-``tritonserver`` (``.venv-triton``; the test skips, saying why, where it is absent) serving the tiny
-repository, stopped with SIGTERM and started again on the same ports.
+Real parts only: ``ich-serve`` under uvicorn with ``ICH_ENGINE=triton``, its job store (SQLite, then a real
+PostgreSQL), and a CPU ``tritonserver`` (``.venv-triton``; the test skips, saying why, where it is absent)
+serving the tiny repository, stopped with SIGTERM and started again on the same ports.
 """
 
 from __future__ import annotations
@@ -24,7 +24,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.triton]
 JOBS = 4
 
 
-def test_queued_jobs_wait_for_triton_and_then_finish(tiny_repository: Path, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    settings = {"ICH_DATA_DIR": str(tmp_path / "ich-data")}
+    if request.param == "postgresql":
+        settings["ICH_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    return settings
+
+
+def test_queued_jobs_wait_for_triton_and_then_finish(
+    tiny_repository: Path, tmp_path: Path, store_settings: dict[str, str]
+) -> None:
     require_tritonserver()
     server = LocalTriton(
         tiny_repository,
@@ -42,7 +52,7 @@ def test_queued_jobs_wait_for_triton_and_then_finish(tiny_repository: Path, tmp_
         "ICH_MODEL_REPOSITORY": str(tiny_repository),
         "ICH_THREADS": "2",
         "ICH_JOB_WORKERS": "1",
-        "ICH_DATA_DIR": str(tmp_path / "ich-data"),
+        **store_settings,
     }
     bodies = []
     for i in range(JOBS):
