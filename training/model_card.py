@@ -258,7 +258,7 @@ SEG. The paper's case score, the highest slice probability, is reported beside i
 `max_slice_probability`.
 
 ## Data and attribution
-Trained on the 66 patients of this copy of **"Computed Tomography Images for Intracranial Hemorrhage
+Trained on the {patients} patients of this copy of **"Computed Tomography Images for Intracranial Hemorrhage
 Detection and Segmentation"** (version 1.0.0, PhysioNet; 82 patients in all), by Hssayeni M. D., Croock
 M. S., Salman A. D., Al-khafaji H. F., Yahya Z. A. and Ghoraani B.; described in *Intracranial Hemorrhage
 Segmentation Using a Deep Convolutional Model*, Data 2020, 5(1):14. Licensed under the Creative Commons
