@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.export", "export trained checkpoints to ONNX and write model_repository/"),
     "evaluate": ("training.evaluate", "run the exported ensemble on cases with masks and write a report"),
     "review": ("training.review", "the difficult-case study: select a worklist, score expert reads"),
-    "card": ("training.model_card", "write MODEL_CARD.md from a training run and an evaluation report"),
+    "card": ("training.model_card", "write MODEL_CARD.md from the cross-validation record"),
 }
 
 

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ich import metrics
 from ich.preprocess import preprocess_volume, resize_channel
+from ich.scoring import candidate_mask
 from ich.spec import MODEL_KEYS
 from training.allocator import keep_freed_memory
 from training.augment import AugmentConfig, augment_batch, paste_lesions, scanner_augment
@@ -112,25 +114,23 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
 def val_figures(
     slice_prob: np.ndarray, pred_masks: np.ndarray, cache: Cache, idx: np.ndarray
 ) -> dict[str, float]:
-    """Slice AUC, case AUC (case = max slice), Dice (positive slices, per patient then mean)."""
+    """Slice AUC, case AUC (case = max slice), Dice per patient: the evaluation's definitions.
+
+    Dice is :func:`ich.metrics.dice_summary` of :func:`ich.metrics.slice_dice_counts`, the code the
+    evaluation and the cross-validation report use; ``pred_masks`` is the candidate mask
+    (:func:`ich.scoring.candidate_mask` of the map).
+    """
     t = cache.table
     y = t.positive[idx].astype(int)
     pids = t.pids[idx]
     cases = sorted(set(pids.tolist()))
     case_y = np.array([y[pids == p].max() for p in cases])
     case_s = np.array([slice_prob[pids == p].max() for p in cases])
-    gt = cache.masks[idx, 0] > 0
-    dices = []
-    for p in cases:
-        sel = (pids == p) & (gt.reshape(len(idx), -1).sum(1) > 0)
-        if sel.any():
-            inter = (pred_masks[sel] & gt[sel]).reshape(sel.sum(), -1).sum(1)
-            tot = pred_masks[sel].reshape(sel.sum(), -1).sum(1) + gt[sel].reshape(sel.sum(), -1).sum(1)
-            dices.append(float(np.mean(2 * inter / np.maximum(tot, 1))))
+    dice = metrics.dice_summary(metrics.slice_dice_counts(pred_masks, cache.masks[idx, 0] > 0), pids)
     return {
         "slice_auc": _auc(y, slice_prob),
         "case_auc": _auc(case_y, case_s),
-        "dice": float(np.mean(dices)) if dices else float("nan"),
+        "dice": dice.per_patient,
     }
 
 
@@ -154,7 +154,7 @@ def evaluate_maps(maps: np.ndarray, cache: Cache, idx: np.ndarray, opening: int)
     """Figures of one set of maps (a base model's or the fused one)."""
     t = torch.from_numpy(maps.astype(np.float32))
     sp = slice_probability(t, opening)[:, 0].numpy()
-    return val_figures(sp, maps[:, 0] > 0.5, cache, idx)
+    return val_figures(sp, candidate_mask(maps[:, 0]), cache, idx)
 
 
 def criterion(fig: dict[str, float]) -> float:
@@ -533,7 +533,7 @@ def train_weight_step(
         model.eval()
         with torch.no_grad():
             w, fused, sp = model(*[va_t[:, i : i + 1] for i in range(len(MODEL_KEYS))])
-        fig = val_figures(sp[:, 0].numpy(), fused[:, 0].numpy() > 0.5, cache, val_idx)
+        fig = val_figures(sp[:, 0].numpy(), candidate_mask(fused[:, 0].numpy()), cache, val_idx)
         return fig, w.mean(0).numpy()
 
     # The ensemble must detect at least as well as its best member (slice AUC), see weight_selection_key.
