@@ -44,12 +44,14 @@ __all__ = [
     "CASE_MODEL_FILENAME",
     "FEATURES",
     "NO_LESION_SCORE",
+    "SCORES",
     "CaseModel",
     "CaseScore",
     "Lesion",
     "candidate_mask",
     "find_lesions",
     "lesion_features",
+    "opened_map",
     "score_case",
     "source_volume_ml",
 ]
@@ -65,6 +67,10 @@ _BRAIN_WINDOW_HU: float = 80.0
 #: Distances to bone are clipped here (mm): beyond, a lesion is simply "inside the brain".
 _MAX_BONE_DISTANCE_MM: float = 20.0
 _STRUCTURE = np.ones((3, 3, 3), dtype=bool)
+
+#: Raw case scores a case model may calibrate: the highest lesion probability of its lesion model, or the
+#: paper's highest slice probability (SLICE_PROB); ``training.case_model`` chooses inside the training folds.
+SCORES: tuple[str, ...] = ("lesion", "max_slice")
 
 #: Lesion features the case model reads, in its coefficient order.
 FEATURES: tuple[str, ...] = (
@@ -97,6 +103,8 @@ class Lesion:
     inside_brain_fraction: float  # share of its pixels inside the skull-stripped brain
     mean_hu: float  # mean density from the brain-window channel (saturates at 80 HU)
     agreement: float  # mean share of the five base models above the mask threshold on its pixels
+    #: highest value of the opened fused map on its pixels (the SLICE_PROB it gives its slices)
+    opened_peak: float = 0.0
     probability: float | None = None  # from the case model; None without one
 
     @property
@@ -135,6 +143,7 @@ class Lesion:
             "inside_brain_fraction": self.inside_brain_fraction,
             "mean_hu": self.mean_hu,
             "agreement": self.agreement,
+            "opened_peak": self.opened_peak,
             "probability": self.probability,
         }
 
@@ -152,8 +161,14 @@ class CaseModel:
     threshold: float
     band: tuple[float, float]
     info: Mapping[str, Any] = field(default_factory=dict)
+    #: which raw case score is calibrated (:data:`SCORES`), chosen inside the training folds
+    score: str = "lesion"
+    #: the weight model's opening (pixels), for each lesion's opened peak
+    opening: int = 3
 
     def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ValueError(f"case model: score {self.score!r} is not one of {SCORES}")
         n = len(FEATURES)
         if not (len(self.mean) == len(self.scale) == len(self.coef) == n):
             raise ValueError(f"case model: mean, scale and coef need {n} values each")
@@ -182,6 +197,8 @@ class CaseModel:
             "calibration": self.calibration.to_dict(),
             "threshold": self.threshold,
             "band": list(self.band),
+            "score": self.score,
+            "opening": self.opening,
             "info": dict(self.info),
         }
 
@@ -202,6 +219,8 @@ class CaseModel:
             threshold=float(d["threshold"]),
             band=(band[0], band[1]),
             info=dict(d.get("info", {})),
+            score=str(d.get("score", "lesion")),
+            opening=int(d.get("opening", 3)),
         )
 
     @classmethod
@@ -233,6 +252,20 @@ def candidate_mask(fused: np.ndarray) -> np.ndarray:
     return arr > np.float32(spec.MASK_THRESHOLD)
 
 
+def opened_map(maps: np.ndarray, opening: int) -> np.ndarray:
+    """``[N, S, S]`` maps after the weight model's grey opening, as its ONNX graph computes it.
+
+    The graph erodes with ``-maxpool(-x)`` and dilates with ``maxpool``, both padded with -inf, so pixels
+    outside the image never count: erosion pads with +inf, dilation with -inf.
+    """
+    arr = np.asarray(maps, dtype=np.float32)
+    if opening <= 1:
+        return arr
+    size = (1, opening, opening)
+    eroded = ndimage.grey_erosion(arr, size=size, mode="constant", cval=np.inf)
+    return ndimage.grey_dilation(eroded, size=size, mode="constant", cval=-np.inf)
+
+
 def find_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """3D connected components (26-connectivity) of a ``[N, S, S]`` mask: (labels, count)."""
     labels, count = ndimage.label(mask, structure=_STRUCTURE)
@@ -262,6 +295,7 @@ def lesion_features(
     images: np.ndarray,
     pixel_mm: tuple[float, float],
     voxel_ml: float,
+    opening: int = 3,
 ) -> list[Lesion]:
     """Describe each labelled lesion.
 
@@ -280,6 +314,7 @@ def lesion_features(
     objects = ndimage.find_objects(labels)
     lesion_slices = sorted({z for sl in objects if sl is not None for z in range(sl[0].start, sl[0].stop)})
     distance = _bone_distance(images, lesion_slices, pixel_mm)
+    opened = opened_map(fused, opening)
     out = []
     for label, box in enumerate(objects, start=1):
         if box is None:
@@ -307,6 +342,7 @@ def lesion_features(
                 inside_brain_fraction=float((images[zs, 3, ys, xs] > 0).mean()),
                 mean_hu=float(images[zs, 1, ys, xs].astype(np.float32).mean() * _BRAIN_WINDOW_HU),
                 agreement=float(agree[zs, ys, xs].mean()),
+                opened_peak=float(opened[zs, ys, xs].max()),
             )
         )
     return out
@@ -340,7 +376,8 @@ def score_case(
         # threshold, the pixels above it are strays; counting them gives a negative call a volume and a SEG.
         candidates &= (slice_prob > np.float32(spec.MASK_THRESHOLD))[:, None, None]
     labels, count = find_lesions(candidates)
-    lesions = lesion_features(labels, count, fused, probs, images, pixel_mm, voxel_ml)
+    opening = case_model.opening if case_model is not None else 3
+    lesions = lesion_features(labels, count, fused, probs, images, pixel_mm, voxel_ml, opening)
     max_slice = float(slice_prob.max()) if slice_prob.size else 0.0
     if case_model is None:
         kept, raw, calibrated = lesions, max_slice, max_slice
@@ -353,8 +390,13 @@ def score_case(
         lesions = [
             Lesion(**{**les.__dict__, "probability": float(v)}) for les, v in zip(lesions, p, strict=True)
         ]
-        kept = [les for les in lesions if (les.probability or 0.0) >= case_model.keep]
-        raw = float(max(NO_LESION_SCORE, p.max())) if len(p) else NO_LESION_SCORE
+        if case_model.score == "max_slice":
+            # keep is a SLICE_PROB: a lesion counts where its opened map reaches it, the pixels that made it
+            kept = [les for les in lesions if les.opened_peak >= case_model.keep]
+            raw = max(NO_LESION_SCORE, max_slice)
+        else:
+            kept = [les for les in lesions if (les.probability or 0.0) >= case_model.keep]
+            raw = float(max(NO_LESION_SCORE, p.max())) if len(p) else NO_LESION_SCORE
         calibrated = float(case_model.calibration.apply(raw))
     mask = np.isin(labels, [les.label for les in kept]) if kept else np.zeros(labels.shape, dtype=bool)
     return CaseScore(lesions, kept, mask, raw, calibrated, max_slice, voxel_ml)

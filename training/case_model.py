@@ -4,13 +4,17 @@ One fit, on the records of some cases (:func:`fit_case_model`):
 
 1. a logistic regression (scikit-learn, standardised features, L2 with C = 1) on their lesion candidates,
    label "overlaps the ground truth";
-2. each case's raw score = its highest lesion probability (:data:`ich.scoring.NO_LESION_SCORE` without one);
+2. each case's raw score = its highest lesion probability (:data:`ich.scoring.NO_LESION_SCORE` without one),
+   or the paper's highest slice probability; with ``score = "select"`` the one with the lower Brier score
+   in an inner cross-fit over the fitted records' own folds (:func:`select_score`), so that inside
+   :func:`cross_fit` even this choice is made on the training folds only;
 3. Platt scaling of the raw score against the case label (``training.calibration.fit_platt``): with a few
    dozen cases an isotonic map would be a staircase of a few steps;
 4. the threshold: the highest calibrated probability that keeps ``target_sensitivity`` of those cases'
    hemorrhages detected; the indeterminate band around it (``training.calibration.indeterminate_band``);
-5. ``keep``: the lesion probability whose calibrated value is the threshold, so that a case is called
-   positive exactly when it holds a kept lesion and the mask shows what made the call.
+5. ``keep``: the raw score whose calibrated value is the threshold; a lesion is kept when its probability
+   (for the slice score: the highest value of the opened fused map on it) reaches it, so that a case is
+   called positive exactly when it holds a kept lesion and the mask shows what made the call.
 
 For the reported figures the fit is cross-fitted over the cross-validation folds (:func:`cross_fit`): the
 cases of fold k are scored by a case model fitted on the other folds' out-of-fold records only, so that no
@@ -21,14 +25,14 @@ one fit on every out-of-fold record.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ich import spec
-from ich.calibration import PlattCalibration
-from ich.scoring import FEATURES, NO_LESION_SCORE, CaseModel
+from ich.calibration import PlattCalibration, sigmoid
+from ich.scoring import FEATURES, NO_LESION_SCORE, SCORES, CaseModel
 from training.calibration import fit_platt, indeterminate_band, threshold_for_sensitivity
 from training.records import Records
 
@@ -43,6 +47,11 @@ class DecisionTargets:
     target_sensitivity: float = 0.95
     band_sensitivity: float = 1.0
     band_specificity: float = 0.95
+    #: the raw case score: one of ``ich.scoring.SCORES``, or "select" to choose between them inside the
+    #: fitted records by an inner cross-fit over their folds (lower Brier score wins)
+    score: str = "lesion"
+    #: the weight model's opening (pixels), stored with the case model for each lesion's opened peak
+    opening: int = 3
 
 
 def lesion_matrix(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,13 +112,35 @@ def _keep_for(threshold: float, platt: PlattCalibration) -> float:
     return float(np.int64(hi).view(np.float64))
 
 
-def fit_case_model(
-    records: Records, targets: DecisionTargets, info: Mapping[str, Any] | None = None
-) -> CaseModel:
-    """One fit of the case model on ``records`` (see the module docstring)."""
+def _raw_scores(records: Records, kind: str, lesion_p: np.ndarray) -> dict[Any, float]:
+    """Each case's raw score of ``kind``: its highest lesion probability, or its highest SLICE_PROB."""
+    if kind == "max_slice":
+        return {r["case"]: max(NO_LESION_SCORE, float(r["max_slice_probability"])) for r in records.cases}
+    return raw_case_scores(records, lesion_p)
+
+
+def _opened_peak(row: Mapping[str, Any]) -> float:
+    """A lesion row's opened peak; rows without the column give their unopened peak (an upper bound)."""
+    if "opened_peak" in row:
+        return float(row["opened_peak"])
+    return float(sigmoid(float(row["logit_peak"])))
+
+
+def _kept(records: Records, kind: str, lesion_p: np.ndarray, keep: float) -> dict[Any, set[int]]:
+    """Lesions that count, by case: lesion probability (or, for ``max_slice``, opened peak) >= ``keep``."""
+    kept: dict[Any, set[int]] = {}
+    for row, v in zip(records.lesions, lesion_p, strict=True):
+        value = _opened_peak(row) if kind == "max_slice" else float(v)
+        if value >= keep:
+            kept.setdefault(row["case"], set()).add(int(row["lesion"]))
+    return kept
+
+
+def _fit_kind(records: Records, targets: DecisionTargets, kind: str, info: Mapping[str, Any]) -> CaseModel:
+    """One fit with the raw score ``kind`` (see the module docstring)."""
     x, y = lesion_matrix(records.lesions)
     mean, scale, coef, intercept = fit_lesion_model(x, y)
-    raw = raw_case_scores(records, 1.0 / (1.0 + np.exp(-(((x - mean) / scale) @ coef + intercept))))
+    raw = _raw_scores(records, kind, 1.0 / (1.0 + np.exp(-(((x - mean) / scale) @ coef + intercept))))
     ids = [row["case"] for row in records.cases]
     labels = np.array([int(row["label"]) for row in records.cases])
     scores = np.array([raw[c] for c in ids])
@@ -128,8 +159,46 @@ def fit_case_model(
         calibration=platt,
         threshold=float(threshold),
         band=(float(band[0]), float(band[1])),
-        info={"cases": len(ids), "lesion_candidates": len(x), "targets": targets.__dict__, **(info or {})},
+        info={"cases": len(ids), "lesion_candidates": len(x), "targets": targets.__dict__, **info},
+        score=kind,
+        opening=targets.opening,
     )
+
+
+def select_score(records: Records, targets: DecisionTargets) -> tuple[str, dict[str, float]]:
+    """The raw score with the lower Brier score when cross-fitted over ``records``' own folds.
+
+    A score whose fit fails in the inner cross-fit (its Platt slope is not positive) loses.
+    Only the records passed in are used, so inside :func:`cross_fit` the choice is made on the training
+    folds; with fewer than two folds there is nothing to cross-fit and the lesion score is kept.
+    """
+    if len({int(r["fold"]) for r in records.cases}) < 2:
+        return "lesion", {}
+    brier = {}
+    for kind in SCORES:
+        try:
+            scored, _ = cross_fit(records, replace(targets, score=kind))
+        except ValueError:  # e.g. a score that does not rank the inner folds' positives higher: it loses
+            brier[kind] = float("inf")
+            continue
+        p = np.array([c.probability for c in scored])
+        y = np.array([c.label for c in scored])
+        brier[kind] = float(np.mean((p - y) ** 2))
+    return min(SCORES, key=lambda k: (brier[k], SCORES.index(k))), brier
+
+
+def fit_case_model(
+    records: Records, targets: DecisionTargets, info: Mapping[str, Any] | None = None
+) -> CaseModel:
+    """One fit of the case model on ``records`` (see the module docstring)."""
+    extra = dict(info or {})
+    kind = targets.score
+    if kind == "select":
+        kind, brier = select_score(records, targets)
+        extra["selection_brier"] = brier
+    if kind not in SCORES:
+        raise ValueError(f"[decision] score = {targets.score!r}: expected one of {SCORES} or 'select'")
+    return _fit_kind(records, targets, kind, extra)
 
 
 @dataclass(frozen=True)
@@ -154,11 +223,8 @@ def apply_case_model(model: CaseModel, records: Records, threshold: float | None
     threshold = model.threshold if threshold is None else threshold
     x, _ = lesion_matrix(records.lesions)
     p = model.lesion_probabilities(x) if len(x) else np.zeros(0)
-    raw = raw_case_scores(records, p)
-    kept: dict[Any, set[int]] = {}
-    for row, v in zip(records.lesions, p, strict=True):
-        if v >= model.keep:
-            kept.setdefault(row["case"], set()).add(int(row["lesion"]))
+    raw = _raw_scores(records, model.score, p)
+    kept = _kept(records, model.score, p, model.keep)
     out = []
     for row in records.cases:
         prob = float(model.calibration.apply(raw[row["case"]]))

@@ -115,7 +115,7 @@ def read_case_model(root: Path) -> CaseModel | None:
 
 
 def collect(
-    data: Path, runner: EnsembleRunner, base_alone: BaseAlone, cases: Sequence[str]
+    data: Path, runner: EnsembleRunner, base_alone: BaseAlone, cases: Sequence[str], opening: int = 3
 ) -> tuple[Records, list[dict[str, str]]]:
     """Score every readable case (one at a time); the others are returned with the reason."""
     from training.data.cases import CaseReadError, read_case, read_case_labels
@@ -146,7 +146,7 @@ def collect(
                     slice_labels=np.asarray(case.slice_labels, dtype=np.int64),
                     pixel_mm=pixel_mm,
                     voxel_ml=pixel_mm[0] * pixel_mm[1] * case.slice_thickness_mm / 1000.0,
-                    opening=0,
+                    opening=opening,
                     model_slice_prob=np.stack(
                         [base_alone.slice_prob(result.probs[k]) for k in spec.MODEL_KEYS], 1
                     ),
@@ -233,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return 2
     logger.info("evaluating %d cases at input size %d", len(cases), runner.input_size)
-    records, skipped = collect(Path(args.data), runner, base_alone, cases)
+    opening = case_model.opening if case_model is not None else 3
+    records, skipped = collect(Path(args.data), runner, base_alone, cases, opening)
     if not records.cases:
         logger.error("no case of %s could be read", args.data)
         return 1

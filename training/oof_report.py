@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.run_dir / "config.toml")
         (args.out / "config.toml").write_bytes((args.run_dir / "config.toml").read_bytes())
         (args.out / "folds.json").write_bytes((args.run_dir / "folds.json").read_bytes())
-    targets = DecisionTargets(**cfg.get("decision", {}))
+    targets = DecisionTargets(**cfg.get("decision", {}), opening=int(cfg["weight"]["opening"]))
     report = build_report(records, targets, args.out)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     shipped = fit_case_model(

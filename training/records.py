@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ich import spec
-from ich.scoring import FEATURES, Lesion, candidate_mask, find_lesions, lesion_features
+from ich.scoring import FEATURES, Lesion, candidate_mask, find_lesions, lesion_features, opened_map
 
 TABLES: tuple[str, ...] = ("cases", "slices", "lesions", "lesion_slices")
 
@@ -86,15 +86,8 @@ def _parse(text: str) -> Any:
 
 def opened_slice_max(maps: np.ndarray, opening: int) -> np.ndarray:
     """``[N, S, S]`` maps -> ``[N]`` slice probability after the weight model's grey opening (as exported)."""
-    from scipy import ndimage
-
-    arr = np.asarray(maps, dtype=np.float32)
-    if opening <= 1:
-        return arr.reshape(len(arr), -1).max(axis=1)
-    # Max-pool padding (-inf outside) for the erosion's dual and the dilation: edge pixels see only the image.
-    eroded = ndimage.grey_erosion(arr, size=(1, opening, opening), mode="constant", cval=np.inf)
-    opened = ndimage.grey_dilation(eroded, size=(1, opening, opening), mode="constant", cval=-np.inf)
-    return opened.reshape(len(arr), -1).max(axis=1)
+    arr = opened_map(maps, opening)
+    return arr.reshape(len(arr), -1).max(axis=1)
 
 
 def _dice_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +118,7 @@ def case_records(p: CasePrediction) -> Records:
     """The four tables' rows of one case (lesions from :mod:`ich.scoring`)."""
     fused = np.asarray(p.fused, dtype=np.float32)
     labels, count = find_lesions(candidate_mask(fused))
-    lesions = lesion_features(labels, count, fused, p.probs, p.images, p.pixel_mm, p.voxel_ml)
+    lesions = lesion_features(labels, count, fused, p.probs, p.images, p.pixel_mm, p.voxel_ml, p.opening)
     out = Records()
     out.cases.append(_case_row(p))
     out.slices.extend(_slice_rows(p))
@@ -189,6 +182,7 @@ def _lesion_row(p: CasePrediction, lesion: Lesion, labels: np.ndarray) -> dict[s
         "last_slice": lesion.last_slice,
         "truth_overlap": overlap,
         "is_hemorrhage": int(overlap > 0),
+        "opened_peak": lesion.opened_peak,
         **features,
     }
 

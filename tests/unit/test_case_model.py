@@ -311,3 +311,55 @@ def test_paper_rule_is_the_maximum_slice_probability(records: Records, threshold
         assert s.indeterminate == (spec.INDETERMINATE_BAND[0] <= s.probability <= spec.INDETERMINATE_BAND[1])
         assert s.kept_lesions == frozenset(lesions.get(s.case, set()))  # every candidate kept
     assert any(s.detected for s in scored) and not all(s.detected for s in scored)
+
+
+def _with_slice_scores(records: Records, informative: bool, seed: int = 5) -> Records:
+    """``records`` with every case's max slice probability (and its lesions' opened peaks) replaced:
+    informative (hemorrhage cases high, normal low) or noise."""
+    rng = np.random.default_rng(seed)
+    score = {}
+    for row in records.cases:
+        high = informative and row["label"] == 1
+        low, top = (0.8, 0.99) if high else (0.5, 0.9 if informative else 0.99)
+        score[row["case"]] = float(rng.uniform(low, top))
+        row["max_slice_probability"] = score[row["case"]]
+    for row in records.lesions:  # the slice score comes from the case's lesions: each reaches it
+        row["opened_peak"] = score[row["case"]]
+    return records
+
+
+def test_select_prefers_the_slice_score_when_only_it_separates_the_cases() -> None:
+    records = _with_slice_scores(synthetic_records(), informative=True)
+    for row in records.lesions:  # the lesions say nothing: same features whatever they are
+        row.update(dict.fromkeys(FEATURES, 0.0))
+        row["log_volume_ml"] = float(np.random.default_rng(len(row["case"])).normal())
+    model = fit_case_model(records, DecisionTargets(score="select"))
+    assert model.score == "max_slice"
+    brier = model.info["selection_brier"]
+    assert brier["max_slice"] < brier["lesion"]
+
+
+def test_select_prefers_the_lesion_score_when_the_slice_score_is_noise() -> None:
+    records = _with_slice_scores(synthetic_records(), informative=False)
+    model = fit_case_model(records, DecisionTargets(score="select"))
+    assert model.score == "lesion"
+    assert model.info["selection_brier"]["lesion"] < model.info["selection_brier"]["max_slice"]
+
+
+def test_a_slice_score_model_calls_a_case_positive_exactly_when_it_keeps_a_lesion() -> None:
+    records = _with_slice_scores(synthetic_records(), informative=True)
+    model = fit_case_model(records, DecisionTargets(score="max_slice"))
+    assert model.score == "max_slice"
+    scored = apply_case_model(model, records)
+    by_case = {r["case"]: r for r in records.cases}
+    for s in scored:
+        expected = model.calibration.apply(max(NO_LESION_SCORE, by_case[s.case]["max_slice_probability"]))
+        assert s.probability == pytest.approx(expected)
+        assert s.detected == bool(s.kept_lesions) or not any(
+            r["case"] == s.case for r in records.lesions
+        )
+
+
+def test_unknown_score_is_refused() -> None:
+    with pytest.raises(ValueError, match="score"):
+        fit_case_model(synthetic_records(), DecisionTargets(score="mean_slice"))
