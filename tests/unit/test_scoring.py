@@ -534,3 +534,20 @@ def test_a_malformed_case_model_is_an_error_not_the_papers_rule(tmp_path: Path) 
     (root / CASE_MODEL_FILENAME).write_text(json.dumps(d), encoding="utf-8")
     with pytest.raises(ValueError, match="features"):
         decision_for(Settings(model_repository=root))
+
+
+def test_a_slice_score_model_calibrates_the_max_slice_and_keeps_lesions_by_their_opened_peak() -> None:
+    fused, probs = two_lesion_case()  # the vault focus is one pixel: the 3x3 opening erases it
+    model = hand_case_model(score="max_slice", keep=0.6)
+    scored = _score(fused, probs, [0.1, 0.9, 0.7, 0.95], model)
+    central, vault = by_first_slice(scored.lesions)
+    assert vault.opened_peak < 0.5 < 0.6 <= central.opened_peak
+    assert [les.label for les in scored.kept] == [central.label]
+    assert scored.raw_score == pytest.approx(0.95)
+    assert scored.ich_probability == pytest.approx(hand_calibrated(0.95))
+    assert CaseModel.from_dict(model.to_dict()) == model
+
+
+def test_an_unknown_raw_score_is_refused() -> None:
+    with pytest.raises(ValueError, match="score"):
+        hand_case_model(score="mean_slice")
