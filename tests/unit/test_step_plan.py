@@ -63,6 +63,15 @@ def test_committed_default_config_fine_tunes_from_the_mixed_dice_all_model() -> 
     assert all(steps[k]["dice"] == "per_slice" for k in fine_tunes) and cfg["weight"]["dice"] == "per_slice"
 
 
+def test_committed_configs_select_nothing_on_patients() -> None:
+    # Honest figures: no validation patients (so no checkpoint is chosen on anyone) and a CV protocol.
+    for name in ("default", "gpu"):
+        with (ROOT / "training" / "configs" / f"{name}.toml").open("rb") as fh:
+            cfg = tomllib.load(fh)
+        assert cfg["run"]["val_patients"] == 0 and "split_file" not in cfg["run"], name
+        assert cfg["cv"]["folds"] >= 2 and cfg["decision"]["score"] in ("select", "lesion", "max_slice"), name
+
+
 CONFIG = tiny_config(
     """
 [steps.base]
