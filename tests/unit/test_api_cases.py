@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import tempfile
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,9 +30,13 @@ from tests.support.dicom_study import study_zip
 from tests.support.fake_engine import FakeEngine
 
 ZIP = {"content-type": "application/zip"}
+#: A repository folder without case_model.json: the fake engine's maps are decided by the paper's rule (the
+#: shipped case model is for the shipped weights' maps; api.decision is tested in test_scoring).
+PAPER_RULE = Path(tempfile.mkdtemp(prefix="paper-rule-"))
 
 
 def make_client(engine: FakeEngine, **settings: object) -> TestClient:
+    settings.setdefault("model_repository", PAPER_RULE)
     return TestClient(create_app(Settings(**settings), engine=engine))  # type: ignore[arg-type]
 
 
@@ -294,7 +300,8 @@ def test_negative_case_has_no_overlays_and_unknown_options_are_422(client: TestC
 async def test_over_the_inflight_limit_is_503_busy_while_probes_still_answer() -> None:
     """One case held inside the engine: the event loop stays free, and a second case is shed, not queued."""
     engine = FakeEngine()
-    app = create_app(Settings(max_inflight_cases=1, retry_after_s=3), engine=engine)
+    settings = Settings(max_inflight_cases=1, retry_after_s=3, model_repository=PAPER_RULE)
+    app = create_app(settings, engine=engine)
     data, _ = study_zip(blob_volume())
     engine.gate = asyncio.Event()
     async with app.router.lifespan_context(app):

@@ -34,6 +34,7 @@ PER_ANALYSIS = ("case_id", "timing_ms")
 def make_client(engine: FakeEngine, tmp_path: Path, **settings: Any) -> TestClient:
     values: dict[str, Any] = {
         "data_dir": tmp_path / "data",
+        "model_repository": tmp_path / "paper-rule-repository",  # no case model: the fake maps' paper rule
         "job_lease_s": 3.0,
         "job_retry_backoff_s": 0.05,
         **settings,
