@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -12,22 +11,7 @@ from ich import spec
 from ich.aggregate import aggregate, voxel_volume_ml
 from ich.calibration import PlattCalibration
 from ich.scoring import FEATURES, CaseModel
-
-
-@dataclass(frozen=True)
-class Volume:
-    hu: np.ndarray
-    pixel_spacing_mm: tuple[float, float]
-    slice_thickness_mm: float
-    sop_instance_uids: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Output:
-    fused: np.ndarray
-    slice_prob: np.ndarray
-    weights: np.ndarray
-    probs: dict[str, np.ndarray]
+from tests.support.ensemble_case import Output, Volume
 
 
 def blank_images(n: int, size: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from ich.scoring import (
     score_case,
 )
 from ich.seg import build_segmentation
+from tests.support.ensemble_case import Output, Volume
 
 N, S = 4, 32
 #: Model-grid pixel (row, column) in mm; different so that a swapped sampling shows.
@@ -305,20 +306,6 @@ def test_without_a_case_model_slices_whose_slice_prob_stays_low_hold_no_candidat
 # ---------------------------------------------------------------------------------------- aggregate
 
 
-@dataclass(frozen=True)
-class Volume:
-    hu: np.ndarray
-    pixel_spacing_mm: tuple[float, float]
-    slice_thickness_mm: float
-    sop_instance_uids: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Output:
-    fused: np.ndarray
-    slice_prob: np.ndarray
-    weights: np.ndarray
-    probs: dict[str, np.ndarray]
 
 
 #: A 64 x 96 source matrix at 0.5 mm: model pixels of 1.0 x 1.5 mm on the 32 x 32 grid, as above.
