@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 # make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install install-runtime serve test lint typecheck unit integration triton-env postgres-env triton k8s-check clean
+.PHONY: install install-runtime serve test lint typecheck unit integration triton-env postgres-env pacs-env triton k8s-check clean
 
 # Runtime only (no torch): what the gateway needs.
 $(BIN)/python:
@@ -40,10 +40,10 @@ lint: install
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-integration: install triton-env postgres-env
+integration: install triton-env postgres-env pacs-env
 	$(BIN)/pytest -q tests/integration
 
-test: install triton-env postgres-env lint
+test: install triton-env postgres-env pacs-env lint
 	$(BIN)/pytest -q
 	$(MAKE) k8s-check
 
@@ -65,6 +65,18 @@ postgres-env:
 	         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	              --no-install-recommends postgresql >/dev/null; }; \
 	       else echo "postgres-env: no PostgreSQL server binaries; install postgresql or the PostgreSQL tests skip"; fi; }
+
+# A PACS that no one here wrote and an independent DICOM sender for the DICOM node's tests: Debian's Orthanc
+# (with its DICOMweb plugin) and dcmtk's storescu/echoscu. The tests start Orthanc themselves, unprivileged,
+# on loopback; where the packages are missing (and cannot be installed) those tests skip and say why.
+PACS_PACKAGES := orthanc orthanc-dicomweb dcmtk
+pacs-env:
+	@{ command -v Orthanc && command -v storescu && ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } >/dev/null 2>&1 \
+	  || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PACS_PACKAGES) >/dev/null \
+	         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	              --no-install-recommends $(PACS_PACKAGES) >/dev/null; }; \
+	       else echo "pacs-env: no Orthanc or dcmtk; install $(PACS_PACKAGES) or the DICOM node's PACS tests skip"; fi; }
 
 triton: triton-env install-runtime
 	$(BIN)/python -m ich.triton_local --serve
