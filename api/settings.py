@@ -66,8 +66,15 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=_default_threads, ge=1)
     #: onnxruntime intra-op threads of the embedded engine (unset: onnxruntime's default).
     intra_op_threads: int | None = Field(default=None, ge=1)
-    #: Cases analysed at once per process; more get 503 "busy" (each holds its upload and volume in memory).
+    #: Cases analysed at once per process, counted once the upload is in; more get 503 "busy" (each holds its
+    #: upload and volume in memory).
     max_inflight_cases: int = Field(default=8, ge=1)
+    #: Most slices in the analysed series; a series above it is passed over (422 when nothing else fits).
+    max_slices: int = Field(default=600, ge=1)
+    #: Longest silence while an upload streams in, seconds, and the grace before its rate counts (408 after).
+    upload_timeout_s: float = Field(default=10.0, gt=0)
+    #: Slowest average upload rate accepted after the grace, bytes per second (408 below).
+    upload_min_bytes_per_s: int = Field(default=65536, ge=0)
     #: Seconds announced in Retry-After when the engine is unavailable.
     retry_after_s: int = Field(default=5, ge=1)
     #: Durable jobs (``/v1/studies``): the SQLite database and the uploads live here unless
