@@ -14,7 +14,7 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,11 +38,13 @@ from api.schemas import (
 )
 from api.settings import Settings
 from ich.aggregate import CaseFindings, aggregate
+from ich.burn_in import left_edge_marker, slice_lines
 from ich.ensemble import EnsembleOutput
 from ich.intake import IntakeLimits, Study, read_study
 from ich.overlay import render_overlay, top_slice_indices
 from ich.preprocess import preprocess_volume
 from ich.seg import build_segmentation
+from ich.slice_render import image_orientation
 from ich.volume import CTVolume
 
 logger = logging.getLogger(__name__)
@@ -175,7 +177,7 @@ def _aggregate(
     if include:
         mask = findings.source_mask
         if "overlays" in include:
-            extras.overlays = _overlays(output, volume, findings, mask)
+            extras.overlays = _overlays(output, volume, findings, mask, image_orientation(study))
         if "seg" in include:
             extras.seg, note = _seg(study, mask, model_version)
             if note:
@@ -184,18 +186,28 @@ def _aggregate(
 
 
 def _overlays(
-    output: EnsembleOutput, volume: CTVolume, findings: CaseFindings, mask: np.ndarray
+    output: EnsembleOutput,
+    volume: CTVolume,
+    findings: CaseFindings,
+    mask: np.ndarray,
+    orientation: Sequence[float] | None,
 ) -> list[Overlay]:
-    """PNG previews of the up to three most certain lesion slices, at the source matrix."""
+    """PNG previews of the up to three most certain lesion slices, at the source matrix, captioned."""
     hu = np.asarray(volume.hu)
-    return [
-        Overlay(
-            index=i,
-            sop_instance_uid=findings.slices[i].sop_instance_uid,
-            data_base64=base64.b64encode(render_overlay(hu[i], mask[i])).decode("ascii"),
+    n = hu.shape[0]
+    marker = left_edge_marker(orientation)
+    overlays = []
+    for i in top_slice_indices(output.slice_prob, mask, k=MAX_OVERLAYS):
+        lines = slice_lines(i, n, float(output.slice_prob[i]))
+        png = render_overlay(hu[i], mask[i], lines=lines, right_marker=marker)
+        overlays.append(
+            Overlay(
+                index=i,
+                sop_instance_uid=findings.slices[i].sop_instance_uid,
+                data_base64=base64.b64encode(png).decode("ascii"),
+            )
         )
-        for i in top_slice_indices(output.slice_prob, mask, k=MAX_OVERLAYS)
-    ]
+    return overlays
 
 
 def _seg(study: Study, mask: np.ndarray, model_version: str) -> tuple[SegObject | None, str | None]:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["NOT_FOR_CLINICAL_USE", "burn_in", "left_edge_marker"]
+__all__ = ["NOT_FOR_CLINICAL_USE", "burn_in", "left_edge_marker", "slice_lines"]
 
 #: The warning every exported picture carries.
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
@@ -109,3 +109,20 @@ def left_edge_marker(image_orientation: Sequence[float] | None) -> str:
     if abs(x) < 0.5:
         return ""
     return "R" if x > 0 else "L"
+
+
+def slice_lines(index: int, count: int, probability: float | None = None) -> list[str]:
+    """The standard caption of one slice: the warning, ``slice k/N`` and ``p=0.93``.
+
+    ``k`` counts from 1 as viewers do (the JSON's 0-based ``index`` plus one); the probability is the
+    slice's fused probability, left out when None.
+
+    Raises:
+        ValueError: an index outside ``[0, count)``.
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"index must be in [0, {count}), got {index}")
+    lines = [NOT_FOR_CLINICAL_USE, f"slice {index + 1}/{count}"]
+    if probability is not None:
+        lines.append(f"p={probability:.2f}")
+    return lines

@@ -5,7 +5,8 @@ function and numbers the models see), in grey. The mask is drawn as a pure red (
 (the mask pixels that touch a non-mask pixel, 4-connectivity, so the outline never leaves the mask) and a
 light red tint inside, which keeps the underlying density readable. Pure red needs R = 255 with G = B = 0:
 grey pixels have R = G = B, and a tinted pixel of grey g has G = g(1 - t), which is 0 only for g = 0, where
-R = 255 t < 255. So pure red marks the outline and nothing else.
+R = 255 t < 255. So pure red marks the outline and nothing else. Text burned in on request
+(``ich.burn_in``: the warning, slice and probability, the R/L marker) keeps R = G, so it never adds pure red.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ich.burn_in import burn_in
 from ich.preprocess import STRIPPED_WINDOW, apply_window
 
-__all__ = ["OUTLINE_RGB", "mask_outline", "render_overlay", "top_slice_indices"]
+__all__ = ["OUTLINE_RGB", "encode_png", "mask_outline", "overlay_rgb", "render_overlay", "top_slice_indices"]
 
 #: Colour of the mask outline.
 OUTLINE_RGB: tuple[int, int, int] = (255, 0, 0)
@@ -41,6 +43,8 @@ def render_overlay(
     *,
     window: tuple[float, float] = BRAIN_WINDOW,
     tint: float = 0.3,
+    lines: Sequence[str] = (),
+    right_marker: str = "",
 ) -> bytes:
     """Render one slice with its mask as an RGB PNG.
 
@@ -50,6 +54,9 @@ def render_overlay(
         window: display window (level, width) in HU; the brain window by default.
         tint: opacity in [0, 1) of the red wash inside the outline (0 draws the outline only). Below 1 so
             the interior never turns pure red and stays distinguishable from the outline.
+        lines: text burned in at the top left (``ich.burn_in.burn_in``); none by default.
+        right_marker: the orientation letter for the image's left edge (``ich.burn_in.left_edge_marker``);
+            ``""`` (the default) draws none.
 
     Returns:
         PNG bytes, ``W`` pixels wide and ``H`` high.
@@ -57,6 +64,20 @@ def render_overlay(
     Raises:
         ValueError: on shapes that are not the same 2D matrix, non-finite HU, or a tint outside [0, 1).
     """
+    rgb = overlay_rgb(hu_slice, mask_slice, window=window, tint=tint)
+    if lines or right_marker:
+        rgb = burn_in(rgb, lines, right_marker=right_marker)
+    return encode_png(rgb)
+
+
+def overlay_rgb(
+    hu_slice: np.ndarray,
+    mask_slice: np.ndarray,
+    *,
+    window: tuple[float, float] = BRAIN_WINDOW,
+    tint: float = 0.3,
+) -> np.ndarray:
+    """The ``[H, W, 3]`` uint8 picture :func:`render_overlay` encodes (same arguments and errors)."""
     hu = np.asarray(hu_slice)
     mask = np.asarray(mask_slice)
     if hu.ndim != 2 or 0 in hu.shape:
@@ -82,7 +103,11 @@ def render_overlay(
         washed[:, 0] += 255.0 * tint
         rgb[lesion] = np.round(washed).astype(np.uint8)
     rgb[mask_outline(lesion)] = OUTLINE_RGB
+    return rgb
 
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """An ``[H, W, 3]`` uint8 image as PNG bytes."""
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
     return buffer.getvalue()
