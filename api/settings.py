@@ -94,6 +94,47 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(default=1000, ge=1)
     #: Studies and their results are deleted this many hours after they were accepted.
     retention_hours: float = Field(default=72.0, gt=0)
+    #: The DICOM node (``api.dicom_node``): a Storage SCP on this port inside ``ich-serve``; unset: none
+    #: (STOW-RS at ``/dicomweb/studies`` works either way).
+    dicom_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Address the Storage SCP binds.
+    dicom_host: str = "0.0.0.0"
+    #: The SCP's own AE title (what senders call), also the calling AE title when results are sent back.
+    dicom_ae_title: str = "ICH"
+    #: Calling AE titles accepted, comma-separated; ``*`` accepts any. Required with ``dicom_port``.
+    dicom_allowed_aes: str | None = None
+    #: A study is complete when none of its instances arrived for this long, seconds.
+    dicom_study_quiet_s: float = Field(default=10.0, gt=0)
+    #: Associations served at once; more are rejected (the sender retries).
+    dicom_max_associations: int = Field(default=8, ge=1)
+    #: Bytes one association may send; beyond it the association is aborted.
+    dicom_max_association_bytes: int = Field(default=4096 * MIB, gt=0)
+    #: Largest instance as sent, and largest pixel data it may declare or a deflated dataset may inflate to.
+    dicom_max_instance_bytes: int = Field(default=64 * MIB, gt=0)
+    #: Studies being received at once (C-STORE and STOW-RS); instances of a further study are refused.
+    dicom_max_pending_studies: int = Field(default=20, ge=1)
+    #: Where finished jobs' SEG, SR and key image go: ``dicom://AE@host:port`` (C-STORE) or an
+    #: ``http(s)://`` DICOMweb base URL (STOW-RS); unset: nowhere (they stay downloadable).
+    results_destination: str | None = Field(default=None, repr=False)
+    #: Delivery attempts before a job's delivery is ``failed``.
+    results_max_attempts: int = Field(default=8, ge=1)
+    #: First delay after a failed delivery, seconds; doubled per attempt, at most 600.
+    results_retry_backoff_s: float = Field(default=10.0, ge=0)
+    #: Network timeout of one delivery (connect, each response), seconds.
+    results_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        # PS3.5: AE titles are at most 16 characters of the default repertoire, no backslash or control.
+        if not value.strip() or len(value) > 16 or not all(" " <= c <= "~" and c != "\\" for c in value):
+            raise ValueError("an AE title is 1-16 printable ASCII characters without a backslash")
+        return value.strip()
+
+    @property
+    def dicom_allowed_ae_titles(self) -> tuple[str, ...]:
+        """``ICH_DICOM_ALLOWED_AES`` as a tuple (``("*",)`` accepts any calling AE title)."""
+        return tuple(part.strip() for part in (self.dicom_allowed_aes or "").split(",") if part.strip())
 
     @field_validator("log_level", mode="before")
     @classmethod
