@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             _check_input_size(settings, current)
             app.state.executor = executor
             app.state.engine = current
+            metrics.watch_engine(current)
             jobs = await start_job_queue(settings, current, executor, metrics, job_metrics)
             app.state.jobs = jobs
             logger.info(

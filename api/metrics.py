@@ -7,14 +7,18 @@ app's series. Labels carry only bounded, non-patient values (outcomes, stages, r
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterator
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 #: Outcomes of ``ich_cases_total``: a finding (positive, negative, indeterminate), a refusal, a failure.
 #: Exactly one per case: a case in the indeterminate band counts as indeterminate, not as positive/negative.
-OUTCOMES: Final[tuple[str, ...]] = ("positive", "negative", "indeterminate", "rejected", "error")
+#: ``cancelled``: the client went away before the answer, and its analysis was stopped.
+OUTCOMES: Final[tuple[str, ...]] = ("positive", "negative", "indeterminate", "rejected", "error", "cancelled")
 #: Stages of ``ich_stage_seconds``, the same names as the result's ``timing_ms``.
 STAGES: Final[tuple[str, ...]] = ("decode", "preprocess", "inference", "aggregate")
 
@@ -27,6 +31,25 @@ _PROBABILITY_BUCKETS: Final = tuple(round(0.05 * i, 2) for i in range(1, 21))
 _SLICE_BUCKETS: Final = (1, 5, 10, 20, 30, 40, 60, 80, 120, 200, 400, 800)
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+
+class _CountsSlices(Protocol):
+    slices_inferred: int
+
+
+class _EngineSlices(Collector):
+    """``ich_inference_slices_total``, read from the engine when scraped (the engine counts its batches)."""
+
+    def __init__(self) -> None:
+        self.engine: _CountsSlices | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "ich_inference_slices",
+            "Slices the engine finished inferring (a cancelled case's rest never counts).",
+        )
+        family.add_metric([], float(self.engine.slices_inferred if self.engine is not None else 0))
+        yield family
 
 
 class GatewayMetrics:
@@ -76,6 +99,8 @@ class GatewayMetrics:
             ["route", "status"],
             registry=self.registry,
         )
+        self._engine_slices = _EngineSlices()
+        self.registry.register(self._engine_slices)
         # Zero-valued series from the start, so rate() and absent() queries work before the first case.
         for outcome in OUTCOMES:
             self.cases.labels(outcome=outcome)
@@ -83,6 +108,10 @@ class GatewayMetrics:
             self.stage_seconds.labels(stage=stage)
         for reason in ENGINE_ERROR_REASONS:
             self.engine_errors.labels(reason=reason)
+
+    def watch_engine(self, engine: _CountsSlices | None) -> None:
+        """Report ``engine``'s inferred slices from now on (None: zero)."""
+        self._engine_slices.engine = engine
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP response (the middleware's callback; method and time are not labels)."""

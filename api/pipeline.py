@@ -80,17 +80,18 @@ class StageClock:
         self.metrics.stage_seconds.labels(stage=stage).observe(elapsed)
 
 
-def _decode(data: bytes, settings: Settings) -> Study:
+def _decode(data: bytes | bytearray, settings: Settings) -> Study:
     limits = IntakeLimits(
         max_upload_bytes=settings.max_upload_bytes,
         max_uncompressed_bytes=settings.max_uncompressed_bytes,
         max_members=settings.max_members,
+        max_slices=settings.max_slices,
     )
     return read_study(data, limits=limits)
 
 
 async def analyse_case(
-    data: bytes,
+    data: bytes | bytearray,
     *,
     engine: Engine,
     executor: ThreadPoolExecutor,
@@ -102,7 +103,9 @@ async def analyse_case(
     """Analyse one zipped study; ``started`` is the request's ``perf_counter`` start, for ``total``.
 
     ``include`` may hold ``"overlays"`` (PNG previews of the lesion slices) and ``"seg"`` (the lesion mask
-    as a DICOM SEG); both are rendered in the aggregate stage, at the source matrix.
+    as a DICOM SEG); both are rendered in the aggregate stage, at the source matrix. A ``bytearray`` upload
+    is emptied once decoded, so its memory is given back before the engine runs (the volume holds what is
+    needed from then on).
 
     Raises:
         ich.errors.IntakeError: the zip is unreadable, too large, or holds no usable CT series.
@@ -111,7 +114,11 @@ async def analyse_case(
     clock = StageClock(metrics, {})
 
     t = time.perf_counter()
-    study = await run_blocking(executor, _decode, data, settings)
+    try:
+        study = await run_blocking(executor, _decode, data, settings)
+    finally:
+        if isinstance(data, bytearray):
+            del data[:]
     clock.record("decode", t)
     volume = study.volume
 

@@ -5,15 +5,26 @@ The body is streamed and counted as it arrives, so an oversized upload is refuse
 parsed in memory with python-multipart's streaming parser and only the ``file`` field is kept: Starlette's
 form parser would spool large files to a temporary directory, which must not receive patient data (and is
 read-only in the Kubernetes deployment).
+
+The body must also keep coming (``UploadPace``): a silence longer than ``ICH_UPLOAD_TIMEOUT_S``, or an
+average rate under ``ICH_UPLOAD_MIN_BYTES_PER_S`` once that grace has passed, ends the request with 408, so
+a slow or stalled sender cannot hold a connection and its buffer for as long as it likes. The study is kept
+in one ``bytearray`` that grows in place and is handed on as it is (intake reads it without a copy), so an
+upload costs its own size once, not twice.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from api.errors import ApiError
+from api.settings import Settings
 
 #: Media types accepted as a raw zip body (browsers and Windows tools send the ``x-`` variants).
 ZIP_MEDIA_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "application/x-zip"})
@@ -22,6 +33,77 @@ MULTIPART_MEDIA_TYPE = "multipart/form-data"
 FILE_FIELD = "file"
 #: Room for the multipart boundaries and part headers on top of the upload cap.
 _MULTIPART_OVERHEAD = 64 * 1024
+
+
+@dataclass(frozen=True)
+class UploadPace:
+    """How slowly a body may arrive before the request is ended with 408.
+
+    Attributes:
+        timeout_s: the longest silence between two chunks, and the grace before the rate counts.
+        min_bytes_per_s: after the grace, the body must have come at least this fast on average (0: only
+            silences count). A body of ``n`` bytes therefore has ``timeout_s + n / min_bytes_per_s`` seconds.
+    """
+
+    timeout_s: float = 10.0
+    min_bytes_per_s: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError(f"UploadPace.timeout_s must be positive, got {self.timeout_s}")
+        if self.min_bytes_per_s < 0:
+            raise ValueError(f"UploadPace.min_bytes_per_s must be >= 0, got {self.min_bytes_per_s}")
+
+    def wait_s(self, elapsed_s: float, received: int) -> float:
+        """Seconds the next chunk may take, given the time spent and the bytes received so far."""
+        if self.min_bytes_per_s == 0:
+            return self.timeout_s
+        allowed = self.timeout_s + received / self.min_bytes_per_s
+        return min(self.timeout_s, allowed - elapsed_s)
+
+
+def pace_of(settings: Settings) -> UploadPace:
+    """The pace the settings ask of uploads (``ICH_UPLOAD_TIMEOUT_S``, ``ICH_UPLOAD_MIN_BYTES_PER_S``)."""
+    return UploadPace(settings.upload_timeout_s, settings.upload_min_bytes_per_s)
+
+
+def _too_slow(pace: UploadPace) -> ApiError:
+    return ApiError(
+        408,
+        "upload_timeout",
+        f"the upload came too slowly (a silence over {pace.timeout_s:g} s, or under "
+        f"{pace.min_bytes_per_s} bytes/s on average); send the study again",
+        headers={"Connection": "close"},
+    )
+
+
+async def paced_chunks(request: Request, pace: UploadPace) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, ending with 408 when the sender falls below ``pace``.
+
+    Raises:
+        ApiError: 408 ``upload_timeout``; 400 ``client_disconnected`` when the client goes mid-upload.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    received = 0
+    chunks = request.stream().__aiter__()
+    while True:
+        wait = pace.wait_s(loop.time() - started, received)
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(wait):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise _too_slow(pace) from exc
+        except ClientDisconnect as exc:
+            raise ApiError(
+                400, "client_disconnected", "the upload ended before the body was complete"
+            ) from exc
+        received += len(chunk)
+        yield chunk
 
 
 def _too_large(limit: int) -> ApiError:
@@ -92,18 +174,25 @@ class _FilePartCollector:
         self.finished = True
 
 
-async def read_zip_upload(request: Request, limit: int) -> bytes:
-    """The zip bytes of a ``POST /v1/cases`` request.
+async def read_zip_upload(request: Request, limit: int, pace: UploadPace | None = None) -> bytearray:
+    """The zip bytes of a ``POST /v1/cases`` request, in one buffer (no copy is made of it here).
+
+    Args:
+        request: the request whose body is read.
+        limit: the largest zip accepted, in bytes.
+        pace: how slowly the body may come (default: ``UploadPace()``).
 
     Raises:
-        ApiError: 415 for another media type, 413 beyond ``limit``, 400 for a malformed multipart body or one
-            without a ``file`` field, or when the client disconnects mid-upload.
+        ApiError: 415 for another media type, 413 beyond ``limit``, 408 when the body comes too slowly, 400
+            for a malformed multipart body or one without a ``file`` field, or when the client disconnects
+            mid-upload.
     """
+    pace = pace or UploadPace()
     media_type = media_type_of(request)
     if media_type in ZIP_MEDIA_TYPES:
-        return await _read_raw(request, limit)
+        return await _read_raw(request, limit, pace)
     if media_type == MULTIPART_MEDIA_TYPE:
-        return await _read_multipart(request, limit)
+        return await _read_multipart(request, limit, pace)
     raise ApiError(
         415,
         "unsupported_media_type",
@@ -112,20 +201,19 @@ async def read_zip_upload(request: Request, limit: int) -> bytes:
     )
 
 
-async def _read_raw(request: Request, limit: int) -> bytes:
+async def _read_raw(request: Request, limit: int, pace: UploadPace) -> bytearray:
     _check_content_length(request, limit)
+    # Grown in place, never sized from Content-Length: a client that declares 512 MiB and sends nothing
+    # must cost nothing.
     body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > limit:
-                raise _too_large(limit)
-    except ClientDisconnect as exc:
-        raise ApiError(400, "client_disconnected", "the upload ended before the body was complete") from exc
-    return bytes(body)
+    async for chunk in paced_chunks(request, pace):
+        body.extend(chunk)
+        if len(body) > limit:
+            raise _too_large(limit)
+    return body
 
 
-async def _read_multipart(request: Request, limit: int) -> bytes:
+async def _read_multipart(request: Request, limit: int, pace: UploadPace) -> bytearray:
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if not boundary:
@@ -148,7 +236,7 @@ async def _read_multipart(request: Request, limit: int) -> bytes:
     )
     received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in paced_chunks(request, pace):
             received += len(chunk)
             if received > body_limit:
                 raise _too_large(limit)
@@ -157,10 +245,8 @@ async def _read_multipart(request: Request, limit: int) -> bytes:
         parser.finalize()
     except MultipartParseError as exc:
         raise ApiError(400, "invalid_multipart", "the multipart/form-data body is malformed") from exc
-    except ClientDisconnect as exc:
-        raise ApiError(400, "client_disconnected", "the upload ended before the body was complete") from exc
     if not collector.finished:
         raise ApiError(400, "invalid_multipart", "the multipart/form-data body is incomplete")
     if collector.data is None:
         raise ApiError(400, "missing_file", f"the multipart form has no '{FILE_FIELD}' field")
-    return bytes(collector.data)
+    return collector.data

@@ -9,7 +9,8 @@ the repository reaches every engine at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,15 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ich import repository, spec
 from ich.repository import RepositoryError
 
-__all__ = ["EnsembleOutput", "EnsembleRunner", "RepositoryError", "check_images", "output_from_tensors"]
+__all__ = [
+    "EnsembleOutput",
+    "EnsembleRunner",
+    "RepositoryError",
+    "RunCancelledError",
+    "RunControl",
+    "check_images",
+    "output_from_tensors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +102,42 @@ def _concat(parts: list[EnsembleOutput]) -> EnsembleOutput:
         weights=np.concatenate([p.weights for p in parts]),
         probs={key: np.concatenate([p.probs[key] for p in parts]) for key in spec.MODEL_KEYS},
     )
+
+
+class RunCancelledError(RuntimeError):
+    """The run was cancelled through its ``RunControl`` before it finished."""
+
+
+class RunControl:
+    """Stops one ``EnsembleRunner.run`` from another thread, and reports its progress.
+
+    ``cancel`` ends the onnxruntime call in progress (``RunOptions.terminate``: onnxruntime checks it between
+    operators) and no later step or batch starts, so a run whose caller has gone stops within one operator
+    instead of finishing the whole series.
+
+    Args:
+        on_batch: called with the number of slices of each batch once it is done (metrics).
+    """
+
+    def __init__(self, on_batch: Callable[[int], None] | None = None) -> None:
+        self.run_options = ort.RunOptions()
+        self.on_batch = on_batch
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether ``cancel`` was called."""
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Ask the run to stop as soon as it can (thread-safe, idempotent)."""
+        self._cancelled.set()
+        self.run_options.terminate = True
+
+    def check(self) -> None:
+        """Raise ``RunCancelledError`` once cancelled."""
+        if self.cancelled:
+            raise RunCancelledError("the ensemble run was cancelled")
 
 
 @dataclass(frozen=True)
@@ -233,25 +278,40 @@ class EnsembleRunner:
             model_version=repository.read_version(root),
         )
 
-    def run(self, images: np.ndarray) -> EnsembleOutput:
+    def run(self, images: np.ndarray, control: RunControl | None = None) -> EnsembleOutput:
         """Run the ensemble on ``images`` ``[N, 4, S, S]`` in batches of at most ``max_batch_size``.
+
+        Args:
+            images: the preprocessed slices.
+            control: lets another thread cancel the run and hears of each finished batch.
 
         Raises:
             ValueError: ``images`` does not have the shape the repository's models take, or N is 0.
+            RunCancelledError: ``control`` was cancelled before the run finished.
         """
         images = check_images(images, self.input_size)
-        parts = [
-            output_from_tensors(self._run_batch(images[start : start + self.max_batch_size]))
-            for start in range(0, images.shape[0], self.max_batch_size)
-        ]
+        parts = []
+        for start in range(0, images.shape[0], self.max_batch_size):
+            batch = images[start : start + self.max_batch_size]
+            parts.append(output_from_tensors(self._run_batch(batch, control)))
+            if control is not None and control.on_batch is not None:
+                control.on_batch(int(batch.shape[0]))
         return _concat(parts)
 
-    def _run_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def _run_batch(self, images: np.ndarray, control: RunControl | None) -> dict[str, np.ndarray]:
         tensors: dict[str, np.ndarray] = {self.ensemble_config.input[0].name: images}
+        options = control.run_options if control is not None else None
         for step in self._steps:
+            if control is not None:
+                control.check()
             feeds = {model_in: tensors[ens] for model_in, ens in step.input_map.items()}
             wanted = list(step.output_map)
-            results = step.session.run(wanted, feeds)
+            try:
+                results = step.session.run(wanted, feeds, options)
+            except Exception:
+                if control is not None:
+                    control.check()  # onnxruntime's own error for a terminated run says less
+                raise
             for model_out, value in zip(wanted, results, strict=True):
                 tensors[step.output_map[model_out]] = np.asarray(value)
         return {t.name: tensors[t.name] for t in self.ensemble_config.output}

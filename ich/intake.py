@@ -32,11 +32,12 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from pydicom.dataset import Dataset
 
 from ich.errors import InvalidArchiveError, NoUsableSeriesError, StudyTooLargeError, UnsafeArchiveError
-from ich.series import PassedOver, Skipped, SliceHeader, select_series
+from ich.series import PassedOver, Skipped, SliceHeader, select_series, slice_cap_note
 from ich.volume import CTVolume, is_part10, load_volume, looks_like_raw_dataset, parse_dicom
 
 logger = logging.getLogger(__name__)
@@ -91,16 +92,21 @@ class IntakeLimits:
         max_upload_bytes: largest compressed archive (the request body).
         max_uncompressed_bytes: largest total of inflated member bytes.
         max_members: most members (files and folders) in the archive.
+        max_slices: most slices of the analysed series (None: no cap); a longer series is passed over
+            before its pixels are decoded.
     """
 
     max_upload_bytes: int = 512 * MIB
     max_uncompressed_bytes: int = 2048 * MIB
     max_members: int = 10_000
+    max_slices: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_uncompressed_bytes", "max_members"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"IntakeLimits.{name} must be positive, got {getattr(self, name)}")
+        if self.max_slices is not None and self.max_slices <= 0:
+            raise ValueError(f"IntakeLimits.max_slices must be positive, got {self.max_slices}")
 
 
 @dataclass(frozen=True)
@@ -123,11 +129,11 @@ class Study:
     source_headers: tuple[Dataset, ...] = ()
 
 
-def read_study(data: bytes, limits: IntakeLimits | None = None) -> Study:
+def read_study(data: bytes | bytearray, limits: IntakeLimits | None = None) -> Study:
     """Read a zipped study from memory and choose the series to analyse.
 
     Args:
-        data: the zip archive's bytes.
+        data: the zip archive's bytes (read in place, never copied whole).
         limits: caps on the archive (defaults: ``IntakeLimits()``).
 
     Raises:
@@ -138,7 +144,7 @@ def read_study(data: bytes, limits: IntakeLimits | None = None) -> Study:
     """
     limits = limits or IntakeLimits()
     headers, skipped = _read_archive(data, limits)
-    return study_from_headers(headers, skipped)
+    return study_from_headers(headers, skipped, max_slices=limits.max_slices)
 
 
 def read_files(paths: Iterable[Path], root: Path | None = None) -> Study:
@@ -180,24 +186,22 @@ def read_folder(root: Path) -> Study:
     return read_files((p for p in root.rglob("*") if p.is_file() and not p.is_symlink()), root=root)
 
 
-def study_from_headers(headers: list[SliceHeader], skipped: list[Skipped]) -> Study:
-    """Choose the series among ``headers``, decode it, and gather every reason.
+def study_from_headers(
+    headers: list[SliceHeader], skipped: list[Skipped], *, max_slices: int | None = None
+) -> Study:
+    """Choose the series among ``headers`` (at most ``max_slices`` long), decode it, gather every reason.
 
     Raises:
         NoUsableSeriesError: no series qualifies or none of its slices decodes.
     """
-    result = select_series(headers)
+    result = select_series(headers, max_slices=max_slices)
     skipped = [*skipped, *result.skipped]
     if result.selection is None:
         reasons = [
             {"series_instance_uid": p.series_instance_uid, "reason": p.reason} for p in result.passed_over
         ]
         reasons += [{"file": s.file, "reason": s.reason} for s in skipped]
-        detail = (
-            "no usable CT series: the archive holds no DICOM files"
-            if not headers
-            else "no usable CT series: no series is axial CT with a sensible slice thickness"
-        )
+        detail = _refusal_detail(headers, result.passed_over, max_slices)
         logger.info(
             "study refused: %d series passed over, %d files skipped", len(result.passed_over), len(skipped)
         )
@@ -231,6 +235,17 @@ def study_from_headers(headers: list[SliceHeader], skipped: list[Skipped]) -> St
     )
 
 
+def _refusal_detail(headers: list[SliceHeader], passed_over: list[PassedOver], max_slices: int | None) -> str:
+    if not headers:
+        return "no usable CT series: the archive holds no DICOM files"
+    if max_slices is not None and any(p.reason.endswith(slice_cap_note(max_slices)) for p in passed_over):
+        return (
+            f"no usable CT series: every CT series that qualifies has more than {max_slices} slices "
+            "(the gateway's ICH_MAX_SLICES)"
+        )
+    return "no usable CT series: no series is axial CT with a sensible slice thickness"
+
+
 def _capped(reasons: list[dict[str, str]]) -> list[dict[str, str]]:
     if len(reasons) <= MAX_REASONS:
         return reasons
@@ -238,7 +253,7 @@ def _capped(reasons: list[dict[str, str]]) -> list[dict[str, str]]:
     return [*reasons[: MAX_REASONS - 1], {"file": "...", "reason": f"and {rest} more not listed"}]
 
 
-def check_archive(data: bytes, limits: IntakeLimits | None = None) -> None:
+def check_archive(data: bytes | bytearray, limits: IntakeLimits | None = None) -> None:
     """The checks that need no decompression (a readable zip, the caps, safe member names), nothing more.
 
     What ``POST /v1/studies`` runs before it stores a study: cheap, so the 202 comes fast, and the same
@@ -250,7 +265,45 @@ def check_archive(data: bytes, limits: IntakeLimits | None = None) -> None:
     _open_archive(data, limits or IntakeLimits()).close()
 
 
-def _open_archive(data: bytes, limits: IntakeLimits) -> zipfile.ZipFile:
+class _BufferReader(io.RawIOBase):
+    """A seekable, read-only file over a buffer, without the copy ``io.BytesIO`` makes of a bytearray.
+
+    Each read slices only what is asked for, and no buffer export outlives a read, so the caller may empty
+    its bytearray once intake is done.
+    """
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        super().__init__()
+        self._data = data
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        origin = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._data)}[whence]
+        self._position = max(0, origin + offset)
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self._data) if size is None or size < 0 else self._position + size
+        chunk = bytes(self._data[self._position : end])
+        self._position += len(chunk)
+        return chunk
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.read(len(memoryview(buffer)))
+        memoryview(buffer).cast("B")[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def _open_archive(data: bytes | bytearray, limits: IntakeLimits) -> zipfile.ZipFile:
     """Open the zip and check the caps and member names."""
     if len(data) > limits.max_upload_bytes:
         raise StudyTooLargeError(
@@ -259,7 +312,7 @@ def _open_archive(data: bytes, limits: IntakeLimits) -> zipfile.ZipFile:
             limit=limits.max_upload_bytes,
         )
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(_BufferReader(data))
         infos = archive.infolist()
     except Exception as exc:  # on hostile bytes zipfile also raises ValueError, NotImplementedError
         raise InvalidArchiveError(f"not a readable zip archive ({type(exc).__name__})") from None
@@ -282,7 +335,7 @@ def _open_archive(data: bytes, limits: IntakeLimits) -> zipfile.ZipFile:
     return archive
 
 
-def _read_archive(data: bytes, limits: IntakeLimits) -> tuple[list[SliceHeader], list[Skipped]]:
+def _read_archive(data: bytes | bytearray, limits: IntakeLimits) -> tuple[list[SliceHeader], list[Skipped]]:
     """Open the zip, check the caps and member names, read every member's header."""
     archive = _open_archive(data, limits)
     infos = archive.infolist()

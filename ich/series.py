@@ -244,11 +244,18 @@ def _is_image(ds: Dataset) -> bool:
     return _int(ds, "Rows") is not None and _int(ds, "Columns") is not None
 
 
-def select_series(headers: Sequence[SliceHeader]) -> SelectionResult:
+def slice_cap_note(max_slices: int) -> str:
+    """The end of the reason a series above the slice cap is passed over with (intake looks for it)."""
+    return f"more than the limit of {max_slices} per study"
+
+
+def select_series(headers: Sequence[SliceHeader], *, max_slices: int | None = None) -> SelectionResult:
     """Group headers by SeriesInstanceUID and choose the series to analyse (rules in the module docstring).
 
     Args:
         headers: every DICOM file of the study, header only.
+        max_slices: most slices a chosen series may have; a longer one is passed over with the reason, so
+            its pixels are never decoded (what bounds a study's memory). None: no cap.
 
     Returns:
         The selection (``None`` when no series qualifies), the series passed over with reasons, and files
@@ -269,6 +276,11 @@ def select_series(headers: Sequence[SliceHeader]) -> SelectionResult:
         groups.setdefault(uid, []).append(header)
 
     candidates = [_assess(uid, members) for uid, members in groups.items()]
+    for candidate in candidates:
+        if max_slices is not None and candidate.selection is not None:
+            count = len(candidate.selection.slices)
+            if count > max_slices:
+                candidate.reason = f"{count} slices, {slice_cap_note(max_slices)}"
     eligible = [c for c in candidates if c.reason is None and c.selection is not None]
     passed_over = [
         PassedOver(c.uid, c.reason, c.modality, len(c.headers)) for c in candidates if c.reason is not None

@@ -41,10 +41,16 @@ class Engine(abc.ABC):
     name: str
     model_version: str
     input_size: int
+    #: Slices whose inference has finished since the engine was made (``ich_inference_slices_total``);
+    #: a cancelled request's unfinished batches never count, which is how a test sees the work stop.
+    slices_inferred: int = 0
 
     @abc.abstractmethod
     async def infer(self, images: np.ndarray) -> EnsembleOutput:
         """Run the ensemble on ``images`` ``[N, 4, S, S]`` float32, batching within ``max_batch_size``.
+
+        Cancelling the awaiting task stops the engine's work for these images (what a client's disconnect
+        does), not only the wait for it.
 
         Raises:
             ValueError: ``images`` has the wrong shape.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from api.engines.base import Engine, describe_model
-from ich.ensemble import EnsembleOutput, EnsembleRunner
+from ich.ensemble import EnsembleOutput, EnsembleRunner, RunControl
 
 __all__ = ["EmbeddedEngine"]
 
@@ -43,6 +44,7 @@ class EmbeddedEngine(Engine):
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=max_concurrency, thread_name_prefix="ich-onnx"
         )
+        self._count_lock = threading.Lock()
 
     @classmethod
     def from_repository(cls, root: Path, *, intra_op_threads: int | None = None) -> EmbeddedEngine:
@@ -50,11 +52,24 @@ class EmbeddedEngine(Engine):
         return cls(EnsembleRunner.from_repository(root, intra_op_threads=intra_op_threads))
 
     async def infer(self, images: np.ndarray) -> EnsembleOutput:
-        """Run the ensemble in the engine's thread pool, batching within ``max_batch_size``."""
+        """Run the ensemble in the engine's thread pool, batching within ``max_batch_size``.
+
+        A cancelled caller cancels the run itself (``RunControl``): the thread stops within one onnxruntime
+        operator instead of inferring the rest of the series for nobody.
+        """
         if self._executor is None:
             raise RuntimeError("engine is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.runner.run, images)
+        control = RunControl(on_batch=self._count_slices)
+        try:
+            return await loop.run_in_executor(self._executor, self.runner.run, images, control)
+        except asyncio.CancelledError:
+            control.cancel()
+            raise
+
+    def _count_slices(self, slices: int) -> None:
+        with self._count_lock:
+            self.slices_inferred += slices
 
     async def ready(self) -> bool:
         """Ready as long as it is open: the sessions were loaded at construction."""

@@ -1,10 +1,19 @@
-"""``POST /v1/cases``: a zipped DICOM study in, the case result out."""
+"""``POST /v1/cases``: a zipped DICOM study in, the case result out.
+
+The upload is read first, at the pace ``ICH_UPLOAD_TIMEOUT_S`` and ``ICH_UPLOAD_MIN_BYTES_PER_S`` demand
+(408 below it), and only then does the case take one of the ``ICH_MAX_INFLIGHT_CASES`` slots: a slow or
+stalled sender holds its connection, never a slot, so it cannot shut out the clients that do send. While the
+case is analysed the route listens for the client's disconnect and cancels the analysis (and so the
+engine's work) when it comes, answering 499 to nobody.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Annotated
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -14,12 +23,17 @@ from api.engines import EngineUnavailableError
 from api.errors import ApiError, service_unavailable
 from api.pipeline import INCLUDE_OPTIONS, analyse_case
 from api.schemas import ERROR_RESPONSES, CaseResult
-from api.upload import FILE_FIELD, read_zip_upload
+from api.upload import FILE_FIELD, pace_of, read_zip_upload
 from ich.errors import IntakeError
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["cases"], dependencies=[Depends(require_api_key)])
+
+T = TypeVar("T")
+
+#: nginx's "client closed request": logged and counted for a case whose client left before its answer.
+CLIENT_CLOSED_REQUEST = 499
 
 _REQUEST_BODY = {
     "requestBody": {
@@ -73,35 +87,46 @@ async def create_case(
         ),
     ] = None,
 ) -> CaseResult:
-    """Read the zip (capped while streaming), choose the CT series, run the ensemble, aggregate."""
+    """Read the zip (capped and paced while streaming), then analyse it in one of the in-flight slots."""
     started = time.perf_counter()
     options = _include_options(include)
     state = request.app.state
     if state.inflight_cases >= settings.max_inflight_cases:
-        # Shed load before reading the body: memory stays bounded and the client retries elsewhere.
-        raise service_unavailable(
-            "busy",
-            f"{settings.max_inflight_cases} cases are being analysed; retry later",
-            settings.retry_after_s,
-        )
+        # Saturated already: refuse before the body is read, so a busy replica costs the client no upload.
+        raise _busy(settings)
+    try:
+        data = await read_zip_upload(request, settings.max_upload_bytes, pace_of(settings))
+    except ApiError:
+        metrics.cases.labels(outcome="rejected").inc()
+        raise
+    if state.inflight_cases >= settings.max_inflight_cases:
+        raise _busy(settings)
     state.inflight_cases += 1
     metrics.inflight.inc()
     try:
         try:
-            data = await read_zip_upload(request, settings.max_upload_bytes)
-            result = await analyse_case(
-                data,
-                engine=engine,
-                executor=executor,
-                settings=settings,
-                metrics=metrics,
-                started=started,
-                include=options,
+            result = await _unless_disconnected(
+                request,
+                analyse_case(
+                    data,
+                    engine=engine,
+                    executor=executor,
+                    settings=settings,
+                    metrics=metrics,
+                    started=started,
+                    include=options,
+                ),
             )
         except (ApiError, IntakeError) as exc:
             status = exc.status_code if isinstance(exc, ApiError) else exc.http_status
             metrics.cases.labels(outcome="rejected" if status < 500 else "error").inc()
             raise
+        except _ClientGoneError:
+            metrics.cases.labels(outcome="cancelled").inc()
+            logger.info("case cancelled: the client disconnected after %.0f ms", _ms_since(started))
+            raise ApiError(
+                CLIENT_CLOSED_REQUEST, "client_closed_request", "the client disconnected; analysis stopped"
+            ) from None
         except EngineUnavailableError as exc:
             metrics.cases.labels(outcome="error").inc()
             raise service_unavailable(
@@ -128,3 +153,43 @@ async def create_case(
         result.timing_ms.total,
     )
     return result
+
+
+def _busy(settings: SettingsDep) -> ApiError:
+    return service_unavailable(
+        "busy",
+        f"{settings.max_inflight_cases} cases are being analysed; retry later",
+        settings.retry_after_s,
+    )
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+class _ClientGoneError(Exception):
+    """The client disconnected while its case was analysed."""
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return once the client has gone (the body is read, so the next ASGI message is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result; ``_ClientGoneError``, with ``work`` cancelled, once the client disconnects."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise _ClientGoneError
+    return task.result()

@@ -32,7 +32,7 @@ from api.study_schemas import (
     accepted_body,
     job_body,
 )
-from api.upload import read_zip_upload
+from api.upload import pace_of, read_zip_upload
 from ich.intake import IntakeLimits, check_archive
 from ich.jobs import STATUSES, IdempotencyConflictError
 
@@ -143,7 +143,7 @@ async def create_study(
                 f"{active} studies are waiting or running (limit {settings.max_queued_jobs}); retry later",
                 headers={"Retry-After": str(settings.retry_after_s)},
             )
-    data = await read_zip_upload(request, settings.max_upload_bytes)
+    data = bytes(await read_zip_upload(request, settings.max_upload_bytes, pace_of(settings)))
     limits = IntakeLimits(
         max_upload_bytes=settings.max_upload_bytes,
         max_uncompressed_bytes=settings.max_uncompressed_bytes,
