@@ -36,8 +36,15 @@ FAILED: Final = "failed"
 STATUSES: Final[tuple[str, ...]] = (QUEUED, RUNNING, DONE, FAILED)
 #: Upload files without a job row are swept once this old (a crash between the file and the commit).
 ORPHAN_AGE_S: Final = 3600.0
+#: Where a study came from: ``POST /v1/studies``, the Storage SCP (C-STORE), STOW-RS.
+ORIGINS: Final[tuple[str, ...]] = ("upload", "dicom", "dicomweb")
+#: States of a job's results delivery (``delivery.status``).
+DELIVERY_PENDING: Final = "pending"
+DELIVERED: Final = "delivered"
+DELIVERY_FAILED: Final = "failed"
 
 _jobs = schema.jobs
+_outputs = schema.outputs
 _SUMMARY_COLUMNS = [c for c in _jobs.c if c.name != "result"]
 
 
@@ -64,6 +71,46 @@ class JobError:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """Where a job's results stand on their way to the PACS (``ICH_RESULTS_DESTINATION``)."""
+
+    status: str
+    attempts: int
+    delivered_at: float | None
+    error: JobError | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "attempts": self.attempts,
+            "delivered_at": self.delivered_at,
+            "error": self.error.to_dict() if self.error else None,
+        }
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a pipeline may return instead of the bare result: the result and the job's DICOM outputs.
+
+    Attributes:
+        result: the JSON-ready result.
+        outputs: encoded DICOM objects by kind (``seg``, ``sr``, ``key-images``), stored with the result.
+    """
+
+    result: dict[str, Any]
+    outputs: Mapping[str, bytes]
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    """A done job whose results are to be sent now, with them."""
+
+    id: str
+    attempts: int
+    outputs: dict[str, bytes]
+
+
+@dataclass(frozen=True)
 class Job:
     """One study's job as stored; ``result`` is None in listings and until the job is done."""
 
@@ -77,6 +124,8 @@ class Job:
     error: JobError | None
     result: dict[str, Any] | None
     payload_sha256: str
+    origin: str = "upload"
+    delivery: Delivery | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +171,18 @@ def _options(raw: str) -> tuple[str, ...]:
     return tuple(part for part in raw.split(",") if part)
 
 
+def _delivery(m: Mapping[str, Any]) -> Delivery | None:
+    if m["delivery_status"] is None:
+        return None
+    error = m["delivery_error"]
+    return Delivery(
+        status=m["delivery_status"],
+        attempts=int(m["delivery_attempts"]),
+        delivered_at=m["delivered_at"],
+        error=JobError.from_dict(json.loads(error)) if error else None,
+    )
+
+
 def _job(row: Any, *, with_result: bool) -> Job:
     m = row._mapping
     error = m["error"]
@@ -137,6 +198,8 @@ def _job(row: Any, *, with_result: bool) -> Job:
         error=JobError.from_dict(json.loads(error)) if error else None,
         result=json.loads(result) if result else None,
         payload_sha256=m["payload_sha256"],
+        origin=m["origin"],
+        delivery=_delivery(m),
     )
 
 
@@ -158,15 +221,34 @@ class JobStore:
     # --- the doors: enqueue and look up ---------------------------------------------------------------
 
     def submit(
-        self, data: bytes, *, options: Sequence[str] = (), idempotency_key: str | None = None
+        self,
+        data: bytes,
+        *,
+        options: Sequence[str] = (),
+        idempotency_key: str | None = None,
+        origin: str = "upload",
+        deliver: bool = False,
+        error: JobError | None = None,
     ) -> tuple[Job, bool]:
         """Store the upload durably and enqueue it; returns the job and whether it is new.
 
         With ``idempotency_key``, a key already stored returns its job (``False``) and stores nothing.
 
+        Args:
+            data: the zipped study.
+            options: the pipeline's options (``?include=``).
+            idempotency_key: at most one job per key.
+            origin: the door it came through (one of ``ORIGINS``).
+            deliver: send the results to the PACS once the job is done (delivery ``pending``).
+            error: store the study as ``failed`` at once with this error instead of queuing it (a study the
+                DICOM node received only in part: kept, listed, never analysed).
+
         Raises:
             IdempotencyConflictError: the key names a job with a different upload.
+            ValueError: an unknown origin.
         """
+        if origin not in ORIGINS:
+            raise ValueError(f"unknown origin {origin!r}; known: {', '.join(ORIGINS)}")
         digest = hashlib.sha256(data).hexdigest()
         if idempotency_key is not None:
             existing = self._by_key(idempotency_key, digest)
@@ -180,14 +262,19 @@ class JobStore:
                 connection.execute(
                     insert(_jobs).values(
                         id=job_id,
-                        status=QUEUED,
+                        status=QUEUED if error is None else FAILED,
                         idempotency_key=idempotency_key,
                         payload_sha256=digest,
                         payload_bytes=len(data),
                         options=",".join(sorted(set(options))),
                         created_at=now,
                         available_at=now,
+                        finished_at=None if error is None else now,
+                        error=None if error is None else json.dumps(error.to_dict()),
                         attempts=0,
+                        origin=origin,
+                        delivery_status=DELIVERY_PENDING if deliver and error is None else None,
+                        delivery_available_at=now if deliver and error is None else None,
                     )
                 )
                 self.payloads.put(connection, job_id, data)
@@ -361,6 +448,8 @@ class JobStore:
             "error": json.dumps(error.to_dict()) if error else None,
             "result": json.dumps(result, separators=(",", ":")) if result is not None else None,
         }
+        if status == FAILED:  # no results, so nothing to deliver
+            values["delivery_status"] = None
         return bool(
             connection.execute(update(_jobs).where(self._fence(job_id, owner)).values(**values)).rowcount
         )
@@ -373,10 +462,107 @@ class JobStore:
             ).rowcount
         return bool(changed)
 
-    def complete(self, job_id: str, owner: str, result: Mapping[str, Any]) -> bool:
-        """Store the result and mark the job ``done``; False (nothing written) without the lease."""
+    def complete(
+        self,
+        job_id: str,
+        owner: str,
+        result: Mapping[str, Any],
+        *,
+        outputs: Mapping[str, bytes] | None = None,
+    ) -> bool:
+        """Store the result (and its DICOM outputs) and mark the job ``done``; False without the lease."""
         with self.engine.begin() as connection:
-            return self._finish(connection, job_id, owner, DONE, self.clock(), result=result)
+            now = self.clock()
+            if not self._finish(connection, job_id, owner, DONE, now, result=result):
+                return False
+            for kind, data in (outputs or {}).items():
+                connection.execute(insert(_outputs).values(job_id=job_id, kind=kind, data=data))
+            # A delivery waits for the job; it becomes due when the results exist.
+            connection.execute(
+                update(_jobs)
+                .where(and_(_jobs.c.id == job_id, _jobs.c.delivery_status == DELIVERY_PENDING))
+                .values(delivery_available_at=now)
+            )
+            return True
+
+    def output(self, job_id: str, kind: str) -> bytes | None:
+        """One DICOM output of a done job (``seg``, ``sr``, ``key-images``), or None."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(_outputs.c.data).where(and_(_outputs.c.job_id == job_id, _outputs.c.kind == kind))
+            ).first()
+        return None if row is None else bytes(row[0])
+
+    # --- results delivery -----------------------------------------------------------------------------
+
+    def claim_delivery(self, *, lease_s: float) -> PendingDelivery | None:
+        """The oldest done job whose delivery is due, held for ``lease_s``; None when none is due.
+
+        The hold is the delivery's own ``available_at`` moved ahead, so a sender that dies is retried when
+        it passes. Two senders could still overlap after a stall; that is harmless, because the results'
+        UIDs are derived from the job and a PACS stores an instance it already has only once.
+        """
+        now = self.clock()
+        with self.engine.begin() as connection:
+            query = (
+                select(_jobs.c.id, _jobs.c.delivery_attempts)
+                .where(
+                    and_(
+                        _jobs.c.status == DONE,
+                        _jobs.c.delivery_status == DELIVERY_PENDING,
+                        _jobs.c.delivery_available_at <= now,
+                    )
+                )
+                .order_by(_jobs.c.seq)
+                .limit(1)
+            )
+            if self._skip_locked:
+                query = query.with_for_update(skip_locked=True)
+            row = connection.execute(query).first()
+            if row is None:
+                return None
+            job_id, attempts = row
+            connection.execute(
+                update(_jobs)
+                .where(_jobs.c.id == job_id)
+                .values(delivery_attempts=_jobs.c.delivery_attempts + 1, delivery_available_at=now + lease_s)
+            )
+            outputs = {
+                str(kind): bytes(data)
+                for kind, data in connection.execute(
+                    select(_outputs.c.kind, _outputs.c.data).where(_outputs.c.job_id == job_id)
+                ).all()
+            }
+        return PendingDelivery(id=job_id, attempts=int(attempts) + 1, outputs=outputs)
+
+    def _set_delivery(self, job_id: str, **values: Any) -> bool:
+        with self.engine.begin() as connection:
+            changed = connection.execute(
+                update(_jobs)
+                .where(and_(_jobs.c.id == job_id, _jobs.c.delivery_status == DELIVERY_PENDING))
+                .values(**values)
+            ).rowcount
+        return bool(changed)
+
+    def delivered(self, job_id: str) -> bool:
+        """The results reached the destination."""
+        return self._set_delivery(
+            job_id, delivery_status=DELIVERED, delivered_at=self.clock(), delivery_error=None
+        )
+
+    def retry_delivery(self, job_id: str, error: JobError, *, delay_s: float) -> bool:
+        """The delivery failed this time; due again in ``delay_s``."""
+        return self._set_delivery(
+            job_id,
+            delivery_available_at=self.clock() + delay_s,
+            delivery_error=json.dumps(error.to_dict()),
+        )
+
+    def fail_delivery(self, job_id: str, error: JobError) -> bool:
+        """The delivery is given up."""
+        return self._set_delivery(
+            job_id, delivery_status=DELIVERY_FAILED, delivery_error=json.dumps(error.to_dict())
+        )
 
     def fail(self, job_id: str, owner: str, error: JobError) -> bool:
         """Mark the job ``failed`` with ``error``; False without the lease."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import logging
 import os
 import socket
@@ -31,12 +33,18 @@ from typing import Any
 from ich.errors import IntakeError
 from ich.jobs.errors import TransientJobError
 from ich.jobs.metrics import JobMetrics
-from ich.jobs.store import ClaimedJob, JobError, JobStore
+from ich.jobs.store import ClaimedJob, JobError, JobOutcome, JobStore
 
 logger = logging.getLogger(__name__)
 
-#: The pipeline: a zipped study and its options in, the JSON-ready result out (``POST /v1/cases``' one).
-Analyse = Callable[[bytes, tuple[str, ...]], Coroutine[Any, Any, dict[str, Any]]]
+#: The pipeline: a zipped study and its options in, the JSON-ready result out (``POST /v1/cases``' one),
+#: or a :class:`JobOutcome` that adds the job's DICOM outputs.
+Analyse = Callable[[bytes, tuple[str, ...]], Coroutine[Any, Any, "dict[str, Any] | JobOutcome"]]
+#: The id of the job the running pipeline analyses (set around each attempt), so that what must not change
+#: between attempts, such as the UIDs of the job's DICOM outputs, can be derived from it.
+current_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "ich_current_job_id", default=None
+)
 #: Whether the engine can answer now.
 Ready = Callable[[], Awaitable[bool]]
 
@@ -168,7 +176,11 @@ class WorkerPool:
         if job.attempts == 1:
             self.metrics.queue_seconds.observe(max(0.0, job.started_at - job.created_at))
         logger.info("job %s: attempt %d started", job.id, job.attempts)
-        analysis: asyncio.Task[dict[str, Any]] = asyncio.create_task(self.analyse(job.data, job.options))
+        context = contextvars.copy_context()
+        context.run(current_job_id.set, job.id)
+        analysis: asyncio.Task[dict[str, Any] | JobOutcome] = asyncio.create_task(
+            self.analyse(job.data, job.options), context=context
+        )
         renewal = asyncio.create_task(self._renew(owner, job.id, analysis))
         try:
             result = await analysis
@@ -192,7 +204,11 @@ class WorkerPool:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
-        await self._end(job, "done", self.store.complete, job.id, owner, result)
+        if isinstance(result, JobOutcome):
+            write = functools.partial(self.store.complete, outputs=result.outputs)
+            await self._end(job, "done", write, job.id, owner, result.result)
+        else:
+            await self._end(job, "done", self.store.complete, job.id, owner, result)
 
     async def _end(self, job: ClaimedJob, outcome: str, write: Callable[..., bool], *args: Any) -> None:
         if await asyncio.to_thread(write, *args):

@@ -252,9 +252,9 @@ def test_migrations_reach_head_and_rerun_harmlessly(backend: str | None, tmp_pat
     first = open_job_store(settings)
     second = open_job_store(settings)  # a second replica starting on the same database
     try:
-        assert current_revision(first.engine) == head_revision() == "0001_jobs"
+        assert current_revision(first.engine) == head_revision() == "0002_dicom_results"
         tables = set(inspect(first.engine).get_table_names())
-        assert {"ich_jobs", "ich_job_payloads", "alembic_version"} <= tables
+        assert {"ich_jobs", "ich_job_payloads", "ich_job_outputs", "alembic_version"} <= tables
         job, _ = first.submit(b"study")
         assert second.get(job.id) is not None
     finally:
