@@ -14,19 +14,22 @@ from collections.abc import Sequence
 import uvicorn
 
 from api.errors import RequestIdLogFilter
+from api.log_redaction import RedactingFilter, quiet_dicom_libraries
 from api.settings import get_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
 def configure_logging(level: str) -> None:
-    """Root logging with the request id in every line (no patient data is ever logged)."""
+    """Root logging with the request id in every line, and no DICOM identifier, libraries' lines included."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.addFilter(RequestIdLogFilter())
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet_dicom_libraries()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
