@@ -23,6 +23,8 @@ from api.engines import create_engine
 from api.errors import RequestContextMiddleware, error_response, install_error_handlers, request_id_of
 from api.metrics import GatewayMetrics
 from api.routers import cases, health, models, studies
+from api.routers.docs import install_offline_docs
+from api.routers.viewer import install_viewer
 from api.settings import Settings, get_settings
 from api.study_queue import JobQueue, start_job_queue
 from ich.errors import IntakeError
@@ -122,6 +124,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from install_offline_docs: no CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -136,4 +140,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(cases.router)
     app.include_router(models.router)
     app.include_router(studies.router)
+    install_viewer(app)
+    install_offline_docs(app)
     return app
