@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ich_client.client import ICHClient
 from ich_client.errors import APIStatusError, ICHError, JobTimeoutError
 from ich_client.models import CaseResult, Job, as_dict
+from ich_client.retry import DEFAULT_MAX_RETRIES
 from ich_client.study import PackedStudy, pack_study
 from ich_client.version import __version__
 
@@ -34,7 +35,12 @@ def _connection_options() -> argparse.ArgumentParser:
     group.add_argument("--url", help="gateway URL (default: $ICH_URL, else http://localhost:8080)")
     group.add_argument("--api-key", help="API key (default: $ICH_API_KEY); sent as a Bearer token")
     group.add_argument("--timeout", type=float, default=None, help="seconds to wait for an answer (300)")
-    group.add_argument("--max-retries", type=int, default=2, help="retries on connection errors, 429, 503")
+    group.add_argument(
+        "--max-retries",
+        type=int,
+        default=DEFAULT_MAX_RETRIES,
+        help=f"retries on connection errors, 429, 503 (default {DEFAULT_MAX_RETRIES})",
+    )
     group.add_argument("-v", "--verbose", action="store_true", help="log retries and requests to stderr")
     return parent
 

@@ -27,7 +27,13 @@ from ich_client.errors import (
     error_from_response,
 )
 from ich_client.models import JOB_STATUSES, CaseResult, Health, Job, JobPage, ModelsInfo
-from ich_client.retry import RETRY_STATUSES, RetryPolicy, is_retryable_exception, parse_retry_after
+from ich_client.retry import (
+    DEFAULT_MAX_RETRIES,
+    RETRY_STATUSES,
+    RetryPolicy,
+    is_retryable_exception,
+    parse_retry_after,
+)
 from ich_client.study import DEFAULT_SPOOL_BYTES, PackedStudy, StudyInput, pack_study
 from ich_client.version import __version__
 
@@ -203,7 +209,7 @@ class ICHClient(_BaseClient):
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = None,
-        max_retries: int = 2,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         *,
         retry_policy: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
@@ -433,7 +439,7 @@ class AsyncICHClient(_BaseClient):
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float | httpx.Timeout | None = None,
-        max_retries: int = 2,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         *,
         retry_policy: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,

@@ -18,6 +18,10 @@ import httpx
 
 #: Statuses worth repeating: overload and engine-not-ready.
 RETRY_STATUSES: frozenset[int] = frozenset({429, 503})
+#: Retries by default. With the default waits (0.5 s doubling to 8 s, jitter taking off up to half),
+#: five retries wait 3.75 to 15.5 s in all before the last attempt: longer than a gateway takes to
+#: restart (a rolling update, a crash-restart), so a script does not fail across one.
+DEFAULT_MAX_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class RetryPolicy:
         jitter: fraction of the wait that is randomised (0 = none, 1 = "full jitter").
     """
 
-    max_retries: int = 2
+    max_retries: int = DEFAULT_MAX_RETRIES
     initial_delay: float = 0.5
     max_delay: float = 8.0
     max_retry_after: float = 60.0
