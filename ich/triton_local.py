@@ -17,6 +17,7 @@ that virtual environment's site-packages (numpy, onnxruntime); this is what PyTr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -47,6 +48,7 @@ __all__ = [
     "find_distribution",
     "main",
     "render_cpu_repository",
+    "sweep_orphans",
 ]
 
 logger = logging.getLogger(__name__)
@@ -214,11 +216,87 @@ def _check_shared_libraries(binary: Path, env: dict[str, str]) -> None:
         raise TritonStartError(f"{binary.name} cannot load {', '.join(missing)}{hint}")
 
 
+#: Where the python backend keeps its shared-memory regions (one per model instance).
+SHM_DIR = Path("/dev/shm")
+STUB_NAME = "triton_python_backend_stub"
+
+
+@dataclass(frozen=True)
+class _Process:
+    pid: int
+    ppid: int
+    pgid: int
+    state: str
+    argv: tuple[str, ...]
+
+
+def _processes() -> list[_Process]:
+    """Every process readable in ``/proc`` (Linux); empty elsewhere."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            argv = tuple(
+                a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a
+            )
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses, so split after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found.append(_Process(int(entry.name), int(fields[1]), int(fields[2]), fields[0], argv))
+    return found
+
+
+def _stub_region(process: _Process) -> str | None:
+    """The shared-memory region a python-backend stub serves (its second argument), or None."""
+    if process.argv and process.argv[0].endswith(STUB_NAME) and len(process.argv) > 2:
+        return process.argv[2]
+    return None
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def sweep_orphans(region_prefix: str) -> int:
+    """Kill python-backend stubs of ``region_prefix`` whose server is gone, and remove their regions.
+
+    A ``tritonserver`` killed with SIGKILL (by the OOM killer, a test, a crashed launcher) cannot stop its
+    python-backend stubs: they are re-parented to init and keep their memory (about a model's worth each)
+    and their ``/dev/shm`` regions. Stubs of a live server are left alone, and so are their regions.
+
+    Returns:
+        How many processes and regions were removed.
+    """
+    processes = _processes()
+    live = {p.pid for p in processes if p.state != "Z"}
+    removed = 0
+    in_use: set[str] = set()
+    for process in processes:
+        region = _stub_region(process)
+        if region is None or not region.startswith(region_prefix) or process.state == "Z":
+            continue
+        server_pid = process.pgid  # the launcher starts the server as its process group's leader
+        if process.ppid == 1 or server_pid not in live:
+            _kill(process.pid)
+            removed += 1
+        else:
+            in_use.add(region)
+    for path in SHM_DIR.glob(f"{region_prefix}*"):
+        if path.name not in in_use:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 class LocalTriton:
     """A ``tritonserver`` process serving a CPU rendering of a model repository.
 
     Use as a context manager, or call ``start`` and ``stop``. Everything it writes lives in ``workdir`` (a
-    fresh temporary folder by default, removed on ``stop``).
+    fresh temporary folder by default, removed on ``stop``). ``stop`` leaves nothing behind even when the
+    server was killed with SIGKILL: its python-backend stubs (its process group) and their ``/dev/shm``
+    regions go with it, and ``start`` sweeps what an earlier, killed launcher left (``sweep_orphans``).
     """
 
     def __init__(
@@ -284,8 +362,13 @@ class LocalTriton:
             "--pinned-memory-pool-byte-size=0",
             # Each server names its python-backend shared-memory regions apart, so a test server and
             # `make triton` can run on one machine.
-            f"--backend-config=python,shm-region-prefix-name=ich{self.grpc_port}_",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+
+    @property
+    def shm_prefix(self) -> str:
+        """The prefix of this server's python-backend shared-memory regions in ``/dev/shm``."""
+        return f"ich{self.grpc_port}_"
 
     def start(self, timeout_s: float = 180.0) -> None:
         """Render the repository, launch ``tritonserver`` and wait until it reports ready.
@@ -318,6 +401,11 @@ class LocalTriton:
         _check_shared_libraries(server_dir / "bin" / "tritonserver", env)
         _check_shared_libraries(server_dir / "backends" / "python" / "triton_python_backend_stub", env)
         command = self.command(server_dir, rendered)
+        swept = sweep_orphans(self.shm_prefix)
+        if swept:
+            logger.warning(
+                "removed %d orphaned python-backend stub(s) or region(s) of %s", swept, self.shm_prefix
+            )
         logger.info("starting tritonserver: %s", " ".join(command))
         if self.log_path is not None:
             self._log = self.log_path.open("wb")
@@ -369,7 +457,11 @@ class LocalTriton:
         return self.process.wait()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL of its process group after ``timeout_s``) and clean up."""
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``) and clean up after it.
+
+        Whether the server stopped, was killed here, or had died already (SIGKILL, OOM), what is left of
+        its process group (python-backend stubs) is killed and its shared-memory regions are removed.
+        """
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -377,14 +469,32 @@ class LocalTriton:
                 process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 logger.warning("tritonserver did not stop in %.0f s; killing its process group", timeout_s)
-                os.killpg(process.pid, signal.SIGKILL)
+                process.kill()
                 process.wait()
+        if process is not None:
+            self._kill_group(process.pid)
+            for path in SHM_DIR.glob(f"{self.shm_prefix}*"):
+                path.unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()
             self._log = None
         if self._owns_workdir and self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+    @staticmethod
+    def _kill_group(pgid: int) -> None:
+        """SIGKILL what is left of the server's process group (its leader, the server, is gone)."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if not any(p.pgid == pgid and p.state != "Z" for p in _processes()):
+                return
+            time.sleep(0.05)
+        logger.warning("python-backend stubs of process group %d outlived SIGKILL for 5 s", pgid)
 
     def __enter__(self) -> LocalTriton:
         self.start()
