@@ -51,6 +51,11 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Called in the thread pool with the study, its findings, the engine's output and the finished result,
+#: before the result is returned: what a job renders from the analysis besides the JSON (its DICOM SEG, SR
+#: and key image, ``api.study_queue``); it may add to ``result.warnings``.
+FindingsHook = Callable[[Study, CaseFindings, EnsembleOutput, CaseResult], None]
+
 #: Optional outputs a caller may ask for with ``?include=``.
 INCLUDE_OPTIONS = frozenset({"overlays", "seg"})
 #: Most overlay previews in one result (they are base64 PNGs inside the JSON).
@@ -99,6 +104,7 @@ async def analyse_case(
     metrics: GatewayMetrics,
     started: float,
     include: frozenset[str] = frozenset(),
+    on_findings: FindingsHook | None = None,
 ) -> CaseResult:
     """Analyse one zipped study; ``started`` is the request's ``perf_counter`` start, for ``total``.
 
@@ -150,6 +156,8 @@ async def analyse_case(
     if "seg" in include:
         result.seg = extras.seg
     result.warnings.extend(extras.warnings)
+    if on_findings is not None:
+        await run_blocking(executor, on_findings, study, findings, output, result)
     return result
 
 
