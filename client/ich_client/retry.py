@@ -19,7 +19,7 @@ import httpx
 #: Statuses worth repeating: overload and engine-not-ready.
 RETRY_STATUSES: frozenset[int] = frozenset({429, 503})
 #: Retries by default. With the default waits (0.5 s doubling to 8 s, jitter taking off up to half),
-#: five retries wait 3.75 to 15.5 s in all before the last attempt: longer than a gateway takes to
+#: the last of five retries comes 7.75 to 15.5 s after the first attempt: later than a gateway takes to
 #: restart (a rolling update, a crash-restart), so a script does not fail across one.
 DEFAULT_MAX_RETRIES = 5
 
