@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 # make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install install-runtime serve test lint typecheck unit integration triton-env postgres-env pacs-env triton k8s-check clean
+.PHONY: install install-runtime serve test lint typecheck unit integration triton-env postgres-env pacs-env chromium-env triton k8s-check clean
 
 # Runtime only (no torch): what the gateway needs.
 $(BIN)/python:
@@ -43,7 +43,7 @@ unit: install
 integration: install triton-env postgres-env pacs-env
 	$(BIN)/pytest -q tests/integration
 
-test: install triton-env postgres-env pacs-env lint
+test: install triton-env postgres-env pacs-env chromium-env lint
 	$(BIN)/pytest -q
 	$(MAKE) k8s-check
 
@@ -77,6 +77,16 @@ pacs-env:
 	         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	              --no-install-recommends $(PACS_PACKAGES) >/dev/null; }; \
 	       else echo "pacs-env: no Orthanc or dcmtk; install $(PACS_PACKAGES) or the DICOM node's PACS tests skip"; fi; }
+
+# Debian's Chromium for the viewer's end-to-end tests (tests/e2e, driven by Playwright through that binary; no
+# browser download). Installed with apt-get where we may; elsewhere those tests skip and say why.
+chromium-env:
+	@command -v chromium >/dev/null \
+	  || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+	         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	              --no-install-recommends chromium >/dev/null; }; \
+	       else echo "chromium-env: no chromium; install it or the tests in tests/e2e skip"; fi; }
 
 triton: triton-env install-runtime
 	$(BIN)/python -m ich.triton_local --serve
