@@ -28,6 +28,12 @@ ASSETS_PATH = "/static/viewer"
 #: Browsers may keep a slice picture this long; a finished job's pictures never change.
 SLICE_MAX_AGE_S = 3600
 
+#: The page may talk to this origin only; pictures arrive as blob: URLs of fetched PNGs.
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
 pages = APIRouter(include_in_schema=False)
 slices = APIRouter(prefix="/v1", tags=["viewer"], dependencies=[Depends(require_api_key)])
 
@@ -37,7 +43,9 @@ Window = Literal["brain", "stroke", "bone"]
 def _page() -> FileResponse:
     # no-cache: the page is small, and a new version of the service must not meet an old page.
     return FileResponse(
-        STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"}
+        STATIC_DIR / "index.html",
+        media_type="text/html",
+        headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP},
     )
 
 

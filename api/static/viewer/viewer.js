@@ -7,7 +7,7 @@ const MODEL_COLOURS = { all: "#1f77b4", subtype: "#2ca02c", sdh: "#9467bd", sah:
 const POLL_MS = 1000;
 const CURVE = { width: 800, height: 220, left: 34, right: 10, top: 10, bottom: 24 };
 
-const state = { id: null, result: null, index: 0, count: 0, pictures: new Map(), shown: null, token: 0 };
+const state = { id: null, result: null, index: 0, count: 0, pictures: new Map(), token: 0, outputRoutes: null };
 const $ = (id) => document.getElementById(id);
 
 function apiHeaders(extra) {
@@ -132,17 +132,32 @@ async function showDownloads(r) {
   $("downloads").replaceChildren();
   const id = state.id;
   download(`ich-result-${id}.json`, "result (JSON)", new Blob([JSON.stringify(r, null, 2)], { type: "application/json" }));
-  // The DICOM outputs of the job, where the gateway offers them; the SEG also travels inside the result.
+  // The DICOM outputs of the job, where this gateway has their routes (its OpenAPI says which); the SEG
+  // also travels inside the result.
+  const routes = await outputRoutes();
   const outputs = [["seg", "DICOM SEG (mask)"], ["sr", "DICOM SR (report)"], ["key-images", "key images (DICOM)"]];
   for (const [path, label] of outputs) {
-    const response = await api(`/v1/studies/${encodeURIComponent(id)}/${path}`);
-    if (state.id !== id) return;
-    if (response.ok) {
-      download(`ich-${path}-${id}.dcm`, label, await response.blob());
-    } else if (path === "seg" && r.seg) {
-      download(`ich-seg-${id}.dcm`, label, base64Blob(r.seg.data_base64, "application/dicom"));
+    let blob = null;
+    if (routes.has(path)) {
+      const response = await api(`/v1/studies/${encodeURIComponent(id)}/${path}`);
+      if (response.ok) blob = await response.blob();
     }
+    if (state.id !== id) return;
+    if (!blob && path === "seg" && r.seg) blob = base64Blob(r.seg.data_base64, "application/dicom");
+    if (blob) download(`ich-${path}-${id}.dcm`, label, blob);
   }
+}
+
+async function outputRoutes() {
+  if (!state.outputRoutes) {
+    state.outputRoutes = fetch("/openapi.json")
+      .then((response) => (response.ok ? response.json() : { paths: {} }))
+      .then((spec) => new Set(Object.keys(spec.paths || {})
+        .map((path) => (path.match(/^\/v1\/studies\/\{study_id\}\/([a-z-]+)$/) || [])[1])
+        .filter(Boolean)))
+      .catch(() => new Set());
+  }
+  return state.outputRoutes;
 }
 
 function show(r) {

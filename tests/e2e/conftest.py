@@ -1,0 +1,144 @@
+"""A real headless Chromium (Debian's ``chromium``, driven by Playwright) against a real uvicorn gateway.
+
+The gateway runs in this process under uvicorn on a free loopback port, with the fake engine
+(``tests.support.fake_engine``: the fused map follows the stroke window, so which slice peaks and where the
+mask lies are known) and a SQLite job store in the test's folder. Playwright is pointed at the Debian
+binary (``executable_path``); nothing is downloaded. Every request the browser makes to another host is
+refused and counted, so a page that needed the internet fails its test.
+
+Where Chromium or Playwright is missing these tests skip and say why; ``make test`` installs both
+(``make chromium-env`` and the ``dev`` extra).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from api.app import create_app
+from api.settings import Settings
+from tests.support.fake_engine import FakeEngine
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Screenshots land here (ignored by git); ``ICH_E2E_ARTIFACTS`` chooses another folder.
+ARTIFACTS = Path(os.environ.get("ICH_E2E_ARTIFACTS", REPO_ROOT / "test-artifacts" / "e2e"))
+VIEWPORT = {"width": 1280, "height": 900}
+OUTPUT_ROUTE = re.compile(r"/v1/studies/[0-9a-f-]{36}/(seg|sr|key-images)$")
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium, or ``ICH_CHROMIUM`` where it lives elsewhere."""
+    configured = os.environ.get("ICH_CHROMIUM")
+    if configured:
+        return configured
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The gateway under uvicorn on loopback until the session ends; its base URL."""
+    folder = tmp_path_factory.mktemp("e2e-gateway")
+    settings = Settings(
+        data_dir=folder / "data",
+        model_repository=folder / "paper-rule-repository",  # no case model: the fake maps' paper rule
+        threads=2,
+    )
+    app = create_app(settings, engine=FakeEngine(input_size=32))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="e2e-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@dataclass
+class Offline:
+    """Requests the browser tried to send anywhere but the gateway (refused)."""
+
+    base: str
+    refused: list[str] = field(default_factory=list)
+    #: Script errors and console errors of the page (a blocked asset or a broken script shows here).
+    errors: list[str] = field(default_factory=list)
+
+    def watch(self, page: Any) -> None:
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("console", self._console)
+
+    def _console(self, message: Any) -> None:
+        # The page asks for a job's DICOM outputs (SEG, SR, key images) where the gateway has the routes;
+        # a job without one answers 404, which Chromium logs. That is the page working, not failing.
+        url = str(message.location.get("url", ""))
+        if message.type == "error" and not OUTPUT_ROUTE.search(url):
+            self.errors.append(message.text)
+
+    def handle(self, route: Any) -> None:
+        url = route.request.url
+        if url.startswith(self.base) or url.startswith(("blob:", "data:")):
+            route.continue_()
+        else:
+            self.refused.append(url)
+            route.abort()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("no chromium binary (apt-get install chromium, or make chromium-env)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable,
+            args=["--no-sandbox", "--disable-gpu", "--force-color-profile=srgb", "--disable-dev-shm-usage"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def offline_page(browser: Any, gateway: str) -> Iterator[tuple[Any, Offline]]:
+    """A fresh page at 1280 x 900 whose requests may reach the gateway only."""
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    offline = Offline(gateway)
+    context.route("**/*", offline.handle)
+    page = context.new_page()
+    offline.watch(page)
+    page.set_default_timeout(20_000)
+    try:
+        yield page, offline
+    finally:
+        context.close()
