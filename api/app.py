@@ -22,6 +22,7 @@ from api.deps import Engine
 from api.engines import create_engine
 from api.errors import RequestContextMiddleware, error_response, install_error_handlers, request_id_of
 from api.metrics import GatewayMetrics
+from api.openapi_errors import install_error_schema
 from api.routers import cases, health, models, studies
 from api.routers.docs import install_offline_docs
 from api.routers.viewer import install_viewer
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(cases.router)
     app.include_router(models.router)
     app.include_router(studies.router)
+    install_error_schema(app)
     install_viewer(app)
     install_offline_docs(app)
     return app

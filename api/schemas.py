@@ -184,8 +184,9 @@ class ModelsResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Not a readable zip."},
     401: {"model": ErrorBody, "description": "Missing or invalid API key (when keys are configured)."},
+    408: {"model": ErrorBody, "description": "The upload came too slowly (ICH_UPLOAD_TIMEOUT_S)."},
     413: {"model": ErrorBody, "description": "Upload, uncompressed size or member count too large."},
     415: {"model": ErrorBody, "description": "Neither application/zip nor multipart/form-data."},
-    422: {"model": ErrorBody, "description": "No usable CT series; `reasons` lists why."},
+    422: {"model": ErrorBody, "description": "No usable CT series (or above ICH_MAX_SLICES); see `reasons`."},
     503: {"model": ErrorBody, "description": "Engine unavailable; retry after Retry-After seconds."},
 }

@@ -90,6 +90,7 @@ def job_body(job: Job, *, with_result: bool) -> dict[str, Any]:
 STUDY_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Not a readable zip, or a malformed Idempotency-Key."},
     401: {"model": ErrorBody, "description": "Missing or invalid API key (when keys are configured)."},
+    408: {"model": ErrorBody, "description": "The upload came too slowly (ICH_UPLOAD_TIMEOUT_S)."},
     409: {"model": ErrorBody, "description": "The Idempotency-Key was used for a different upload."},
     413: {"model": ErrorBody, "description": "Upload, uncompressed size or member count too large."},
     415: {"model": ErrorBody, "description": "Neither application/zip nor multipart/form-data."},
