@@ -21,6 +21,7 @@ from api.decision import decision_for
 from api.deps import Engine
 from api.engines import create_engine
 from api.errors import RequestContextMiddleware, error_response, install_error_handlers, request_id_of
+from api.log_redaction import DICOM_LIBRARY_LOGGERS
 from api.metrics import GatewayMetrics
 from api.openapi_errors import install_error_schema
 from api.routers import cases, health, models, studies
@@ -92,6 +93,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Every job writes DICOM (SEG, SR, key image); below WARNING these libraries log UIDs.
+        for name in DICOM_LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
         executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ich-work")
         current = engine
         jobs: JobQueue | None = None

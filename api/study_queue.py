@@ -2,12 +2,15 @@
 
 The workers run ``api.pipeline.analyse_case``, the function ``POST /v1/cases`` runs, through
 :func:`job_pipeline`, which only translates: the engine's unavailability becomes the queue's
-:class:`ich.jobs.TransientJobError` (retried), the result becomes JSON.
+:class:`ich.jobs.TransientJobError` (retried), the result becomes JSON, and the job's DICOM results (SEG,
+SR, key image: ``ich.dicom_outputs``, UIDs derived from the job) are rendered from the same analysis and
+stored with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,21 +18,29 @@ from typing import Any
 
 from api.engines.base import Engine, EngineUnavailableError
 from api.metrics import GatewayMetrics
-from api.pipeline import analyse_case
+from api.pipeline import FindingsHook, analyse_case
+from api.schemas import CaseResult, SegObject
 from api.settings import Settings
+from ich.aggregate import CaseFindings
+from ich.dicom_outputs import DicomOutputs, build_dicom_outputs
+from ich.ensemble import EnsembleOutput
 from ich.errors import IntakeError
+from ich.intake import Study
 from ich.jobs import (
     Analyse,
     DatabasePayloads,
     FilePayloads,
+    JobOutcome,
     JobStore,
     Payloads,
     TransientJobError,
     WorkerConfig,
     WorkerPool,
+    current_job_id,
     open_database,
 )
 from ich.jobs.metrics import JobMetrics
+from ich.sr import ReportValues
 
 #: Uploads of the SQLite store live in this folder of ``ICH_DATA_DIR``.
 STUDIES_FOLDER = "studies"
@@ -58,13 +69,59 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
+def report_values(result: CaseResult) -> ReportValues:
+    """The figures the SR states, taken from the JSON result so that both say the same."""
+    return ReportValues(
+        ich_probability=result.ich_probability,
+        ich_detected=result.ich_detected,
+        indeterminate=result.indeterminate,
+        threshold=result.threshold,
+        hemorrhage_volume_ml=result.hemorrhage_volume_ml,
+    )
+
+
+def dicom_outputs_hook(job_id: str, rendered: list[DicomOutputs]) -> FindingsHook:
+    """The findings hook that renders a job's DICOM results into ``rendered`` (and notes into warnings).
+
+    A job asked with ``include=seg`` carries this very SEG in its result, so the JSON, the download and the
+    PACS hold one object with one UID.
+    """
+
+    def render(study: Study, findings: CaseFindings, output: EnsembleOutput, result: CaseResult) -> None:
+        outputs = build_dicom_outputs(
+            study.source_headers,
+            study.volume.hu,
+            findings.source_mask,
+            output.slice_prob,
+            report_values(result),
+            job_id=job_id,
+            model_version=result.model_version,
+        )
+        rendered.append(outputs)
+        result.warnings.extend(outputs.notes)
+        if result.seg is not None and outputs.seg is not None:
+            encoded = outputs.encoded()["seg"]
+            result.seg = SegObject(
+                series_instance_uid=str(outputs.seg.SeriesInstanceUID),
+                sop_instance_uid=str(outputs.seg.SOPInstanceUID),
+                frames=int(outputs.seg.NumberOfFrames),
+                data_base64=base64.b64encode(encoded).decode("ascii"),
+            )
+
+    return render
+
+
 def job_pipeline(
     engine: Engine, executor: ThreadPoolExecutor, settings: Settings, metrics: GatewayMetrics
 ) -> Analyse:
-    """The pipeline function of the workers: ``analyse_case`` on the stored zip, its result as JSON."""
+    """The pipeline function of the workers: ``analyse_case`` on the stored zip, its result as JSON and
+    the job's DICOM results beside it."""
 
-    async def analyse(data: bytes, options: tuple[str, ...]) -> dict[str, Any]:
+    async def analyse(data: bytes, options: tuple[str, ...]) -> dict[str, Any] | JobOutcome:
         started = time.perf_counter()
+        job_id = current_job_id.get()
+        rendered: list[DicomOutputs] = []
+        hook = dicom_outputs_hook(job_id, rendered) if job_id is not None else None
         try:
             result = await analyse_case(
                 data,
@@ -74,6 +131,7 @@ def job_pipeline(
                 metrics=metrics,
                 started=started,
                 include=frozenset(options),
+                on_findings=hook,
             )
         except EngineUnavailableError as exc:
             raise TransientJobError("the inference engine is unavailable") from exc
@@ -86,7 +144,10 @@ def job_pipeline(
         metrics.cases.labels(outcome=outcome).inc()
         metrics.case_probability.observe(result.ich_probability)
         metrics.slices_per_case.observe(result.series.slices_used)
-        return result.model_dump(mode="json")
+        body = result.model_dump(mode="json")
+        if not rendered:
+            return body
+        return JobOutcome(body, rendered[0].encoded())
 
     return analyse
 

@@ -49,7 +49,9 @@ __all__ = [
     "HEMORRHAGE_TYPE",
     "SEGMENT_LABEL",
     "build_segmentation",
+    "completed_headers",
     "resize_mask_to_source",
+    "software_version",
 ]
 
 #: Segmented property category: SCT 49755003 "Morphologically abnormal structure".
@@ -146,7 +148,8 @@ def resize_mask_to_source(
     return out
 
 
-def _software_version() -> str:
+def software_version() -> str:
+    """This software's version (the installed distribution's), for SoftwareVersions."""
     try:
         return importlib.metadata.version(_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
@@ -190,7 +193,7 @@ def _slice_spacing(source_images: Sequence[Dataset]) -> float | None:
     return spacing if spacing > 0 else None
 
 
-def _completed_headers(source_images: Sequence[Dataset]) -> list[Dataset]:
+def completed_headers(source_images: Sequence[Dataset]) -> list[Dataset]:
     """The sources, with empty Type 2 and a derived SliceThickness where absent (copies only then)."""
     spacing = _slice_spacing(source_images)
     out: list[Dataset] = []
@@ -227,6 +230,8 @@ def build_segmentation(
     series_description: str = "ICH ensemble hemorrhage mask",
     algorithm_parameters: Mapping[str, str] | None = None,
     allow_empty: bool = False,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
 ) -> hd.seg.Segmentation | None:
     """Build a BINARY DICOM SEG with one "Hemorrhage" segment over the source CT series.
 
@@ -246,6 +251,9 @@ def build_segmentation(
         series_description: SeriesDescription shown in the PACS series list.
         algorithm_parameters: extra AlgorithmParameters; the mask threshold is always recorded.
         allow_empty: encode an all-empty mask (every frame) instead of returning None.
+        series_instance_uid: the SEG's series UID (default: a new one); a job's SEG takes one derived from
+            the job (``ich.dicom_uids.derived_uid``), so that sending it twice does not add a series.
+        sop_instance_uid: the SEG's instance UID (default: a new one).
 
     Returns:
         The SEG dataset (write it with ``seg.save_as(path)`` or ``dcmwrite``), or None when the mask is
@@ -288,21 +296,22 @@ def build_segmentation(
         display_color=hd.color.CIELabColor.from_rgb(255, 0, 0),
     )
     seg = hd.seg.Segmentation(
-        source_images=_completed_headers(source_images),
+        source_images=completed_headers(source_images),
         pixel_array=arr,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
-        series_instance_uid=generate_uid(),
+        series_instance_uid=series_instance_uid or generate_uid(),
         series_number=series_number,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=sop_instance_uid or generate_uid(),
         instance_number=1,
         manufacturer=manufacturer,
         manufacturer_model_name=manufacturer_model_name,
         # SoftwareVersions is multi-valued: pydicom takes a list (a tuple is refused for LO), while
         # highdicom annotates the argument as str or a 1-tuple.
-        software_versions=[_software_version(), model_version],  # type: ignore[arg-type]
+        software_versions=[software_version(), model_version],  # type: ignore[arg-type]
         device_serial_number=device_serial_number,
         content_label="HEMORRHAGE",
+        content_qualification="RESEARCH",  # research software, not a product: not for clinical use
         content_description="Intracranial hemorrhage, weighted U-Net ensemble",
         # An empty mask only gets here with allow_empty; say so rather than let highdicom warn and revert.
         omit_empty_frames=bool(arr.any()),

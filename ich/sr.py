@@ -1,0 +1,218 @@
+"""The case finding as a DICOM Structured Report: a TID 1500 Measurement Report built with highdicom.
+
+What a PACS viewer lists beside the CT, in words and numbers, for a reader who never sees the JSON:
+
+- one measurement group (TID 1501, or TID 1411 when a SEG exists, whose "Hemorrhage" segment it then
+  references), finding "Hemorrhage" in the brain, with the algorithm (TID 4019: the ensemble and the
+  weights' version);
+- measurements: the hemorrhage volume in mL (the JSON's ``hemorrhage_volume_ml``, the SEG's voxels), the
+  calibrated case probability and the threshold in use (unit "no units", codes of this project's private
+  scheme ``99ICH``, since no standard code names an AI's probability of hemorrhage);
+- qualitative evaluations: hemorrhage present or absent (``ich_detected``) and whether the case is
+  indeterminate (SNOMED Yes/No);
+- the TID 1500 "Qualitative Evaluations" container with the text that this is research software, not for
+  clinical use; the same words are in the series description.
+
+The SR is a Comprehensive 3D SR in the source study (the patient and study attributes are copied from the CT
+headers; empty Type 2 ones are filled as ``ich.seg`` does), in its own series, with the UIDs the caller
+gives (derived from the job, ``ich.dicom_uids``). It is marked partial, unverified and not final: no person
+has signed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from ich import spec
+from ich.seg import completed_headers, software_version
+
+__all__ = [
+    "INDETERMINATE",
+    "NOT_FOR_CLINICAL_USE_TEXT",
+    "PROBABILITY",
+    "THRESHOLD",
+    "ReportValues",
+    "build_measurement_report",
+]
+
+_SCHEME = "99ICH"
+#: Calibrated case probability of intracranial hemorrhage (private code).
+PROBABILITY = hd.sr.CodedConcept("ICH-P", _SCHEME, "Probability of intracranial hemorrhage")
+#: The case probability at or above which hemorrhage is called (private code).
+THRESHOLD = hd.sr.CodedConcept("ICH-T", _SCHEME, "Decision threshold of the probability")
+#: Whether the probability lies in the band a person should look at first (private code).
+INDETERMINATE = hd.sr.CodedConcept("ICH-I", _SCHEME, "Indeterminate (probability in the review band)")
+MILLILITER = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
+HEMORRHAGE = hd.sr.CodedConcept(codes.SCT.Hemorrhage.value, "SCT", "Hemorrhage")
+#: TID 1500 row 12: the document-level "Qualitative Evaluations" container.
+_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+#: SCT 303653007 "Computed tomography of head".
+CT_OF_HEAD = hd.sr.CodedConcept("303653007", "SCT", "Computed tomography of head")
+NOT_FOR_CLINICAL_USE_TEXT = (
+    "NOT FOR CLINICAL USE. Research software (ICH ensemble), not a medical device; not for diagnosis or "
+    "treatment decisions."
+)
+#: The private coding scheme's declaration (PS3.3 C.12.1.1.4: schemes beginning with "99" are private).
+CODING_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(
+    designator=_SCHEME, name="ICH ensemble codes", responsible_organization="ich-ensemble project"
+)
+#: The software as the SR's observer device; one UID for every report the software writes.
+_DEVICE_UID = "2.25.164139420347128866101853437563386421573"
+
+
+@dataclass(frozen=True)
+class ReportValues:
+    """The figures of a case result that the SR carries (take them from the JSON result, so both agree)."""
+
+    ich_probability: float
+    ich_detected: bool
+    indeterminate: bool
+    threshold: float
+    hemorrhage_volume_ml: float
+
+    def __post_init__(self) -> None:
+        for name in ("ich_probability", "threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+        if not self.hemorrhage_volume_ml >= 0.0:
+            raise ValueError(f"hemorrhage_volume_ml must be >= 0, got {self.hemorrhage_volume_ml!r}")
+
+
+def _group_content(
+    values: ReportValues, algorithm: hd.sr.AlgorithmIdentification
+) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
+    measurements = [
+        hd.sr.Measurement(
+            name=codes.SCT.Volume,
+            value=float(values.hemorrhage_volume_ml),
+            unit=MILLILITER,
+            algorithm_id=algorithm,
+        ),
+        hd.sr.Measurement(
+            name=PROBABILITY,
+            value=float(values.ich_probability),
+            unit=codes.UCUM.NoUnits,
+            algorithm_id=algorithm,
+        ),
+        hd.sr.Measurement(
+            name=THRESHOLD, value=float(values.threshold), unit=codes.UCUM.NoUnits, algorithm_id=algorithm
+        ),
+    ]
+    evaluations = [
+        hd.sr.QualitativeEvaluation(
+            name=HEMORRHAGE, value=codes.SCT.Present if values.ich_detected else codes.SCT.Absent
+        ),
+        hd.sr.QualitativeEvaluation(
+            name=INDETERMINATE, value=codes.SCT.Yes if values.indeterminate else codes.SCT.No
+        ),
+    ]
+    return measurements, evaluations
+
+
+def build_measurement_report(
+    source_images: Sequence[Dataset],
+    values: ReportValues,
+    *,
+    model_version: str,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    tracking_uid: str,
+    segmentation: Dataset | None = None,
+    series_number: int = 9902,
+    manufacturer: str = "ich-ensemble project",
+) -> hd.sr.Comprehensive3DSR:
+    """Build the case's TID 1500 Measurement Report.
+
+    Args:
+        source_images: headers of the analysed CT slices (pixel data may be absent), all of one study.
+        values: the case's figures, as in the JSON result.
+        model_version: the weights' version (``model_repository/VERSION``), recorded as the algorithm's.
+        series_instance_uid: the SR's series UID.
+        sop_instance_uid: the SR's instance UID.
+        tracking_uid: the finding's tracking UID.
+        segmentation: the case's SEG, when there is one: the group then references its segment 1.
+        series_number: SeriesNumber of the SR series (after the SEG's).
+        manufacturer: Manufacturer of the SR.
+
+    Raises:
+        ValueError: no source images, images of several studies, or an empty model version.
+    """
+    if not source_images:
+        raise ValueError("source_images is empty")
+    if len({str(ds.StudyInstanceUID) for ds in source_images}) != 1:
+        raise ValueError("source images come from more than one study")
+    if not model_version:
+        raise ValueError("model_version must be a non-empty string")
+    evidence: list[Dataset] = completed_headers(source_images)
+    algorithm = hd.sr.AlgorithmIdentification(name=spec.ENSEMBLE_MODEL, version=model_version)
+    tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier="ICH ensemble: intracranial hemorrhage")
+    measurements, evaluations = _group_content(values, algorithm)
+    common = {
+        "tracking_identifier": tracking,
+        "finding_type": HEMORRHAGE,
+        "finding_sites": [hd.sr.FindingSite(anatomic_location=codes.SCT.Brain)],
+        "algorithm_id": algorithm,
+        "measurements": measurements,
+        "qualitative_evaluations": evaluations,
+    }
+    group: (
+        hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    )
+    if segmentation is not None:
+        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            # Named explicitly: highdicom's from_segmentation expects the segment in every frame's
+            # functional groups, where a one-segment SEG keeps it in the shared ones.
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=str(segmentation.SOPClassUID),
+                sop_instance_uid=str(segmentation.SOPInstanceUID),
+                segment_number=1,
+                source_series=hd.sr.SourceSeriesForSegmentation(str(source_images[0].SeriesInstanceUID)),
+            ),
+            **common,  # type: ignore[arg-type]
+        )
+        evidence.append(segmentation)
+    else:
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(**common)  # type: ignore[arg-type]
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=_DEVICE_UID, name="ICH ensemble", manufacturer_name=manufacturer, model_name=model_version
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=CT_OF_HEAD,
+        imaging_measurements=[group],
+    )
+    remark = hd.sr.ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
+    remark.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.DCM.Comment, value=NOT_FOR_CLINICAL_USE_TEXT, relationship_type="CONTAINS"
+            )
+        ]
+    )
+    report[0].ContentSequence.append(remark)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=manufacturer,
+        is_complete=False,
+        is_final=False,
+        is_verified=False,
+        software_versions=[software_version(), model_version],
+        series_description="ICH ensemble report - NOT FOR CLINICAL USE",
+        content_qualification="RESEARCH",
+        coding_schemes=[CODING_SCHEME],
+    )
+    return sr
