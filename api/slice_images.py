@@ -1,8 +1,9 @@
 """The viewer's slice pictures: a finished job's stored study decoded once, each PNG rendered once.
 
 ``GET /v1/studies/{id}/slices/{index}.png`` needs the HU slice (from the upload the job store keeps), the mask
-(read back from the SEG kept with the result) and the slice's caption. Decoding a study takes about a second;
-scrolling asks for a slice every few tens of milliseconds, so both are cached in this process:
+(read back from the SEG kept with the result) and the slice's caption. Decoding a study costs many times
+what drawing one slice does, and scrolling asks for a slice every few tens of milliseconds, so both are
+cached in this process:
 
 - decoded studies (HU as int16, the mask as bool) up to :data:`STUDY_CACHE_BYTES`, the newest always kept;
 - rendered PNGs up to :data:`PNG_CACHE_BYTES`, least recently used out first.
