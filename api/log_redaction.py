@@ -4,8 +4,10 @@ The gateway's own code logs counts, reasons and request ids only. Libraries are 
 logs the source images' SOP Instance UIDs at INFO while it builds a SEG, and pydicom's warnings can quote a
 header value. Two measures, both on the one handler ``ich-serve`` logs through:
 
-- the DICOM libraries' loggers (``DICOM_LIBRARY_LOGGERS``) pass only warnings and errors, and Python
-  warnings are routed into logging (``logging.captureWarnings``) so that they meet the same filter;
+- the DICOM libraries' loggers (``DICOM_LIBRARY_LOGGERS``) pass only warnings and errors, Python warnings
+  are routed into logging (``logging.captureWarnings``) so that they meet the same filter, and pydicom's
+  validation of values on reading is off: in its default mode it warns with the offending value quoted
+  ("Invalid value for VR DA: '<a birth date>'"), and intake checks what it uses itself;
 - ``RedactingFilter`` replaces every UID-shaped token (digits and dots, at least five components or sixteen
   characters, the shape of DICOM UIDs such as ``1.2.840...`` or ``2.25.<number>``) in every record's text,
   exception text included, by ``<uid>``. Short dotted numbers (versions, ``127.0.0.1``) are left alone.
@@ -16,6 +18,8 @@ from __future__ import annotations
 import logging
 import re
 from typing import Final
+
+from pydicom import config as pydicom_config
 
 #: Loggers of the DICOM libraries the gateway uses; below WARNING they narrate datasets, UIDs included.
 DICOM_LIBRARY_LOGGERS: Final[tuple[str, ...]] = ("highdicom", "pydicom", "pynetdicom", "dicomweb_client")
@@ -59,3 +63,4 @@ def quiet_dicom_libraries() -> None:
     for name in DICOM_LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
