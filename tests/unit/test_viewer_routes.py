@@ -7,6 +7,7 @@ so the mask is known: the blob of blood-like voxels.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import time
 from collections.abc import Iterator
@@ -171,3 +172,26 @@ def test_overlays_of_the_result_carry_the_caption(client: TestClient) -> None:
     slice_png = _rgb(client.get(f"/v1/studies/{job_id}/slices/2.png"))
     np.testing.assert_array_equal(rgb, slice_png)  # the same picture: outline, caption and marker
     assert PATIENT_NAME not in str(result) and PATIENT_ID not in str(result)
+
+
+def test_with_api_keys_the_page_is_public_and_its_pictures_need_the_key(tmp_path: Path) -> None:
+    key = "viewer-test-key"
+    keys = tmp_path / "keys.txt"
+    keys.write_text(hashlib.sha256(key.encode()).hexdigest() + "\n", encoding="utf-8")
+    settings = Settings(
+        data_dir=tmp_path / "data", model_repository=tmp_path / "paper-rule-repository", api_keys_file=keys
+    )
+    auth = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(settings, engine=FakeEngine(input_size=32))) as client:
+        assert client.get("/").status_code == 200
+        assert client.get("/static/viewer/viewer.js").status_code == 200
+        assert client.get("/docs").status_code == 200
+        data, _ = study_zip(_volume())
+        job_id = client.post("/v1/studies?include=seg", content=data, headers={**ZIP, **auth}).json()["id"]
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/studies/{job_id}", headers=auth).json()["status"] != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        refused = client.get(f"/v1/studies/{job_id}/slices/2.png")
+        assert refused.status_code == 401 and refused.json()["code"] == "unauthorized"
+        assert _red(_rgb(client.get(f"/v1/studies/{job_id}/slices/2.png", headers=auth))).any()
