@@ -31,7 +31,9 @@ CHECKS = (not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture(scope="module")
-def api_schema(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
+def api_schema(
+    tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[schemathesis.BaseSchema]:
     """The running gateway's OpenAPI document, loaded by schemathesis (requests go to that gateway)."""
     folder = tmp_path_factory.mktemp("openapi-fuzz")
     settings_ = {
