@@ -19,12 +19,13 @@ from fastapi.responses import JSONResponse
 from api.auth import ApiKeyVerifier, load_key_digests
 from api.decision import decision_for
 from api.deps import Engine
+from api.dicom_node import DicomNode, start_dicom_node
 from api.engines import create_engine
 from api.errors import RequestContextMiddleware, error_response, install_error_handlers, request_id_of
 from api.log_redaction import DICOM_LIBRARY_LOGGERS
 from api.metrics import GatewayMetrics
 from api.openapi_errors import install_error_schema
-from api.routers import cases, health, models, studies
+from api.routers import cases, dicomweb, health, models, studies, study_results
 from api.routers.docs import install_offline_docs
 from api.routers.viewer import install_viewer
 from api.settings import Settings, get_settings
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ich-work")
         current = engine
         jobs: JobQueue | None = None
+        dicom: DicomNode | None = None
         try:
             if current is None:
                 # Loading ONNX sessions takes seconds: off the loop, though nothing else runs yet.
@@ -109,6 +111,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             metrics.watch_engine(current)
             jobs = await start_job_queue(settings, current, executor, metrics, job_metrics)
             app.state.jobs = jobs
+            dicom = await start_dicom_node(settings, jobs.store, jobs.wake)
+            app.state.dicom = dicom
             logger.info(
                 "serving model %s with the %s engine (input %d, threshold %.2f, API keys %s)",
                 current.model_version, current.name, current.input_size, decision_for(settings).threshold,
@@ -116,6 +120,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             )
             yield
         finally:
+            app.state.dicom = None
+            if dicom is not None:  # before the queue: no study is handed to a closing store
+                await dicom.close()
             app.state.jobs = None
             if jobs is not None:  # before the engine: running jobs are released, not failed
                 await jobs.close()
@@ -137,6 +144,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.api_keys = keys
     app.state.engine = None
     app.state.jobs = None
+    app.state.dicom = None
     app.state.inflight_cases = 0  # only touched on the event loop, so a plain counter is safe
     install_error_handlers(app)
     app.add_exception_handler(IntakeError, _intake_error_handler)
@@ -145,6 +153,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(cases.router)
     app.include_router(models.router)
     app.include_router(studies.router)
+    app.include_router(study_results.router)
+    app.include_router(dicomweb.router)
     install_error_schema(app)
     install_viewer(app)
     install_offline_docs(app)

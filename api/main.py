@@ -49,12 +49,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level)
+    workers = args.workers or settings.workers
+    if settings.dicom_port is not None and workers > 1:
+        # Each worker process would bind the DICOM port and keep its own studies being received.
+        raise SystemExit("ICH_DICOM_PORT needs ICH_WORKERS=1: scale the DICOM node with replicas instead")
     uvicorn.run(
         "api.app:create_app",
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,
-        workers=args.workers or settings.workers,
+        workers=workers,
         log_level=settings.log_level,
         log_config=None,  # keep the handler above, with request ids
         access_log=False,  # the request middleware logs one line per request, with its id

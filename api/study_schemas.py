@@ -16,6 +16,8 @@ from api.schemas import CaseResult, ErrorBody
 from ich.jobs import Job
 
 JobStatus = Literal["queued", "running", "done", "failed"]
+JobOrigin = Literal["upload", "dicom", "dicomweb"]
+DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 
 def _time(seconds: float | None) -> str | None:
@@ -38,6 +40,15 @@ class StudyError(BaseModel):
     reasons: list[dict[str, Any]] | None = Field(default=None, description="With no_usable_series.")
 
 
+class StudyDelivery(BaseModel):
+    """Where the job's DICOM results stand on their way to ``ICH_RESULTS_DESTINATION``."""
+
+    status: DeliveryStatus = Field(description="pending (also while the job runs), delivered, failed.")
+    attempts: int
+    delivered_at: datetime | None
+    error: StudyError | None = Field(description="Why the latest attempt failed.")
+
+
 class StudyJobSummary(BaseModel):
     """A job in a listing (no result)."""
 
@@ -48,6 +59,10 @@ class StudyJobSummary(BaseModel):
     finished_at: datetime | None
     attempts: int
     error: StudyError | None
+    origin: JobOrigin = Field(description="upload (POST /v1/studies), dicom (C-STORE), dicomweb (STOW-RS).")
+    delivery: StudyDelivery | None = Field(
+        description="The results' delivery to the PACS; null when they are not sent anywhere."
+    )
 
 
 class StudyJob(StudyJobSummary):
@@ -61,6 +76,14 @@ class StudyPage(BaseModel):
 
     items: list[StudyJobSummary]
     next_cursor: str | None
+
+
+def _delivery(job: Job) -> dict[str, Any] | None:
+    if job.delivery is None:
+        return None
+    body = job.delivery.to_dict()
+    body["delivered_at"] = _time(job.delivery.delivered_at)
+    return body
 
 
 def accepted_body(job: Job) -> dict[str, Any]:
@@ -81,6 +104,8 @@ def job_body(job: Job, *, with_result: bool) -> dict[str, Any]:
         "finished_at": _time(job.finished_at),
         "attempts": job.attempts,
         "error": job.error.to_dict() if job.error else None,
+        "origin": job.origin,
+        "delivery": _delivery(job),
     }
     if with_result:
         body["result"] = job.result

@@ -219,6 +219,15 @@ class JobError(_Model):
     reasons: list[dict[str, Any]] | None = None
 
 
+class JobDelivery(_Model):
+    """Where a job's DICOM results (SEG, SR, key image) stand on their way to the service's PACS."""
+
+    status: str
+    attempts: int = 0
+    delivered_at: str | None = None
+    error: JobError | None = None
+
+
 class JobSummary(_Model):
     """A job as listed (``list_jobs``): its state, without the result."""
 
@@ -229,6 +238,10 @@ class JobSummary(_Model):
     finished_at: str | None = None
     attempts: int = 0
     error: JobError | None = None
+    #: How the study arrived: ``upload``, ``dicom`` (C-STORE) or ``dicomweb`` (STOW-RS).
+    origin: str = "upload"
+    #: The results' delivery to the PACS, or None when they are not sent anywhere.
+    delivery: JobDelivery | None = None
 
     @property
     def finished(self) -> bool:

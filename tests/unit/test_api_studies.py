@@ -102,7 +102,9 @@ def test_a_queued_study_gets_the_result_cases_gives(
     job = wait_finished(client, body["id"])
     assert set(job) == {
         "id", "status", "created_at", "started_at", "finished_at", "attempts", "error", "result",
+        "origin", "delivery",
     }  # fmt: skip
+    assert job["origin"] == "upload" and job["delivery"] is None
     assert job["status"] == "done" and job["attempts"] == 1 and job["error"] is None
     assert job["created_at"] == body["created_at"]
     assert job["created_at"] <= job["started_at"] <= job["finished_at"]
