@@ -21,6 +21,7 @@ from api.auth import require_api_key
 from api.deps import EngineDep, ExecutorDep, MetricsDep, SettingsDep
 from api.engines import EngineUnavailableError
 from api.errors import ApiError, service_unavailable
+from api.memory import release_free_memory
 from api.pipeline import INCLUDE_OPTIONS, analyse_case
 from api.schemas import ERROR_RESPONSES, CaseResult
 from api.upload import FILE_FIELD, pace_of, read_zip_upload
@@ -140,6 +141,8 @@ async def create_case(
     finally:
         state.inflight_cases -= 1
         metrics.inflight.dec()
+        # Not awaited: the answer need not wait for the allocator to hand the case's memory back.
+        asyncio.get_running_loop().run_in_executor(executor, release_free_memory)
 
     outcome = "indeterminate" if result.indeterminate else ("positive" if result.ich_detected else "negative")
     metrics.cases.labels(outcome=outcome).inc()
