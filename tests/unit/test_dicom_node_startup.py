@@ -1,0 +1,87 @@
+"""The DICOM node's start-up: settings that cannot work stop it with a clear message; the SCP answers C-ECHO.
+
+The gateway is built in-process (fake engine) and its lifespan run; a pynetdicom SCU in the test talks to the
+SCP the lifespan started on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from api import main as entry
+from api.app import create_app
+from api.settings import Settings, get_settings
+from tests.support.fake_engine import FakeEngine
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def settings_for(tmp_path: Path, **values: Any) -> Settings:
+    return Settings(data_dir=tmp_path / "data", model_repository=tmp_path / "no-case-model", **values)
+
+
+def echo(port: int, calling: str, called: str = "ICH") -> bool:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and int(status.Status) == 0
+
+
+def test_the_lifespan_starts_the_scp_and_stops_it(tmp_path: Path) -> None:
+    port = free_port()
+    settings = settings_for(tmp_path, dicom_port=port, dicom_host="127.0.0.1", dicom_allowed_aes="MODALITY")
+    with TestClient(create_app(settings, engine=FakeEngine())) as client:
+        assert client.get("/healthz").status_code == 200
+        assert echo(port, "MODALITY")
+        assert not echo(port, "STRANGER")
+        assert not echo(port, "MODALITY", called="OTHER")
+    assert not echo(port, "MODALITY")  # closed with the app
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"dicom_port": 11112}, "ICH_DICOM_ALLOWED_AES"),
+        ({"results_destination": "ftp://user:hunter2@pacs/"}, "ICH_RESULTS_DESTINATION"),
+        ({"results_destination": "dicom://pacs.example.org:104"}, "dicom://AE_TITLE@host:port"),
+    ],
+)
+def test_settings_that_cannot_work_stop_the_start_up(
+    tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    app = create_app(settings_for(tmp_path, **values), engine=FakeEngine())
+    with pytest.raises(ValueError, match=message) as caught, TestClient(app):
+        pass
+    assert "hunter2" not in str(caught.value)
+
+
+def test_ich_serve_refuses_a_dicom_port_with_several_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(entry.uvicorn, "run", lambda *args, **kwargs: None)
+    monkeypatch.setenv("ICH_DICOM_PORT", "11112")
+    monkeypatch.setenv("ICH_WORKERS", "2")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit, match="ICH_WORKERS=1"):
+            entry.main([])
+    finally:
+        get_settings.cache_clear()
+        root.handlers[:] = handlers
+        root.setLevel(level)
