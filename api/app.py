@@ -50,6 +50,7 @@ def _make_engine(settings: Settings) -> Engine:
             triton_url=settings.triton_url,
             timeout_s=settings.triton_timeout_s,
             intra_op_threads=settings.intra_op_threads,
+            batch_size=settings.embedded_batch_size,
         )
     except RepositoryError as exc:
         logger.error(

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=_default_threads, ge=1)
     #: onnxruntime intra-op threads of the embedded engine (unset: onnxruntime's default).
     intra_op_threads: int | None = Field(default=None, ge=1)
+    #: Slices per onnxruntime run of the embedded engine (at most the repository's max_batch_size). Its
+    #: memory arena grows to the largest batch's activations: 4 keeps it near 1 GiB at 160 px, where 16
+    #: (the GPU batch) holds about 4 GiB, and on CPU the small batch is no slower.
+    embedded_batch_size: int = Field(default=4, ge=1)
     #: Cases analysed at once per process, counted once the upload is in; more get 503 "busy" (each holds its
     #: upload and volume in memory).
     max_inflight_cases: int = Field(default=8, ge=1)

@@ -278,21 +278,28 @@ class EnsembleRunner:
             model_version=repository.read_version(root),
         )
 
-    def run(self, images: np.ndarray, control: RunControl | None = None) -> EnsembleOutput:
+    def run(
+        self, images: np.ndarray, control: RunControl | None = None, *, batch_size: int | None = None
+    ) -> EnsembleOutput:
         """Run the ensemble on ``images`` ``[N, 4, S, S]`` in batches of at most ``max_batch_size``.
 
         Args:
             images: the preprocessed slices.
             control: lets another thread cancel the run and hears of each finished batch.
+            batch_size: slices per onnxruntime run, when fewer than ``max_batch_size`` are wanted
+                (onnxruntime's memory arena grows with the batch).
 
         Raises:
             ValueError: ``images`` does not have the shape the repository's models take, or N is 0.
             RunCancelledError: ``control`` was cancelled before the run finished.
         """
         images = check_images(images, self.input_size)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        size = min(batch_size or self.max_batch_size, self.max_batch_size)
         parts = []
-        for start in range(0, images.shape[0], self.max_batch_size):
-            batch = images[start : start + self.max_batch_size]
+        for start in range(0, images.shape[0], size):
+            batch = images[start : start + size]
             parts.append(output_from_tensors(self._run_batch(batch, control)))
             if control is not None and control.on_batch is not None:
                 control.on_batch(int(batch.shape[0]))

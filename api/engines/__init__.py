@@ -29,6 +29,7 @@ def create_engine(
     triton_url: str,
     timeout_s: float,
     intra_op_threads: int | None = None,
+    batch_size: int | None = None,
 ) -> Engine:
     """Build the engine the settings ask for.
 
@@ -39,6 +40,7 @@ def create_engine(
         triton_url: Triton gRPC ``host:port`` (Triton engine only).
         timeout_s: deadline of one inference request (Triton engine only).
         intra_op_threads: onnxruntime threads per operator (embedded engine only).
+        batch_size: slices per onnxruntime run (embedded engine only; None: the repository's batch).
 
     Raises:
         ValueError: unknown ``kind``.
@@ -47,7 +49,9 @@ def create_engine(
     if kind == "embedded":
         from api.engines.embedded import EmbeddedEngine
 
-        return EmbeddedEngine.from_repository(repository, intra_op_threads=intra_op_threads)
+        return EmbeddedEngine.from_repository(
+            repository, intra_op_threads=intra_op_threads, batch_size=batch_size
+        )
     if kind == "triton":
         from api.engines.triton import TritonEngine
 

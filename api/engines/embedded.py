@@ -7,6 +7,7 @@ loop free for other requests (health checks, uploads) while one study is inferre
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -30,13 +31,20 @@ class EmbeddedEngine(Engine):
         runner: the loaded ensemble.
         max_concurrency: studies inferred at the same time; onnxruntime already spreads one study over the
             cores, so more than one or two mostly adds memory and contention.
+        batch_size: slices per onnxruntime run (None: the repository's ``max_batch_size``); onnxruntime's
+            memory arena keeps the largest batch's activations for good, so this bounds the engine's memory.
     """
 
     name = "embedded"
 
-    def __init__(self, runner: EnsembleRunner, *, max_concurrency: int = 1) -> None:
+    def __init__(
+        self, runner: EnsembleRunner, *, max_concurrency: int = 1, batch_size: int | None = None
+    ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
         self.runner = runner
         self.model_version = runner.model_version
         self.input_size = runner.input_size
@@ -47,9 +55,12 @@ class EmbeddedEngine(Engine):
         self._count_lock = threading.Lock()
 
     @classmethod
-    def from_repository(cls, root: Path, *, intra_op_threads: int | None = None) -> EmbeddedEngine:
+    def from_repository(
+        cls, root: Path, *, intra_op_threads: int | None = None, batch_size: int | None = None
+    ) -> EmbeddedEngine:
         """Load the repository's ensemble (raises ``RepositoryError`` when it is incomplete)."""
-        return cls(EnsembleRunner.from_repository(root, intra_op_threads=intra_op_threads))
+        runner = EnsembleRunner.from_repository(root, intra_op_threads=intra_op_threads)
+        return cls(runner, batch_size=batch_size)
 
     async def infer(self, images: np.ndarray) -> EnsembleOutput:
         """Run the ensemble in the engine's thread pool, batching within ``max_batch_size``.
@@ -62,7 +73,8 @@ class EmbeddedEngine(Engine):
         loop = asyncio.get_running_loop()
         control = RunControl(on_batch=self._count_slices)
         try:
-            return await loop.run_in_executor(self._executor, self.runner.run, images, control)
+            run = functools.partial(self.runner.run, images, control, batch_size=self.batch_size)
+            return await loop.run_in_executor(self._executor, run)
         except asyncio.CancelledError:
             control.cancel()
             raise

@@ -183,6 +183,11 @@ def test_a_cancelled_run_stops_before_its_next_step(tmp_path: Path) -> None:
     assert runner.run(images, control).num_slices == 6
     assert done == [2, 2, 2]
 
+    small: list[int] = []
+    smaller = runner.run(images, RunControl(on_batch=small.append), batch_size=1)
+    assert small == [1] * 6  # the engine's batch bounds onnxruntime's arena; the numbers are the same
+    np.testing.assert_allclose(smaller.fused, runner.run(images).fused, atol=1e-6)
+
     cancelled = RunControl(on_batch=done.append)
     cancelled.cancel()
     with pytest.raises(RunCancelledError):
