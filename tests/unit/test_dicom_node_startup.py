@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from api import main as entry
 from api.app import create_app
 from api.settings import Settings, get_settings
 from tests.support.fake_engine import FakeEngine
+from tests.support.pacs_study import pacs_study
 
 
 def free_port() -> int:
@@ -85,3 +88,38 @@ def test_ich_serve_refuses_a_dicom_port_with_several_workers(monkeypatch: pytest
         get_settings.cache_clear()
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    "syntax", [JPEGLSLossless, JPEG2000Lossless, RLELossless, DeflatedExplicitVRLittleEndian]
+)
+def test_compressed_studies_are_stored_and_analysed(tmp_path: Path, syntax: str) -> None:
+    port = free_port()
+    settings = settings_for(
+        tmp_path, dicom_port=port, dicom_host="127.0.0.1", dicom_allowed_aes="*", dicom_study_quiet_s=0.2
+    )
+    if syntax == DeflatedExplicitVRLittleEndian:  # written uncompressed; pynetdicom deflates on sending
+        study = pacs_study(slices=3)
+        for ds in study.datasets:
+            ds.file_meta.TransferSyntaxUID = syntax
+    else:
+        study = pacs_study(slices=3, transfer_syntax=syntax)
+    with TestClient(create_app(settings, engine=FakeEngine(input_size=32))) as client:
+        ae = AE(ae_title="ANYONE")
+        ae.add_requested_context(CTImageStorage, [syntax])
+        assoc = ae.associate("127.0.0.1", port, ae_title="ICH")
+        assert assoc.is_established
+        statuses = [int(assoc.send_c_store(ds).Status) for ds in study.datasets]
+        assoc.release()
+        assert statuses == [0, 0, 0]
+        deadline = time.monotonic() + 30
+        while not (items := client.get("/v1/studies").json()["items"]) or items[0]["status"] not in (
+            "done",
+            "failed",
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        job = client.get(f"/v1/studies/{items[0]['id']}").json()
+    assert job["status"] == "done", job["error"]
+    assert job["origin"] == "dicom" and job["result"]["series"]["slices_used"] == 3
+    assert job["result"]["ich_detected"]
