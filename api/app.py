@@ -30,6 +30,7 @@ from api.routers.docs import install_offline_docs
 from api.routers.viewer import install_viewer
 from api.settings import Settings, get_settings
 from api.study_queue import JobQueue, start_job_queue
+from api.upload import UploadBudget
 from ich.errors import IntakeError
 from ich.jobs.metrics import JobMetrics
 from ich.repository import RepositoryError
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.jobs = None
     app.state.dicom = None
     app.state.inflight_cases = 0  # only touched on the event loop, so a plain counter is safe
+    app.state.upload_budget = UploadBudget(settings.max_upload_buffer_bytes, settings.retry_after_s)
     install_error_handlers(app)
     app.add_exception_handler(IntakeError, _intake_error_handler)
     app.add_middleware(RequestContextMiddleware, on_response=metrics.observe_http)

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     upload_timeout_s: float = Field(default=10.0, gt=0)
     #: Slowest average upload rate accepted after the grace, bytes per second (408 below).
     upload_min_bytes_per_s: int = Field(default=65536, ge=0)
+    #: Bytes of uploads being received at once, all requests together; an upload that would pass it gets
+    #: 503 "busy" (so many fast senders cannot fill the memory before any of them holds a slot).
+    max_upload_buffer_bytes: int = Field(default=1024 * MIB, gt=0)
     #: Seconds announced in Retry-After when the engine is unavailable.
     retry_after_s: int = Field(default=5, ge=1)
     #: Durable jobs (``/v1/studies``): the SQLite database and the uploads live here unless

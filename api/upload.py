@@ -8,7 +8,10 @@ read-only in the Kubernetes deployment).
 
 The body must also keep coming (``UploadPace``): a silence longer than ``ICH_UPLOAD_TIMEOUT_S``, or an
 average rate under ``ICH_UPLOAD_MIN_BYTES_PER_S`` once that grace has passed, ends the request with 408, so
-a slow or stalled sender cannot hold a connection and its buffer for as long as it likes. The study is kept
+a slow or stalled sender cannot hold a connection and its buffer for as long as it likes. The bytes of all
+uploads still being received count against one ``UploadBudget`` (``ICH_MAX_UPLOAD_BUFFER_BYTES``): past it
+the upload is refused with 503 ``busy``, so the memory of bodies not yet in a slot is bounded too, while a
+stalled connection, which holds nothing, costs nothing. The study is kept
 in one ``bytearray`` that grows in place and is handed on as it is (intake reads it without a copy), so an
 upload costs its own size once, not twice.
 """
@@ -16,14 +19,15 @@ upload costs its own size once, not twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from api.errors import ApiError
+from api.errors import ApiError, service_unavailable
 from api.settings import Settings
 
 #: Media types accepted as a raw zip body (browsers and Windows tools send the ``x-`` variants).
@@ -62,6 +66,43 @@ class UploadPace:
         return min(self.timeout_s, allowed - elapsed_s)
 
 
+class UploadBudget:
+    """Bytes of uploads being received at once, all requests together (touched on the event loop only)."""
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        if limit <= 0:
+            raise ValueError(f"UploadBudget.limit must be positive, got {limit}")
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.used = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[_Hold]:
+        """A request's share, given back when the block ends (the body then belongs to a slot, or is gone)."""
+        share = _Hold(self)
+        try:
+            yield share
+        finally:
+            self.used -= share.bytes
+
+
+class _Hold:
+    def __init__(self, budget: UploadBudget) -> None:
+        self.budget = budget
+        self.bytes = 0
+
+    def add(self, count: int) -> None:
+        budget = self.budget
+        if budget.used + count > budget.limit:
+            raise service_unavailable(
+                "busy",
+                f"the uploads being received fill the gateway's buffer of {budget.limit} bytes; retry later",
+                budget.retry_after_s,
+            )
+        budget.used += count
+        self.bytes += count
+
+
 def pace_of(settings: Settings) -> UploadPace:
     """The pace the settings ask of uploads (``ICH_UPLOAD_TIMEOUT_S``, ``ICH_UPLOAD_MIN_BYTES_PER_S``)."""
     return UploadPace(settings.upload_timeout_s, settings.upload_min_bytes_per_s)
@@ -77,11 +118,12 @@ def _too_slow(pace: UploadPace) -> ApiError:
     )
 
 
-async def paced_chunks(request: Request, pace: UploadPace) -> AsyncIterator[bytes]:
+async def paced_chunks(request: Request, pace: UploadPace, hold: _Hold | None = None) -> AsyncIterator[bytes]:
     """The body's chunks as they arrive, ending with 408 when the sender falls below ``pace``.
 
     Raises:
-        ApiError: 408 ``upload_timeout``; 400 ``client_disconnected`` when the client goes mid-upload.
+        ApiError: 408 ``upload_timeout``; 400 ``client_disconnected`` when the client goes mid-upload; 503
+            ``busy`` when ``hold``'s budget cannot take the next chunk.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -103,6 +145,8 @@ async def paced_chunks(request: Request, pace: UploadPace) -> AsyncIterator[byte
                 400, "client_disconnected", "the upload ended before the body was complete"
             ) from exc
         received += len(chunk)
+        if hold is not None:
+            hold.add(len(chunk))
         yield chunk
 
 
@@ -174,25 +218,30 @@ class _FilePartCollector:
         self.finished = True
 
 
-async def read_zip_upload(request: Request, limit: int, pace: UploadPace | None = None) -> bytearray:
+async def read_zip_upload(
+    request: Request, limit: int, pace: UploadPace | None = None, budget: UploadBudget | None = None
+) -> bytearray:
     """The zip bytes of a ``POST /v1/cases`` request, in one buffer (no copy is made of it here).
 
     Args:
         request: the request whose body is read.
         limit: the largest zip accepted, in bytes.
         pace: how slowly the body may come (default: ``UploadPace()``).
+        budget: the bytes all uploads being received may hold together (None: no such bound).
 
     Raises:
-        ApiError: 415 for another media type, 413 beyond ``limit``, 408 when the body comes too slowly, 400
-            for a malformed multipart body or one without a ``file`` field, or when the client disconnects
-            mid-upload.
+        ApiError: 415 for another media type, 413 beyond ``limit``, 408 when the body comes too slowly, 503
+            when ``budget`` is full, 400 for a malformed multipart body or one without a ``file`` field, or
+            when the client disconnects mid-upload.
     """
     pace = pace or UploadPace()
     media_type = media_type_of(request)
-    if media_type in ZIP_MEDIA_TYPES:
-        return await _read_raw(request, limit, pace)
-    if media_type == MULTIPART_MEDIA_TYPE:
-        return await _read_multipart(request, limit, pace)
+    if media_type in ZIP_MEDIA_TYPES or media_type == MULTIPART_MEDIA_TYPE:
+        reader = _read_raw if media_type in ZIP_MEDIA_TYPES else _read_multipart
+        if budget is None:
+            return await reader(request, limit, pace, None)
+        with budget.hold() as hold:
+            return await reader(request, limit, pace, hold)
     raise ApiError(
         415,
         "unsupported_media_type",
@@ -201,19 +250,19 @@ async def read_zip_upload(request: Request, limit: int, pace: UploadPace | None 
     )
 
 
-async def _read_raw(request: Request, limit: int, pace: UploadPace) -> bytearray:
+async def _read_raw(request: Request, limit: int, pace: UploadPace, hold: _Hold | None) -> bytearray:
     _check_content_length(request, limit)
     # Grown in place, never sized from Content-Length: a client that declares 512 MiB and sends nothing
     # must cost nothing.
     body = bytearray()
-    async for chunk in paced_chunks(request, pace):
+    async for chunk in paced_chunks(request, pace, hold):
         body.extend(chunk)
         if len(body) > limit:
             raise _too_large(limit)
     return body
 
 
-async def _read_multipart(request: Request, limit: int, pace: UploadPace) -> bytearray:
+async def _read_multipart(request: Request, limit: int, pace: UploadPace, hold: _Hold | None) -> bytearray:
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if not boundary:
@@ -236,7 +285,7 @@ async def _read_multipart(request: Request, limit: int, pace: UploadPace) -> byt
     )
     received = 0
     try:
-        async for chunk in paced_chunks(request, pace):
+        async for chunk in paced_chunks(request, pace, hold):
             received += len(chunk)
             if received > body_limit:
                 raise _too_large(limit)

@@ -96,9 +96,12 @@ async def create_case(
         # Saturated already: refuse before the body is read, so a busy replica costs the client no upload.
         raise _busy(settings)
     try:
-        data = await read_zip_upload(request, settings.max_upload_bytes, pace_of(settings))
-    except ApiError:
-        metrics.cases.labels(outcome="rejected").inc()
+        data = await read_zip_upload(
+            request, settings.max_upload_bytes, pace_of(settings), state.upload_budget
+        )
+    except ApiError as exc:
+        if exc.status_code < 500:  # a 503 "busy" is load shed, like the one before the body, not a case
+            metrics.cases.labels(outcome="rejected").inc()
         raise
     if state.inflight_cases >= settings.max_inflight_cases:
         raise _busy(settings)

@@ -125,6 +125,20 @@ async def test_a_full_gateway_still_refuses_before_reading_the_body() -> None:
             assert (await first).status_code == 200
 
 
+def test_the_upload_buffer_bounds_the_bodies_being_received_together() -> None:
+    engine = FakeEngine()
+    data, _ = study_zip(_volume())
+    app = _app(engine, max_upload_buffer_bytes=len(data) - 1)
+    with TestClient(app) as client:
+        refused = client.post("/v1/cases", content=data, headers=ZIP)
+        assert refused.status_code == 503 and refused.json()["code"] == "busy"
+        assert refused.headers["retry-after"] == str(Settings().retry_after_s)
+        assert app.state.upload_budget.used == 0  # the refused upload's share was given back
+    with TestClient(_app(engine, max_upload_buffer_bytes=len(data))) as client:
+        assert client.post("/v1/cases", content=data, headers=ZIP).status_code == 200
+    assert len(engine.calls) == 1
+
+
 # --- a client that goes away -----------------------------------------------------------------------------
 
 
