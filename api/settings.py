@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     #: upload and volume in memory).
     max_inflight_cases: int = Field(default=8, ge=1)
     #: Most slices in the analysed series; a series above it is passed over (422 when nothing else fits).
-    max_slices: int = Field(default=600, ge=1)
+    max_slices: int = Field(default=400, ge=1)
     #: Longest silence while an upload streams in, seconds, and the grace before its rate counts (408 after).
     upload_timeout_s: float = Field(default=10.0, gt=0)
     #: Slowest average upload rate accepted after the grace, bytes per second (408 below).
