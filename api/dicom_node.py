@@ -112,7 +112,11 @@ def scp_config(settings: Settings) -> ScpConfig:
 
 
 def _admit(store: JobStore, limit: int) -> str | None:
-    active = store.active_count()
+    try:
+        active = store.active_count()
+    except Exception as exc:  # the database is away: the sender is told to send later
+        logger.error("job store unavailable to the DICOM node (%s)", type(exc).__name__)
+        return "the job queue is unavailable; send later"
     if active >= limit:
         return f"{active} studies are waiting or running (limit {limit}); send later"
     return None

@@ -226,18 +226,20 @@ class StudyAssembler:
         """The sender ended: normally (``released``), or not (aborted, connection lost, request broken)."""
         now = self.clock()
         cleared: list[str] = []
+        still_pending: list[str] = []
         with self._lock:
             for study in sender.studies:
                 pending = self._pending.get(study)
-                if pending is None:
+                if pending is None:  # already queued: nothing left to mark
                     continue
+                still_pending.append(study)
                 pending.senders.discard(sender.token)
                 if not released:
                     pending.aborted_at = now
                 elif pending.aborted_at is not None and sender.started_at > pending.aborted_at:
                     pending.aborted_at = None
                     cleared.append(study)
-        for study in sender.studies:
+        for study in still_pending:
             try:
                 self.spool.clear_marker(study, f"sender-{sender.token}")
                 if not released:
