@@ -31,6 +31,7 @@ from api.routers.viewer import install_viewer
 from api.settings import Settings, get_settings
 from api.study_queue import JobQueue, start_job_queue
 from api.upload import UploadBudget
+from ich.dicom_node import DicomMetrics
 from ich.errors import IntakeError
 from ich.jobs.metrics import JobMetrics
 from ich.repository import RepositoryError
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     keys = ApiKeyVerifier(load_key_digests(settings.api_keys_file)) if settings.api_keys_file else None
     metrics = GatewayMetrics()
     job_metrics = JobMetrics(metrics.registry)
+    dicom_metrics = DicomMetrics(metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -113,7 +115,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             metrics.watch_engine(current)
             jobs = await start_job_queue(settings, current, executor, metrics, job_metrics)
             app.state.jobs = jobs
-            dicom = await start_dicom_node(settings, jobs.store, jobs.wake)
+            dicom = await start_dicom_node(settings, jobs.store, jobs.wake, dicom_metrics)
             app.state.dicom = dicom
             logger.info(
                 "serving model %s with the %s engine (input %d, threshold %.2f, API keys %s)",

@@ -28,6 +28,7 @@ from ich.dicom_node import (
     CompletedStudy,
     DeliveryConfig,
     DicomIntake,
+    DicomMetrics,
     ResultsDelivery,
     ScpConfig,
     StorageSCP,
@@ -67,6 +68,7 @@ class DicomNode:
     scp: StorageSCP | None
     delivery: ResultsDelivery | None
     max_instance_bytes: int
+    metrics: DicomMetrics
     lock_fd: int | None = None
 
     async def close(self) -> None:
@@ -122,7 +124,7 @@ def _admit(store: JobStore, limit: int) -> str | None:
     return None
 
 
-def _delivery(settings: Settings, store: JobStore) -> ResultsDelivery | None:
+def _delivery(settings: Settings, store: JobStore, metrics: DicomMetrics) -> ResultsDelivery | None:
     if not settings.results_destination:
         return None
     destination = parse_destination(settings.results_destination)
@@ -137,10 +139,12 @@ def _delivery(settings: Settings, store: JobStore) -> ResultsDelivery | None:
         backoff_s=settings.results_retry_backoff_s,
         lease_s=max(60.0, 4 * settings.results_timeout_s),
     )
-    return ResultsDelivery(store, send, config)
+    return ResultsDelivery(store, send, config, metrics)
 
 
-async def start_dicom_node(settings: Settings, store: JobStore, wake: Callable[[], None]) -> DicomNode:
+async def start_dicom_node(
+    settings: Settings, store: JobStore, wake: Callable[[], None], metrics: DicomMetrics
+) -> DicomNode:
     """Build and start the node's parts the settings ask for, in the running loop.
 
     Without the spool (another process owns it, or the data directory cannot be written, and no SCP is
@@ -150,7 +154,7 @@ async def start_dicom_node(settings: Settings, store: JobStore, wake: Callable[[
         ValueError: a setting the node cannot work with (the message names it).
         OSError: the DICOM port cannot be bound, or (with ``ICH_DICOM_PORT``) the spool cannot be had.
     """
-    delivery = _delivery(settings, store)
+    delivery = _delivery(settings, store, metrics)
     if settings.dicom_port is not None:
         config = scp_config(settings)  # before anything starts: a bad setting stops the start-up
     try:
@@ -168,7 +172,7 @@ async def start_dicom_node(settings: Settings, store: JobStore, wake: Callable[[
     if lock_fd is None:
         if delivery is not None:
             delivery.start()
-        return DicomNode(None, None, None, delivery, settings.dicom_max_instance_bytes)
+        return DicomNode(None, None, None, delivery, settings.dicom_max_instance_bytes, metrics)
     spool = StudySpool(Path(settings.data_dir) / SPOOL_FOLDER)
     assembler = StudyAssembler(
         spool, assembly_limits(settings), admit=functools.partial(_admit, store, settings.max_queued_jobs)
@@ -178,12 +182,13 @@ async def start_dicom_node(settings: Settings, store: JobStore, wake: Callable[[
     def submit(study: CompletedStudy) -> tuple[str, bool]:
         return submit_study(store, study, deliver=deliver)
 
-    intake = DicomIntake(assembler, submit, wake=wake, tick_s=min(0.5, settings.dicom_study_quiet_s / 4))
-    scp = StorageSCP(assembler, config) if settings.dicom_port is not None else None
+    tick_s = min(0.5, settings.dicom_study_quiet_s / 4)
+    intake = DicomIntake(assembler, submit, wake=wake, tick_s=tick_s, metrics=metrics)
+    scp = StorageSCP(assembler, config, metrics) if settings.dicom_port is not None else None
     intake.start()  # takes up what a previous process left in the spool
     if delivery is not None:
         delivery.start()
-    node = DicomNode(assembler, intake, None, delivery, settings.dicom_max_instance_bytes, lock_fd)
+    node = DicomNode(assembler, intake, None, delivery, settings.dicom_max_instance_bytes, metrics, lock_fd)
     if scp is not None:
         try:
             await asyncio.to_thread(scp.start)

@@ -89,7 +89,7 @@ def _announced_uids(data: bytes) -> tuple[str, str]:
 
 
 def _store_parts(
-    assembler: StudyAssembler, sender: Sender, parts: list[Part], max_bytes: int, study: str | None
+    node: DicomNode, assembler: StudyAssembler, sender: Sender, parts: list[Part], study: str | None
 ) -> tuple[list[Dataset], list[Dataset]]:
     """Check and keep each part (blocking); the referenced and the failed items."""
     stored: list[Dataset] = []
@@ -98,18 +98,21 @@ def _store_parts(
         try:
             if part.media_type not in (DICOM_MEDIA_TYPE, ""):
                 raise InstanceRefusedError(0xC000, "not an application/dicom part")
-            instance: ReceivedInstance | None = inspect_instance(part.data, max_bytes=max_bytes)
+            instance: ReceivedInstance | None = inspect_instance(part.data, max_bytes=node.max_instance_bytes)
             if instance is not None:
                 if study is not None and instance.study_uid != study:
                     raise InstanceRefusedError(0xA900, "the instance belongs to another study than the URL's")
                 assembler.accept(sender, instance)
                 stored.append(_reference(instance.sop_class_uid, instance.sop_instance_uid))
+                node.metrics.instance("dicomweb", "stored")
             else:
                 ds = pydicom.dcmread(io.BytesIO(part.data), stop_before_pixels=True)
                 stored.append(_reference(str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+                node.metrics.instance("dicomweb", "discarded")
         except InstanceRefusedError as exc:
             logger.info("STOW-RS instance refused (status 0x%04X): %s", exc.status, exc.reason)
             failed.append(_reference(*_announced_uids(part.data), failure=exc.status))
+            node.metrics.instance("dicomweb", "refused")
     return stored, failed
 
 
@@ -124,9 +127,7 @@ async def _stow(request: Request, settings: Settings, node: DicomNode, study: st
     assert assembler is not None  # get_dicom_node
     sender = assembler.open_sender("dicomweb")
     try:
-        stored, failed = await asyncio.to_thread(
-            _store_parts, assembler, sender, parts, node.max_instance_bytes, study
-        )
+        stored, failed = await asyncio.to_thread(_store_parts, node, assembler, sender, parts, study)
     finally:
         assembler.close_sender(sender, released=True)
     response = Dataset()

@@ -19,6 +19,7 @@ from ich.dicom_node.delivery import (
 )
 from ich.dicom_node.instances import InstanceRefusedError, ReceivedInstance, Status, inspect_instance
 from ich.dicom_node.intake import DicomIntake, submit_study
+from ich.dicom_node.metrics import DicomMetrics
 from ich.dicom_node.scp import ANY_AE, ScpConfig, StorageSCP
 from ich.dicom_node.spool import StudySpool
 
@@ -30,6 +31,7 @@ __all__ = [
     "DeliveryError",
     "DicomDestination",
     "DicomIntake",
+    "DicomMetrics",
     "DicomWebDestination",
     "InstanceRefusedError",
     "ReceivedInstance",

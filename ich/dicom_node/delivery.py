@@ -25,6 +25,7 @@ from dicomweb_client import DICOMwebClient
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from ich.dicom_node.metrics import DicomMetrics
 from ich.jobs import JobError, JobStore
 
 __all__ = [
@@ -203,11 +204,16 @@ class ResultsDelivery:
     """
 
     def __init__(
-        self, store: JobStore, send: Callable[[Sequence[bytes]], None], config: DeliveryConfig
+        self,
+        store: JobStore,
+        send: Callable[[Sequence[bytes]], None],
+        config: DeliveryConfig,
+        metrics: DicomMetrics | None = None,
     ) -> None:
         self.store = store
         self.send = send
         self.config = config
+        self.metrics = metrics or DicomMetrics()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -255,7 +261,9 @@ class ResultsDelivery:
                 ) from None
         except DeliveryError as exc:
             error = JobError(exc.code, exc.detail)
-            if pending.attempts >= self.config.max_attempts:
+            outcome = "failed" if pending.attempts >= self.config.max_attempts else "retried"
+            self.metrics.deliveries.labels(outcome=outcome).inc()
+            if outcome == "failed":
                 await asyncio.to_thread(self.store.fail_delivery, pending.id, error)
                 logger.warning(
                     "job %s: results not delivered after %d attempts (%s)",
@@ -275,5 +283,6 @@ class ResultsDelivery:
                 )
             return True
         await asyncio.to_thread(self.store.delivered, pending.id)
+        self.metrics.deliveries.labels(outcome="delivered").inc()
         logger.info("job %s: %d result object(s) delivered", pending.id, len(objects))
         return True

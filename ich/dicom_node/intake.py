@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 
 from ich.dicom_node.assembler import CompletedStudy, StudyAssembler
+from ich.dicom_node.metrics import DicomMetrics
 from ich.jobs import IdempotencyConflictError, JobStore
 
 __all__ = ["DicomIntake", "submit_study"]
@@ -58,11 +59,13 @@ class DicomIntake:
         *,
         wake: Callable[[], None] = lambda: None,
         tick_s: float = 0.5,
+        metrics: DicomMetrics | None = None,
     ) -> None:
         self.assembler = assembler
         self.submit = submit
         self.wake = wake
         self.tick_s = tick_s
+        self.metrics = metrics or DicomMetrics()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -102,6 +105,8 @@ class DicomIntake:
                 logger.error("DICOM study not queued yet (%s); trying again", type(exc).__name__)
                 continue
             await asyncio.to_thread(self.assembler.finish, study, completed.instances)
+            outcome = (completed.error.code if completed.error else "queued") if created else "duplicate"
+            self.metrics.studies.labels(outcome=outcome).inc()
             if created:
                 queued += 1
                 self.wake()

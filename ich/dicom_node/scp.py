@@ -37,6 +37,7 @@ from ich.dicom_node.instances import (
     Status,
     inspect_instance,
 )
+from ich.dicom_node.metrics import DicomMetrics
 
 __all__ = ["ANY_AE", "ScpConfig", "StorageSCP"]
 
@@ -75,9 +76,12 @@ class _Association:
 class StorageSCP:
     """A Storage SCP feeding ``assembler``; :meth:`start` binds, :meth:`stop` closes every association."""
 
-    def __init__(self, assembler: StudyAssembler, config: ScpConfig) -> None:
+    def __init__(
+        self, assembler: StudyAssembler, config: ScpConfig, metrics: DicomMetrics | None = None
+    ) -> None:
         self.assembler = assembler
         self.config = config
+        self.metrics = metrics or DicomMetrics()
         self._lock = threading.Lock()
         self._associations: dict[int, _Association] = {}
         self._server: ThreadedAssociationServer | None = None
@@ -165,10 +169,13 @@ class StorageSCP:
                 self.assembler.accept(state.sender, instance)
         except InstanceRefusedError as exc:
             logger.info("DICOM instance refused (status 0x%04X): %s", exc.status, exc.reason)
+            self.metrics.instance("dicom", "refused")
             return exc.status
         except Exception as exc:  # a bug must not kill the association thread; the sender sees a failure
             logger.error("DICOM C-STORE failed (%s)", type(exc).__name__)
+            self.metrics.instance("dicom", "refused")
             return Status.PROCESSING_FAILURE
+        self.metrics.instance("dicom", "stored" if instance is not None else "discarded")
         return Status.SUCCESS
 
     def _on_released(self, event: Any) -> None:

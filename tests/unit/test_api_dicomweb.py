@@ -90,6 +90,10 @@ def test_a_stowed_study_becomes_one_job_with_downloadable_results(
     assert again.status_code == 200
     time.sleep(1.0)
     assert len(client.get("/v1/studies").json()["items"]) == 1  # the same study: the same job
+    metrics = client.get("/metrics").text
+    assert 'ich_dicom_instances_total{door="dicomweb",outcome="stored"} 8.0' in metrics
+    assert 'ich_dicom_studies_total{outcome="queued"} 1.0' in metrics
+    assert 'ich_dicom_studies_total{outcome="duplicate"} 1.0' in metrics
     for secret in (PATIENT_NAME, PATIENT_ID, study.study_uid, str(study.datasets[0].SOPInstanceUID)):
         assert secret not in caplog.text
 
