@@ -10,6 +10,7 @@ engine's work) when it comes, answering 499 to nobody.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -144,8 +145,10 @@ async def create_case(
     finally:
         state.inflight_cases -= 1
         metrics.inflight.dec()
-        # Not awaited: the answer need not wait for the allocator to hand the case's memory back.
-        asyncio.get_running_loop().run_in_executor(executor, release_free_memory)
+        # Not awaited: the answer need not wait for the allocator to hand the case's memory back (and a
+        # pool already shut down, at exit, has nothing left to give back).
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().run_in_executor(executor, release_free_memory)
 
     outcome = "indeterminate" if result.indeterminate else ("positive" if result.ich_detected else "negative")
     metrics.cases.labels(outcome=outcome).inc()
