@@ -29,6 +29,7 @@ from api.deps import SettingsDep
 from api.dicom_node import DicomNode
 from api.errors import ApiError, service_unavailable
 from api.multipart_related import Part, read_related_parts, related_type
+from api.schemas import ErrorBody
 from api.settings import Settings
 from api.upload import pace_of
 from ich.dicom_node import InstanceRefusedError, ReceivedInstance, Sender, StudyAssembler, inspect_instance
@@ -144,9 +145,8 @@ _OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            'multipart/related; type="application/dicom"': {
-                "schema": {"type": "string", "format": "binary"},
-            }
+            # The type parameter (type="application/dicom") and the boundary come with the header.
+            "multipart/related": {"schema": {"type": "string", "format": "binary"}},
         },
     },
     "responses": {
@@ -163,15 +163,33 @@ _OPENAPI: dict[str, Any] = {
 }
 
 
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed body, no instance, or an invalid study UID."},
+    401: {"model": ErrorBody, "description": "Missing or invalid API key (when keys are configured)."},
+    408: {"model": ErrorBody, "description": "The body came too slowly."},
+    413: {"model": ErrorBody, "description": "Body or part count beyond the upload limits."},
+    415: {"model": ErrorBody, "description": 'Not multipart/related; type="application/dicom".'},
+    503: {"model": ErrorBody, "description": "The DICOM node is not running in this process; retry later."},
+}
+
+
 @router.post(
-    "/studies", summary="STOW-RS: store instances (each study becomes a job)", openapi_extra=_OPENAPI
+    "/studies",
+    summary="STOW-RS: store instances (each study becomes a job)",
+    responses=_ERRORS,
+    openapi_extra=_OPENAPI,
 )
 async def store_instances(request: Request, settings: SettingsDep, node: DicomNodeDep) -> JSONResponse:
     """Store DICOM instances; each study is analysed once complete (``ICH_DICOM_STUDY_QUIET_S`` quiet)."""
     return await _stow(request, settings, node, None)
 
 
-@router.post("/studies/{study}", summary="STOW-RS: store instances of one study", openapi_extra=_OPENAPI)
+@router.post(
+    "/studies/{study}",
+    summary="STOW-RS: store instances of one study",
+    responses=_ERRORS,
+    openapi_extra=_OPENAPI,
+)
 async def store_study_instances(
     request: Request, study: str, settings: SettingsDep, node: DicomNodeDep
 ) -> JSONResponse:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from api.auth import require_api_key
 from api.errors import ApiError
 from api.routers.studies import JobQueueDep, _store
+from api.schemas import ErrorBody
 from ich.jobs.store import DONE
 
 router = APIRouter(prefix="/v1", tags=["studies"], dependencies=[Depends(require_api_key)])
@@ -29,8 +30,13 @@ _WHAT = {
 }
 _RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"content": {DICOM_MEDIA_TYPE: {}}, "description": "The object, a DICOM Part 10 file."},
-    404: {"description": "Unknown study (not_found), or the job has no such object (not_available)."},
-    409: {"description": "The study is not done (queued, running or failed)."},
+    401: {"model": ErrorBody, "description": "Missing or invalid API key (when keys are configured)."},
+    404: {
+        "model": ErrorBody,
+        "description": "Unknown study (not_found), or the job has no such object (not_available).",
+    },
+    409: {"model": ErrorBody, "description": "The study is not done (queued, running or failed)."},
+    503: {"model": ErrorBody, "description": "The job store is unavailable; retry later."},
 }
 
 
