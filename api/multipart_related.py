@@ -8,6 +8,7 @@ Kubernetes deployment). Each part keeps its ``Content-Type``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
@@ -86,8 +87,18 @@ class _Collector:
         self.finished = True
 
 
-async def read_related_parts(request: Request, *, limit: int, max_parts: int, pace: UploadPace) -> list[Part]:
+async def read_related_parts(
+    request: Request,
+    *,
+    limit: int,
+    max_parts: int,
+    pace: UploadPace,
+    count: Callable[[int], None] | None = None,
+) -> list[Part]:
     """The parts of a ``multipart/related`` request body.
+
+    ``count`` is told each chunk's size as it arrives (the gateway's upload buffer budget, which answers
+    503 ``busy`` when all uploads together would pass it).
 
     Raises:
         ApiError: 400 without a boundary or for a malformed or incomplete body; 413 beyond ``limit`` bytes of
@@ -116,6 +127,8 @@ async def read_related_parts(request: Request, *, limit: int, max_parts: int, pa
     try:
         async for chunk in paced_chunks(request, pace):
             received += len(chunk)
+            if count is not None:
+                count(len(chunk))
             if received > limit + _OVERHEAD:
                 raise ApiError(413, "upload_too_large", f"the upload exceeds the limit of {limit} bytes")
             if chunk:

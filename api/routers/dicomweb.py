@@ -31,7 +31,7 @@ from api.errors import ApiError, service_unavailable
 from api.multipart_related import Part, read_related_parts, related_type
 from api.schemas import ErrorBody
 from api.settings import Settings
-from api.upload import pace_of
+from api.upload import UploadBudget, pace_of
 from ich.dicom_node import InstanceRefusedError, ReceivedInstance, Sender, StudyAssembler, inspect_instance
 from ich.dicom_uids import is_valid_uid
 
@@ -119,18 +119,24 @@ def _store_parts(
 
 async def _stow(request: Request, settings: Settings, node: DicomNode, study: str | None) -> JSONResponse:
     _check_content_type(request)
-    parts = await read_related_parts(
-        request, limit=settings.max_upload_bytes, max_parts=settings.max_members, pace=pace_of(settings)
-    )
-    if not parts:
-        raise ApiError(400, "no_instances", "the body holds no DICOM instance")
-    assembler = node.assembler
-    assert assembler is not None  # get_dicom_node
-    sender = assembler.open_sender("dicomweb")
-    try:
-        stored, failed = await asyncio.to_thread(_store_parts, node, assembler, sender, parts, study)
-    finally:
-        assembler.close_sender(sender, released=True)
+    budget: UploadBudget = request.app.state.upload_budget
+    with budget.hold() as share:  # the body counts against the upload buffer until it is stored
+        parts = await read_related_parts(
+            request,
+            limit=settings.max_upload_bytes,
+            max_parts=settings.max_members,
+            pace=pace_of(settings),
+            count=share.add,
+        )
+        if not parts:
+            raise ApiError(400, "no_instances", "the body holds no DICOM instance")
+        assembler = node.assembler
+        assert assembler is not None  # get_dicom_node
+        sender = assembler.open_sender("dicomweb")
+        try:
+            stored, failed = await asyncio.to_thread(_store_parts, node, assembler, sender, parts, study)
+        finally:
+            assembler.close_sender(sender, released=True)
     response = Dataset()
     response.RetrieveURL = None
     response.ReferencedSOPSequence = stored
