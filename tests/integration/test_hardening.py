@@ -279,6 +279,7 @@ def test_the_sdk_defaults_ride_out_a_gateway_restart(tiny_repository: Path, tmp_
         if second.poll() is None:
             second.kill()
     assert not caller.is_alive()
-    assert downtime >= 2.5, f"the restart took only {downtime:.1f} s"
+    # The old default (two retries, 1.5 s at most) gave up after 2 s whatever the jitter.
+    assert downtime >= 2.0, f"the restart took only {downtime:.1f} s"
     assert "error" not in outcome, f"after a {downtime:.1f} s restart: {outcome.get('error')!r}"
     assert outcome["result"].series.slices_used == 4  # type: ignore[attr-defined]
