@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=Path("training/configs/default.toml"))
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/cv-<config run.name>")
     parser.add_argument("--folds", default=None, help="comma-separated fold numbers to run (default: all)")
+    parser.add_argument(
+        "--folds-from", type=Path, default=None,
+        help="another run's folds.json: the same patient folds, so two recipes compare patient by patient",
+    )
 
 
 def patient_folds(table: SliceTable, k: int, seed: int) -> list[list[str]]:
@@ -130,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
         keep_freed_memory()
         (run_dir / "config.toml").write_bytes(args.config.read_bytes())
         cache = build_cache(args.data, int(rc["size"]), run_dir / f"cache_{int(rc['size'])}.npz")
-        folds = load_folds(run_dir / "folds.json", cache.table, int(cv.get("folds", 5)), int(rc["seed"]))
+        folds_path = run_dir / "folds.json"
+        if args.folds_from is not None and not folds_path.exists():
+            folds_path.write_bytes(args.folds_from.read_bytes())
+        folds = load_folds(folds_path, cache.table, int(cv.get("folds", 5)), int(rc["seed"]))
         wanted = [int(v) for v in args.folds.split(",")] if args.folds else list(range(len(folds)))
         device = str(rc.get("device", "cpu"))
         if device == "auto":

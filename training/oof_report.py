@@ -53,8 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------- records
-def run_records(run_dir: Path, data: Path) -> Records:
-    """Records of every finished fold of a cross-validation run."""
+def run_records(run_dir: Path, data: Path, earlier: Records | None = None) -> Records:
+    """Records of every finished fold of a cross-validation run.
+
+    A fold without out-of-fold maps in ``run_dir`` takes its rows from ``earlier`` (the committed records of
+    the same folds) when they hold it: the folds of a long recipe can run in different sessions and
+    checkouts, and only the records of each finished fold are kept.
+    """
     from training.cv import OOF_FILE
     from training.data.ct_ich import read_patient
     from training.train import build_cache, load_config
@@ -67,7 +72,12 @@ def run_records(run_dir: Path, data: Path) -> Records:
     for k, patients in enumerate(folds):
         path = run_dir / f"fold_{k}" / OOF_FILE
         if not path.exists():
-            logger.warning("cv-report: fold %d has no out-of-fold predictions yet", k)
+            kept = earlier.of_fold(k) if earlier is not None else Records()
+            if kept.cases:
+                logger.info("cv-report: fold %d from the earlier records (%d cases)", k, len(kept.cases))
+                out.extend(kept)
+            else:
+                logger.warning("cv-report: fold %d has no out-of-fold predictions yet", k)
             continue
         z = np.load(path)
         for pid in patients:
@@ -266,6 +276,17 @@ def build_report(records: Records, targets: DecisionTargets, out: Path | None = 
     return report
 
 
+def _earlier_records(out: Path, run_dir: Path) -> Records | None:
+    """``out``'s records when they were made on the run's very folds (else none: rows would not match)."""
+    folds = out / "folds.json"
+    if not (out / "cases.csv").is_file() or not folds.is_file():
+        return None
+    if json.loads(folds.read_text())["folds"] != json.loads((run_dir / "folds.json").read_text())["folds"]:
+        logger.warning("cv-report: %s holds records of other folds; they are not reused", out)
+        return None
+    return Records.read(out)
+
+
 def run(args: argparse.Namespace) -> int:
     """Write the records, the report, the figures and the case model."""
     from training.train import load_config
@@ -277,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
         if args.data is None:
             logger.error("cv-report: --data is needed to read the run's records (or --records-only)")
             return 2
-        records = run_records(args.run_dir, args.data)
+        records = run_records(args.run_dir, args.data, _earlier_records(args.out, args.run_dir))
         records.write(args.out)
         cfg = load_config(args.run_dir / "config.toml")
         (args.out / "config.toml").write_bytes((args.run_dir / "config.toml").read_bytes())

@@ -39,6 +39,11 @@ class Records:
         for name in TABLES:
             getattr(self, name).extend(getattr(other, name))
 
+    def of_fold(self, fold: int) -> Records:
+        """The rows of one cross-validation fold (a table without a fold column goes by its cases)."""
+        cases = {r["case"] for r in self.cases if r["fold"] == fold}
+        return Records(**{name: [r for r in getattr(self, name) if r["case"] in cases] for name in TABLES})
+
     def write(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for name in TABLES:

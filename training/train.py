@@ -34,7 +34,7 @@ from ich.spec import MODEL_KEYS
 from training.allocator import keep_freed_memory
 from training.augment import AugmentConfig, augment_batch, paste_lesions, scanner_augment
 from training.data.ct_ich import read_dataset
-from training.losses import DICE_MODES, DiceMode, dice_bce_loss, dice_loss
+from training.losses import DICE_MODES, DiceMode, dice_bce_loss, dice_loss, slice_bce_loss
 from training.networks import (
     InceptionUNet,
     WeightModel,
@@ -367,6 +367,7 @@ def train_unet_step(
     has_val = len(val_idx) > 0
     mining = HardNegatives(**cfg["hard_negatives"]) if "hard_negatives" in cfg else None
     bce_weight, dice_mode = float(cfg.get("bce_weight", 1.0)), _dice_mode(cfg)
+    slice_weight = float(cfg.get("slice_bce", 0.0))
     logger.info(
         "step %s: %d positive / %d negative training slices, %d iterations", name, len(pos), len(neg), iters
     )
@@ -376,7 +377,9 @@ def train_unet_step(
     init = cfg.get("init")
     if init:
         model.load_state_dict(load_checkpoint(run_dir / init / "best.pt").state_dict())
+    # channels_last: oneDNN's convolutions run about 10% faster in this layout; the values are unchanged.
     model.to(device)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     opt = torch.optim.Adam(model.parameters(), lr=peak)
     start, best, history = 0, {"score": -1.0}, []
     hard: np.ndarray | None = None
@@ -430,8 +433,10 @@ def train_unet_step(
         for g in opt.param_groups:
             g["lr"] = _lr(it, iters, peak, warmup)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-            logits = model.logits(x.to(device))
+            logits = model.logits(x.to(device, memory_format=torch.channels_last))
         loss = dice_bce_loss(logits.float(), y.to(device), bce_weight, dice_mode)
+        if slice_weight > 0:
+            loss = loss + slice_weight * slice_bce_loss(logits.float(), y.to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -18,6 +18,7 @@ from ich.scoring import CaseModel  # noqa: E402
 from tests.support.ct_ich_data import synthetic_ct_ich  # noqa: E402
 from training.cli import main  # noqa: E402
 from training.cv import OOF_FILE, fold_split, load_folds, patient_folds  # noqa: E402
+from training.oof_report import _earlier_records, run_records  # noqa: E402
 from training.records import TABLES, Records, opened_slice_max  # noqa: E402
 from training.selections import SliceTable  # noqa: E402
 
@@ -376,3 +377,33 @@ def test_cv_report_writes_records_figures_and_a_loadable_case_model(
     ]
     assert again["case"]["ich_probability"]["auc"] == auc["auc"]
     assert again["operating_point"]["sensitivity"] == op["sensitivity"]
+
+    # a fold whose maps are not in this run (another session's checkout) keeps its committed records
+    (run_dir / "fold_1" / OOF_FILE).unlink()
+    assert main(argv) == 0
+    resumed = Records.read(out)
+    for name in TABLES:
+        assert getattr(resumed, name) == getattr(records, name)
+    # records made on other folds are not mixed in
+    other = json.loads((out / "folds.json").read_text())
+    other["folds"] = other["folds"][::-1]
+    (out / "folds.json").write_text(json.dumps(other))
+    assert _earlier_records(out, run_dir) is None
+    assert {r["fold"] for r in run_records(run_dir, cv_run["data"], None).cases} == {0}
+
+
+def test_cv_folds_from_another_run_trains_on_those_folds(cv_run: dict[str, Any], tmp_path: Path) -> None:
+    folds = json.loads((cv_run["run_dir"] / "folds.json").read_text())
+    first, second = folds["folds"]  # ids sort hemorrhage (1xx) before normal (2xx): swap the former
+    swapped = [sorted(second[:2] + first[2:]), sorted(first[:2] + second[2:])]
+    assert swapped != folds["folds"]
+    given = tmp_path / "folds.json"
+    given.write_text(json.dumps({**folds, "folds": swapped}))
+    run_dir = tmp_path / "run"
+    config = tmp_path / "tiny.toml"
+    config.write_text(CONFIG)
+    argv = ["cv", "--data", str(cv_run["data"]), "--config", str(config), "--run-dir", str(run_dir)]
+    assert main([*argv, "--folds-from", str(given), "--folds", "0"]) == 0
+    assert json.loads((run_dir / "folds.json").read_text())["folds"] == swapped
+    z = np.load(run_dir / "fold_0" / OOF_FILE)
+    assert sorted(set(z["pids"].tolist())) == swapped[0]

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from training.losses import dice_bce_loss, dice_loss, per_slice_dice_loss, soft_dice_loss
+from training.losses import (
+    dice_bce_loss,
+    dice_loss,
+    per_slice_dice_loss,
+    slice_bce_loss,
+    slice_logits,
+    soft_dice_loss,
+)
 from training.train import _dice_mode
 
 
@@ -87,3 +95,35 @@ def test_weight_step_refuses_a_bad_dice_mode_before_predicting_maps(tmp_path) ->
         train_weight_step(
             {"opening": 3, "dice": "dice"}, cast(Any, None), {"train": [], "val": []}, tmp_path, 0, 4
         )
+
+
+def test_slice_logit_is_the_mean_of_the_top_k_pixels() -> None:
+    logits = torch.full((2, 1, 8, 8), -5.0)
+    logits[0, 0, 2, 3] = 4.0
+    logits[0, 0, 5, 5] = 2.0
+    got = slice_logits(logits, top_k=3)
+    assert torch.allclose(got, torch.tensor([(4.0 + 2.0 - 5.0) / 3.0, -5.0]))
+
+
+def test_slice_bce_punishes_one_confident_focus_on_a_normal_slice() -> None:
+    """The pixel-mean BCE barely notices a 3x3 focus; the slice term sees it like a wrong slice label."""
+    clean = torch.full((1, 1, 64, 64), -6.0)
+    focus = clean.clone()
+    focus[0, 0, 10:13, 10:13] = 6.0
+    empty = torch.zeros_like(clean)
+    bce = F.binary_cross_entropy_with_logits
+    pixel = bce(focus, empty) - bce(clean, empty)
+    slice_term = slice_bce_loss(focus, empty) - slice_bce_loss(clean, empty)
+    assert pixel < 0.02
+    assert slice_term > 5.0
+
+
+def test_slice_bce_labels_a_slice_positive_by_its_mask_and_reaches_its_top_pixels() -> None:
+    logits = torch.zeros((1, 1, 16, 16), requires_grad=True)
+    target = torch.zeros((1, 1, 16, 16))
+    target[0, 0, 4, 4] = 1.0
+    loss = slice_bce_loss(logits, target, top_k=4)
+    loss.backward()
+    assert logits.grad is not None
+    assert int((logits.grad != 0).sum()) == 4
+    assert float(logits.grad.sum()) < 0  # raising the top pixels lowers the loss of a positive slice
