@@ -143,7 +143,8 @@ async def create_study(
                 f"{active} studies are waiting or running (limit {settings.max_queued_jobs}); retry later",
                 headers={"Retry-After": str(settings.retry_after_s)},
             )
-    data = bytes(await read_zip_upload(request, settings.max_upload_bytes, pace_of(settings)))
+    budget = request.app.state.upload_budget  # shared with /v1/cases: one bound on bodies arriving
+    data = bytes(await read_zip_upload(request, settings.max_upload_bytes, pace_of(settings), budget))
     limits = IntakeLimits(
         max_upload_bytes=settings.max_upload_bytes,
         max_uncompressed_bytes=settings.max_uncompressed_bytes,
