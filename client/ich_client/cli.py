@@ -29,20 +29,65 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def _connection_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("service")
-    group.add_argument("--url", help="gateway URL (default: $ICH_URL, else http://localhost:8080)")
-    group.add_argument("--api-key", help="API key (default: $ICH_API_KEY); sent as a Bearer token")
-    group.add_argument("--timeout", type=float, default=None, help="seconds to wait for an answer (300)")
+#: The connection options' values when given nowhere.
+_CONNECTION_DEFAULTS: dict[str, Any] = {
+    "url": None,
+    "api_key": None,
+    "timeout": None,
+    "max_retries": DEFAULT_MAX_RETRIES,
+    "verbose": False,
+}
+
+
+def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The service options, accepted before the command (``ich --url U analyze``) and after it.
+
+    The top-level parser holds the defaults; each command's copy has none (``SUPPRESS``), so that an option
+    given before the command is not overwritten by the command's default, and one given after it wins.
+    """
+    def default(name: str) -> Any:
+        return _CONNECTION_DEFAULTS[name] if defaults else argparse.SUPPRESS
+
+    group = parser.add_argument_group("service")
+    group.add_argument(
+        "--url", default=default("url"), help="gateway URL (default: $ICH_URL, else http://localhost:8080)"
+    )
+    group.add_argument(
+        "--api-key",
+        default=default("api_key"),
+        help="API key (default: $ICH_API_KEY); sent as a Bearer token",
+    )
+    group.add_argument(
+        "--timeout", type=float, default=default("timeout"), help="seconds to wait for an answer (300)"
+    )
     group.add_argument(
         "--max-retries",
         type=int,
-        default=DEFAULT_MAX_RETRIES,
+        default=default("max_retries"),
         help=f"retries on connection errors, 429, 503 (default {DEFAULT_MAX_RETRIES})",
     )
-    group.add_argument("-v", "--verbose", action="store_true", help="log retries and requests to stderr")
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=default("verbose"),
+        help="log retries and requests to stderr",
+    )
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    _add_connection_options(parent, defaults=False)
     return parent
+
+
+def format_probability(p: float, digits: int = 3) -> str:
+    """``p`` with ``digits`` decimals, more where rounding would print a certainty the model did not give.
+
+    0.999735 prints as 0.9997, not 1.000; 0.0004 as 0.0004, not 0.000. Exactly 0 and 1 print as they are.
+    """
+    for places in range(digits, 7):
+        text = f"{p:.{places}f}"
+        if (float(text) not in (0.0, 1.0)) or p in (0.0, 1.0):
+            return text
+    return "<0.000001" if p < 0.5 else ">0.999999"
 
 
 def _threshold(value: str) -> float:
@@ -62,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ich", description="Client of the ICH (intracranial hemorrhage) detection service."
     )
     parser.add_argument("--version", action="version", version=f"ich-client {__version__}")
+    _add_connection_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     analyze = commands.add_parser(
@@ -308,7 +354,7 @@ def _job_line(job: Job) -> str:
         line += f": {job.error.code}: {job.error.detail}"
     if job.result is not None:
         decision = "ICH DETECTED" if job.result.ich_detected else "no ICH detected"
-        line += f": {decision} (probability {job.result.ich_probability:.3f})"
+        line += f": {decision} (probability {format_probability(job.result.ich_probability)})"
     return line
 
 
@@ -438,7 +484,8 @@ def _summary(path: str, result: CaseResult, top: int) -> str:
     decision = "ICH DETECTED" if result.ich_detected else "no ICH detected"
     series = result.series
     lines = [
-        f"{path}: {decision} (probability {result.ich_probability:.3f}, threshold {result.threshold:.2f})",
+        f"{path}: {decision} (probability {format_probability(result.ich_probability)}, "
+        f"threshold {format_probability(result.threshold)})",
         f"  indeterminate: {'yes' if result.indeterminate else 'no'}",
         f"  hemorrhage volume: {result.hemorrhage_volume_ml:.1f} mL",
         f"  series: {series.slices_used} slices, {series.slice_thickness_mm:g} mm"
@@ -449,7 +496,9 @@ def _summary(path: str, result: CaseResult, top: int) -> str:
         lines.append(f"  warning: {warning}")
     best = result.top_slices(top)
     if best:
-        lines.append("  top slices: " + ", ".join(f"#{s.index} ({s.probability:.3f})" for s in best))
+        lines.append(
+            "  top slices: " + ", ".join(f"#{s.index} ({format_probability(s.probability)})" for s in best)
+        )
     lines.append(
         f"  model {result.model_version} on {result.engine}, {result.timing_ms.total:.0f} ms, "
         f"case_id {result.case_id}"

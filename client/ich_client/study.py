@@ -108,7 +108,8 @@ def pack_study(
 
     Raises:
         FileNotFoundError: a path does not exist.
-        ValueError: a folder or list holds no files, or the input type is not supported.
+        ValueError: a folder or list holds no files, a lone file is a damaged zip or not DICOM, or the
+            input type is not supported.
     """
     if isinstance(study, (bytes, bytearray, memoryview)):
         return PackedStudy("study", io.BytesIO(bytes(study)), owned=True)
@@ -118,6 +119,8 @@ def pack_study(
             raise FileNotFoundError(f"no such file or folder: {path}")
         if path.is_file() and zipfile.is_zipfile(path):
             return PackedStudy(_label(path), path.open("rb"), owned=True)
+        if path.is_file():
+            _check_single_file(path)
         if path.is_dir():
             files = _files_under(path)
             if not files:
@@ -135,6 +138,25 @@ def pack_study(
         f"unsupported study type {type(study).__name__}: give a zip path, a folder, a list of files, "
         "zip bytes or a binary file object"
     )
+
+
+#: The first tag of a DICOM file written without the 128-byte preamble (implicit VR, little endian): group
+#: 0002 (file meta) or 0008 (identifying), the groups a dataset starts with.
+_BARE_DICOM_STARTS = (b"\x02\x00", b"\x08\x00")
+
+
+def _check_single_file(path: Path) -> None:
+    """Refuse, before any upload, a lone file that is a broken zip or not DICOM at all.
+
+    Zipped and sent, either would come back from the service as "the archive holds no DICOM files", which
+    hides what is wrong with the file the user gave.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(132)
+    if path.suffix.lower() == ".zip" or head[:2] == b"PK":
+        raise ValueError(f"{path} is not a readable zip archive (damaged or truncated?)")
+    if head[128:132] != b"DICM" and head[:2] not in _BARE_DICOM_STARTS:
+        raise ValueError(f"{path} is neither a zip archive nor a DICOM file")
 
 
 def _label(path: Path) -> str:

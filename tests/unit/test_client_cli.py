@@ -67,7 +67,7 @@ def test_summary_is_readable(service: Any, tmp_path: Path, capsys: pytest.Captur
     study = write_zip(tmp_path / "head.zip", "a")
     assert cli.main(["analyze", str(study), "--url", "http://ich.test", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "ICH DETECTED" in out and "probability 0.830" in out and "threshold 0.50" in out
+    assert "ICH DETECTED" in out and "probability 0.830" in out and "threshold 0.500" in out
     assert "indeterminate: no" in out and "12.5 mL" in out
     assert "top slices: #3 (0.830), #2 (0.623), #1 (0.415)" in out
     assert "4 slices, 5 mm, 1 file skipped" in out
@@ -207,7 +207,7 @@ def test_one_study_sends_all_paths_in_one_zip(service: Any, tmp_path: Path, caps
     service(handler)
     files = []
     for name in ("IM1.dcm", "IM2.dcm", "IM3.dcm"):
-        (tmp_path / name).write_bytes(name.encode())
+        (tmp_path / name).write_bytes(b"\0" * 128 + b"DICM" + name.encode())
         files.append(str(tmp_path / name))
     assert cli.main(["analyze", "--one-study", *files, "--json"]) == 0
     assert seen == [["IM1.dcm", "IM2.dcm", "IM3.dcm"]]
@@ -247,3 +247,33 @@ def test_overlays_are_asked_for_and_written(service: Any, tmp_path: Path, capsys
     assert "need --out" in capsys.readouterr().err
     assert cli.main(["analyze", str(study), "--json"]) == 0
     assert "include" not in requests[-1].url.params
+
+
+def test_connection_options_work_before_the_command(service: Any, tmp_path: Path, capsys: Any) -> None:
+    seen = service(by_marker({"a": 0.83}))
+    study = write_zip(tmp_path / "head.zip", "a")
+    argv = ["--url", "http://before.test", "--api-key", "k9", "analyze", str(study), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert seen[0].url.host == "before.test" and seen[0].headers["authorization"] == "Bearer k9"
+    # given on both sides, the one after the command wins
+    argv = ["--url", "http://before.test", "analyze", str(study), "--url", "http://after.test", "--json"]
+    assert cli.main(argv) == 0
+    assert seen[-1].url.host == "after.test"
+
+
+@pytest.mark.parametrize(
+    ("p", "text"),
+    [(0.999735, "0.9997"), (0.83, "0.830"), (0.0004, "0.0004"), (1.0, "1.000"), (0.0, "0.000"),
+     (0.104, "0.104"), (1 - 1e-9, ">0.999999")],
+)
+def test_probabilities_never_print_a_certainty_the_model_did_not_give(p: float, text: str) -> None:
+    assert cli.format_probability(p) == text
+
+
+def test_a_text_file_is_refused_with_what_is_wrong(service: Any, tmp_path: Path, capsys: Any) -> None:
+    seen = service(by_marker({"a": 0.83}))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a study\n" * 20)
+    assert cli.main(["analyze", str(notes), "--url", "http://ich.test", "--no-progress"]) == 1
+    assert "neither a zip archive nor a DICOM file" in capsys.readouterr().err
+    assert seen == []

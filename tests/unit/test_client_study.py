@@ -75,8 +75,30 @@ def test_list_may_hold_folders(study_dir: Path) -> None:
 
 
 def test_single_dicom_file_is_zipped(study_dir: Path) -> None:
+    dicom = b"\0" * 128 + b"DICM" + b"c" * 100
+    (study_dir / "top.dcm").write_bytes(dicom)
     with pack_study(study_dir / "top.dcm") as packed:
-        assert members(packed.read_all()) == {"top.dcm": b"c" * 100}
+        assert members(packed.read_all()) == {"top.dcm": dicom}
+    bare = b"\x08\x00\x05\x00" + b"c" * 100  # no preamble: the first tag, (0008,0005)
+    (study_dir / "bare").write_bytes(bare)
+    with pack_study(study_dir / "bare") as packed:
+        assert members(packed.read_all()) == {"bare": bare}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("head.zip", b"PK\x03\x04 truncated", "not a readable zip archive"),
+        ("head.zip", b"not a zip at all", "not a readable zip archive"),
+        ("notes.txt", b"patient seen on Monday\n" * 10, "neither a zip archive nor a DICOM file"),
+    ],
+)
+def test_a_lone_broken_zip_or_non_dicom_file_is_refused_before_upload(
+    tmp_path: Path, name: str, content: bytes, match: str
+) -> None:
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        pack_study(tmp_path / name)
 
 
 def test_bytes_are_sent_unchanged() -> None:
