@@ -15,6 +15,10 @@ volume in the JSON, a voxel of the DICOM SEG and a Dice in the model card are co
 - **Case score:** the highest lesion probability (``raw_score``; :data:`NO_LESION_SCORE` without a
   candidate), calibrated by the case model's calibration map into ``ich_probability``. The paper's case
   score, the highest SLICE_PROB, is kept beside it as ``max_slice_probability``.
+- **Uncertainty:** the spread of the five base models' peak probabilities on the lesion that decided the
+  case (:func:`case_uncertainty`), reported beside the probability; it does not change the call.
+- **Subtypes:** with a subtype model inside the case model, the five subtypes' probabilities per case and
+  per slice from the candidates' location and shape (:mod:`ich.subtypes`, :mod:`ich.lesion_shape`).
 - **Volume:** the reported mask brought back to the source matrix (:func:`ich.seg.resize_mask_to_source`:
   the fused map, limited to the kept lesions, resized bilinearly, thresholded) times the source voxel
   volume: exactly the voxels a DICOM SEG built from :attr:`CaseScore.source_mask` holds.
@@ -39,6 +43,8 @@ from scipy import ndimage
 
 from ich import spec
 from ich.calibration import Calibration, calibration_from_dict, logit
+from ich.lesion_shape import brain_depth_maps, shape_features
+from ich.subtypes import SubtypeModel, SubtypeScores, feature_matrix
 
 __all__ = [
     "CASE_MODEL_FILENAME",
@@ -49,11 +55,14 @@ __all__ = [
     "CaseScore",
     "Lesion",
     "candidate_mask",
+    "case_uncertainty",
     "find_lesions",
     "lesion_features",
     "opened_map",
     "score_case",
+    "slice_spread",
     "source_volume_ml",
+    "subtype_scores",
 ]
 
 #: The case model's file inside a model repository.
@@ -106,6 +115,10 @@ class Lesion:
     #: highest value of the opened fused map on its pixels (the SLICE_PROB it gives its slices)
     opened_peak: float = 0.0
     probability: float | None = None  # from the case model; None without one
+    #: spread (population standard deviation) of the five base models' peak probabilities on its pixels
+    model_spread: float = 0.0
+    #: where it lies and what shape it has (``ich.lesion_shape.SHAPE_FEATURES``), for the subtype model
+    shape: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def n_slices(self) -> int:
@@ -145,6 +158,8 @@ class Lesion:
             "agreement": self.agreement,
             "opened_peak": self.opened_peak,
             "probability": self.probability,
+            "model_spread": self.model_spread,
+            "shape": dict(self.shape),
         }
 
 
@@ -165,6 +180,8 @@ class CaseModel:
     score: str = "lesion"
     #: the weight model's opening (pixels), for each lesion's opened peak
     opening: int = 3
+    #: subtype probabilities (``ich.subtypes``); ``None``: the case model has none and subtypes are null
+    subtypes: SubtypeModel | None = None
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
@@ -187,6 +204,7 @@ class CaseModel:
         return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coef) + self.intercept)))
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.subtypes is None else {"subtypes": self.subtypes.to_dict()}
         return {
             "features": list(FEATURES),
             "mean": list(self.mean),
@@ -200,6 +218,7 @@ class CaseModel:
             "score": self.score,
             "opening": self.opening,
             "info": dict(self.info),
+            **extra,
         }
 
     @classmethod
@@ -221,6 +240,7 @@ class CaseModel:
             info=dict(d.get("info", {})),
             score=str(d.get("score", "lesion")),
             opening=int(d.get("opening", 3)),
+            subtypes=SubtypeModel.from_dict(d["subtypes"]) if d.get("subtypes") is not None else None,
         )
 
     @classmethod
@@ -242,6 +262,10 @@ class CaseScore:
     ich_probability: float  # calibrated
     max_slice_probability: float
     model_voxel_ml: float
+    #: the ensemble's disagreement on what decided the case (:func:`case_uncertainty`)
+    uncertainty: float = 0.0
+    #: subtype probabilities; ``None`` when the case model has no subtype model
+    subtypes: SubtypeScores | None = None
 
 
 def candidate_mask(fused: np.ndarray) -> np.ndarray:
@@ -314,7 +338,9 @@ def lesion_features(
     objects = ndimage.find_objects(labels)
     lesion_slices = sorted({z for sl in objects if sl is not None for z in range(sl[0].start, sl[0].stop)})
     distance = _bone_distance(images, lesion_slices, pixel_mm)
+    depth = brain_depth_maps(images[:, 3] > 0, lesion_slices, pixel_mm)
     opened = opened_map(fused, opening)
+    probs = np.asarray(probs, dtype=np.float32)
     out = []
     for label, box in enumerate(objects, start=1):
         if box is None:
@@ -343,6 +369,8 @@ def lesion_features(
                 mean_hu=float(images[zs, 1, ys, xs].astype(np.float32).mean() * _BRAIN_WINDOW_HU),
                 agreement=float(agree[zs, ys, xs].mean()),
                 opened_peak=float(opened[zs, ys, xs].max()),
+                model_spread=float(probs[zs, :, ys, xs].max(axis=0).std()),
+                shape=shape_features(zs, ys, xs, peak_slice, distance, depth, images, pixel_mm),
             )
         )
     return out
@@ -399,7 +427,54 @@ def score_case(
             raw = float(max(NO_LESION_SCORE, p.max())) if len(p) else NO_LESION_SCORE
         calibrated = float(case_model.calibration.apply(raw))
     mask = np.isin(labels, [les.label for les in kept]) if kept else np.zeros(labels.shape, dtype=bool)
-    return CaseScore(lesions, kept, mask, raw, calibrated, max_slice, voxel_ml)
+    by = "probability" if case_model is not None and case_model.score == "lesion" else "opened_peak"
+    uncertainty = case_uncertainty(lesions, by, slice_spread(probs, slice_prob))
+    subtypes = (
+        subtype_scores(case_model.subtypes, lesions, len(slice_prob))
+        if case_model is not None and case_model.subtypes is not None
+        else None
+    )
+    return CaseScore(lesions, kept, mask, raw, calibrated, max_slice, voxel_ml, uncertainty, subtypes)
+
+
+def lesion_subtype_inputs(lesion: Lesion) -> dict[str, float]:
+    """The lesion's features by name, case-model and shape features together (``ich.subtypes``)."""
+    return {**dict(zip(FEATURES, lesion.feature_vector().tolist(), strict=True)), **lesion.shape}
+
+
+def subtype_scores(model: SubtypeModel, lesions: Sequence[Lesion], n_slices: int) -> SubtypeScores:
+    """The study's subtype probabilities from its scored lesion candidates (``ich.subtypes``)."""
+    x = feature_matrix([lesion_subtype_inputs(les) for les in lesions])
+    hemorrhage = np.array([les.probability or 0.0 for les in lesions], dtype=np.float64)
+    spans = [(les.first_slice, les.last_slice) for les in lesions]
+    return model.score(x, hemorrhage, spans, n_slices)
+
+
+def slice_spread(probs: np.ndarray, slice_prob: np.ndarray) -> float:
+    """Spread of the five base models' highest probabilities on the slice with the highest SLICE_PROB."""
+    arr = np.asarray(probs, dtype=np.float32)
+    if arr.ndim == 5:
+        arr = arr[:, :, 0]
+    if not len(arr):
+        return 0.0
+    top = int(np.argmax(np.asarray(slice_prob).reshape(-1)))
+    return float(arr[top].reshape(arr.shape[1], -1).max(axis=1).std())
+
+
+def case_uncertainty(lesions: Sequence[Lesion], by: str, no_lesion_spread: float) -> float:
+    """The ensemble's disagreement on what decided the case.
+
+    The deciding lesion is the candidate that set the raw case score: the highest ``probability`` (the case
+    model's lesion score, ``by="probability"``) or the highest ``opened_peak`` (the slice score and the
+    paper's rule). Its uncertainty is the spread (population standard deviation, 0 to 0.5) of the five base
+    models' peak probabilities on its pixels; without any candidate, ``no_lesion_spread``
+    (:func:`slice_spread`). Five models that all see a bleed, or all see none, agree; one that sees what
+    the others miss makes the case uncertain.
+    """
+    if not lesions:
+        return float(no_lesion_spread)
+    key = (lambda les: les.probability or 0.0) if by == "probability" else (lambda les: les.opened_peak)
+    return float(max(lesions, key=key).model_spread)
 
 
 def source_volume_ml(

@@ -24,9 +24,9 @@ one fit on every out-of-fold record.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -213,6 +213,25 @@ class ScoredCase:
     detected: bool
     indeterminate: bool
     kept_lesions: frozenset[int]
+    #: the ensemble's disagreement on the deciding lesion (``ich.scoring.case_uncertainty``); ``None`` for
+    #: records made before the base models' spread was recorded
+    uncertainty: float | None = None
+
+
+def _spread(row: Mapping[str, Any], column: str) -> float | None:
+    value = row.get(column)
+    return None if value is None or value == "" else float(value)
+
+
+def uncertainties(records: Records, deciding_value: Sequence[float] | np.ndarray) -> dict[Any, float | None]:
+    """Each case's uncertainty: the ``model_spread`` of its lesion with the highest ``deciding_value``
+    (``records.lesions`` order), else its ``slice_spread`` (``ich.scoring.case_uncertainty``'s rule)."""
+    best: dict[Any, tuple[float, float | None]] = {}
+    for row, value in zip(records.lesions, deciding_value, strict=True):
+        if row["case"] not in best or float(value) > best[row["case"]][0]:
+            best[row["case"]] = (float(value), _spread(row, "model_spread"))
+    cases = records.cases
+    return {r["case"]: best[r["case"]][1] if r["case"] in best else _spread(r, "slice_spread") for r in cases}
 
 
 def apply_case_model(model: CaseModel, records: Records, threshold: float | None = None) -> list[ScoredCase]:
@@ -225,6 +244,8 @@ def apply_case_model(model: CaseModel, records: Records, threshold: float | None
     p = model.lesion_probabilities(x) if len(x) else np.zeros(0)
     raw = _raw_scores(records, model.score, p)
     kept = _kept(records, model.score, p, model.keep)
+    deciding = p if model.score == "lesion" else [_opened_peak(r) for r in records.lesions]
+    spread = uncertainties(records, deciding)
     out = []
     for row in records.cases:
         prob = float(model.calibration.apply(raw[row["case"]]))
@@ -238,6 +259,7 @@ def apply_case_model(model: CaseModel, records: Records, threshold: float | None
                 detected=prob >= threshold,
                 indeterminate=model.band[0] <= prob <= model.band[1],
                 kept_lesions=frozenset(kept.get(row["case"], set())),
+                uncertainty=spread[row["case"]],
             )
         )
     return out
@@ -250,6 +272,7 @@ def paper_rule(
     kept: dict[Any, set[int]] = {}
     for row in records.lesions:
         kept.setdefault(row["case"], set()).add(int(row["lesion"]))
+    spread = uncertainties(records, [_opened_peak(r) for r in records.lesions])
     out = []
     for row in records.cases:
         prob = float(row["max_slice_probability"])
@@ -263,24 +286,50 @@ def paper_rule(
                 detected=prob >= threshold,
                 indeterminate=band[0] <= prob <= band[1],
                 kept_lesions=frozenset(kept.get(row["case"], set())),
+                uncertainty=spread[row["case"]],
             )
         )
     return out
 
 
-def cross_fit(records: Records, targets: DecisionTargets) -> tuple[list[ScoredCase], list[CaseModel]]:
-    """Every case scored by a case model fitted on the other folds only; and those models, by fold."""
+class _Scored(Protocol):
+    @property
+    def case(self) -> Any: ...
+
+
+M = TypeVar("M")
+S = TypeVar("S", bound=_Scored)
+
+
+def cross_fit_with(
+    records: Records, fit: Callable[[Records, int], M], apply: Callable[[M, Records], Sequence[S]]
+) -> tuple[list[S], list[M]]:
+    """Every case scored by ``apply`` with what ``fit`` made of the other folds' records only.
+
+    ``fit(training_records, held_out_fold)`` fits; ``apply(fitted, held_out_records)`` scores one row per
+    case. Returns the scored cases in ``records.cases`` order and the fitted objects by fold: the one
+    cross-fit of every choice made after training (case model, subtype model).
+    """
     folds = sorted({int(row["fold"]) for row in records.cases})
     by_fold = {f: {row["case"] for row in records.cases if int(row["fold"]) == f} for f in folds}
-    scored: list[ScoredCase] = []
+    scored: list[S] = []
     models = []
     for f in folds:
         others = set().union(*(by_fold[g] for g in folds if g != f))
-        model = fit_case_model(subset(records, others), targets, {"fitted_without_fold": f})
+        model = fit(subset(records, others), f)
         models.append(model)
-        scored.extend(apply_case_model(model, subset(records, by_fold[f])))
+        scored.extend(apply(model, subset(records, by_fold[f])))
     order = {row["case"]: i for i, row in enumerate(records.cases)}
     return sorted(scored, key=lambda s: order[s.case]), models
+
+
+def cross_fit(records: Records, targets: DecisionTargets) -> tuple[list[ScoredCase], list[CaseModel]]:
+    """Every case scored by a case model fitted on the other folds only; and those models, by fold."""
+
+    def fit(training: Records, fold: int) -> CaseModel:
+        return fit_case_model(training, targets, {"fitted_without_fold": fold})
+
+    return cross_fit_with(records, fit, lambda model, held_out: apply_case_model(model, held_out))
 
 
 def kept_dice_counts(records: Records, scored: Sequence[ScoredCase]) -> np.ndarray:
@@ -311,8 +360,10 @@ __all__ = [
     "ScoredCase",
     "apply_case_model",
     "cross_fit",
+    "cross_fit_with",
     "fit_case_model",
     "kept_dice_counts",
     "lesion_matrix",
     "paper_rule",
+    "uncertainties",
 ]

@@ -37,7 +37,7 @@ from ich.ensemble import EnsembleRunner
 from ich.preprocess import preprocess_volume, resize_channel
 from ich.scoring import CASE_MODEL_FILENAME, CaseModel, model_pixel_mm
 from training.case_model import ScoredCase, apply_case_model, paper_rule
-from training.records import CasePrediction, Records, case_records
+from training.records import CasePrediction, Records, case_records, subtypes_from_ct_ich
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def collect(
                     model_slice_prob=np.stack(
                         [base_alone.slice_prob(result.probs[k]) for k in spec.MODEL_KEYS], 1
                     ),
+                    slice_subtypes=subtypes_from_ct_ich(case.subtypes, case.slice_labels),
                 )
             )
         )

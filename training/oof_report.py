@@ -36,7 +36,7 @@ from training.calibration import (
     roc_diagram,
 )
 from training.case_model import DecisionTargets, ScoredCase, cross_fit, fit_case_model, kept_dice_counts
-from training.records import CasePrediction, Records, case_records
+from training.records import CasePrediction, Records, case_records, subtypes_from_ct_ich
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,9 @@ def run_records(run_dir: Path, data: Path, earlier: Records | None = None) -> Re
                         pixel_mm=pixel_mm,
                         voxel_ml=pixel_mm[0] * pixel_mm[1] * patient.slice_thickness_mm / 1000.0,
                         opening=opening,
+                        slice_subtypes=subtypes_from_ct_ich(
+                            cache.table.subtypes[cache_rows], cache.table.positive[cache_rows]
+                        ),
                     )
                 )
             )

@@ -7,7 +7,10 @@ the Dice of any choice of kept lesions can be recounted without the maps. The ou
 ``ich-model cv`` are committed (``training/cv/<run>/``): the model card and the case model are made from them.
 
 Tables (one row per ...): ``cases.csv`` (case), ``slices.csv`` (slice), ``lesions.csv`` (lesion candidate),
-``lesion_slices.csv`` (lesion x slice it touches).
+``lesion_slices.csv`` (lesion x slice it touches). With the data's subtype labels, cases, slices and lesions
+carry ``label_<subtype>`` (a lesion: any slice it spans carries it); lesions carry their shape features
+(``ich.lesion_shape``) and the base models' spread on them, cases the spread on their top slice, so that
+the subtype model and the uncertainty score are fitted and measured from the records alone.
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ from typing import Any
 import numpy as np
 
 from ich import spec
-from ich.scoring import FEATURES, Lesion, candidate_mask, find_lesions, lesion_features, opened_map
+from ich.scoring import (
+    FEATURES,
+    Lesion,
+    candidate_mask,
+    find_lesions,
+    lesion_features,
+    opened_map,
+    slice_spread,
+)
+from ich.subtypes import SUBTYPES
 
 TABLES: tuple[str, ...] = ("cases", "slices", "lesions", "lesion_slices")
 
@@ -117,6 +129,8 @@ class CasePrediction:
     opening: int  # the weight model's opening, for each base model's slice probability
     #: [N, 5] each base model's slice probability when the caller has it from the exported graph.
     model_slice_prob: np.ndarray | None = None
+    #: [N, 5] 0/1 subtype labels of each slice in ``ich.subtypes.SUBTYPES`` order, when the data has them.
+    slice_subtypes: np.ndarray | None = None
 
 
 def case_records(p: CasePrediction) -> Records:
@@ -133,6 +147,33 @@ def case_records(p: CasePrediction) -> Records:
     return out
 
 
+def subtypes_from_ct_ich(subtypes: np.ndarray, slice_labels: np.ndarray) -> np.ndarray | None:
+    """``[N, 5]`` subtype labels in ``training.data.ct_ich.SUBTYPES`` order, in ``ich.subtypes.SUBTYPES``'.
+
+    ``None`` (unknown) when a case with hemorrhage carries no subtype label at all: readers without subtype
+    labels (DICOM studies with masks) give zeros, which would otherwise read as "none of the five".
+    """
+    from training.data.ct_ich import SUBTYPES as CT_ICH_SUBTYPES
+
+    arr = np.asarray(subtypes)
+    if np.asarray(slice_labels).max(initial=0) > 0 and not arr.any():
+        return None
+    return arr[:, [CT_ICH_SUBTYPES.index(s.capitalize()) for s in SUBTYPES]]
+
+
+def subtype_label_column(subtype: str) -> str:
+    """The column holding a row's 0/1 label of ``subtype`` (cases, slices and lesions alike)."""
+    return f"label_{subtype}"
+
+
+def _subtype_labels(p: CasePrediction, first: int, last: int) -> dict[str, int]:
+    """``label_<subtype>`` of slices ``first..last``: 1 when any of them carries it; none without labels."""
+    if p.slice_subtypes is None:
+        return {}
+    spanned = np.asarray(p.slice_subtypes)[first : last + 1]
+    return {subtype_label_column(s): int(spanned[:, j].max() > 0) for j, s in enumerate(SUBTYPES)}
+
+
 def _case_row(p: CasePrediction) -> dict[str, Any]:
     return {
         "case": p.case_id,
@@ -142,6 +183,8 @@ def _case_row(p: CasePrediction) -> dict[str, Any]:
         "max_slice_probability": float(np.max(p.slice_prob)),
         "truth_voxels": int(p.truth.sum()),
         "voxel_ml": p.voxel_ml,
+        "slice_spread": slice_spread(p.probs, p.slice_prob),
+        **_subtype_labels(p, 0, len(p.slice_prob) - 1),
     }
 
 
@@ -165,6 +208,7 @@ def _slice_rows(p: CasePrediction) -> list[dict[str, Any]]:
             "slice_prob": float(p.slice_prob[i]),
             "candidate_inter": int(ens_inter[i]),
             "candidate_voxels": int(ens_pred[i]),
+            **_subtype_labels(p, i, i),
         }
         for key, (sp, inter, pred) in per_model.items():
             row.update(
@@ -189,6 +233,9 @@ def _lesion_row(p: CasePrediction, lesion: Lesion, labels: np.ndarray) -> dict[s
         "is_hemorrhage": int(overlap > 0),
         "opened_peak": lesion.opened_peak,
         **features,
+        "model_spread": lesion.model_spread,
+        **dict(lesion.shape),
+        **_subtype_labels(p, lesion.first_slice, lesion.last_slice),
     }
 
 

@@ -76,6 +76,8 @@ def test_case_slice_and_lesion_rows_of_a_hand_made_case() -> None:
             "max_slice_probability": pytest.approx(0.95),
             "truth_voxels": 16 + 4 + 4,
             "voxel_ml": VOXEL_ML,
+            # the five base models' maxima on the top slice (0): all 0.9, subtype 0.9, the others 0.2
+            "slice_spread": pytest.approx(np.std([0.9, 0.9, 0.2, 0.2, 0.2]), rel=1e-5),
         }
     ]
     # slices: the candidate (fused > 0.5) and each base model's map > 0.5 against the truth
@@ -118,6 +120,11 @@ def test_case_slice_and_lesion_rows_of_a_hand_made_case() -> None:
     pixels_a = [(r, c) for r in range(2, 5) for c in range(2, 5)]
     pixels_a += [(r, c) for r in range(2, 6) for c in range(2, 5)]
     pixels_b = [(r, c) for r in range(10, 12) for c in range(10, 13)]
+    # the base models' peaks on A: all 0.9, subtype 0.9 (the truth inside A), the others 0.2; on B "subtype"
+    # is 0 (the truth lies elsewhere)
+    assert a["model_spread"] == pytest.approx(np.std([0.9, 0.9, 0.2, 0.2, 0.2]), rel=1e-5)
+    assert b["model_spread"] == pytest.approx(np.std([0.7, 0.0, 0.2, 0.2, 0.2]), rel=1e-5)
+    assert not any(k.startswith("label_") for k in a)  # no subtype labels given
     assert a["bone_distance_mm"] == pytest.approx(_bone_distance(pixels_a))
     assert b["bone_distance_mm"] == pytest.approx(_bone_distance(pixels_b))
     for row in (a, b):
