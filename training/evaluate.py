@@ -15,6 +15,9 @@ Figures are those of :func:`training.oof_report.figures`, the same code as the c
   overrides it), with exact 95% intervals.
 * calibration: Brier score, expected calibration error (10 equal-width bins), a reliability diagram.
 * AUC intervals: patient bootstrap (slices) or case bootstrap, 1000 replicates, seed 0.
+* subtypes (with a subtype model in the repository's case model): per subtype, case and slice AUC with
+  intervals and the counts, or why it is not measured; uncertainty: whether wrong calls have a high
+  ensemble disagreement (``training.oof_report.uncertainty_figures``).
 * Dice: per-slice Dice on slices with hemorrhage in the ground truth, averaged per patient, then over patients
   (Hssayeni et al. 2020), at the model input size; ``kept_lesions`` is the reported mask, ``candidates``
   FUSED > 0.5; each base model alone: its map > 0.5, its slice score the same opening as the ensemble's.
@@ -38,6 +41,7 @@ from ich.preprocess import preprocess_volume, resize_channel
 from ich.scoring import CASE_MODEL_FILENAME, CaseModel, model_pixel_mm
 from training.case_model import ScoredCase, apply_case_model, paper_rule
 from training.records import CasePrediction, Records, case_records, subtypes_from_ct_ich
+from training.subtype_model import apply_subtype_model
 
 logger = logging.getLogger(__name__)
 
@@ -165,16 +169,18 @@ def collect(
 
 
 def write_predictions(scored: Sequence[ScoredCase], path: Path) -> None:
-    """Case-level predictions CSV (``case``, ``probability``, ``label``): the input of ``review select``.
+    """Case-level predictions CSV (``case``, ``probability``, ``label``, ``uncertainty``): the input of
+    ``review select``.
 
     Written from the decisions, not from the report, whose probabilities are rounded to 4 decimals: a
     probability of 0.49996 must not read as a call at 0.5 in the worklist.
     """
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["case", "probability", "label"])
+        writer.writerow(["case", "probability", "label", "uncertainty"])
         for case in scored:
-            writer.writerow([case.case, f"{float(case.probability):.6f}", int(case.label)])
+            u = "" if case.uncertainty is None else f"{float(case.uncertainty):.6f}"
+            writer.writerow([case.case, f"{float(case.probability):.6f}", int(case.label), u])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -247,7 +253,12 @@ def run(args: argparse.Namespace) -> int:
         scored = paper_rule(records, threshold)
     out = Path(args.out)
     extra = out.with_name(out.stem + "_files")
-    report = figures(records, scored, extra)
+    subtypes = (
+        (apply_subtype_model(case_model, records), [case_model])
+        if case_model is not None and case_model.subtypes is not None
+        else None
+    )
+    report = figures(records, scored, extra, subtypes, [threshold] * len(scored))
     records.write(extra)
     pred_path = out.with_name(out.stem + "_predictions.csv")
     report["meta"] = {

@@ -6,9 +6,15 @@ card is made from):
 - ``cases.csv``, ``slices.csv``, ``lesions.csv``, ``lesion_slices.csv`` (:mod:`training.records`);
 - ``report.json``: every figure, each from out-of-fold predictions, and every choice made after training
   (lesion model, calibration, threshold, band) cross-fitted over the same folds (``training.case_model``);
-- ``reliability.png`` and ``roc.png``;
-- ``case_model.json``: the case model fitted on all out-of-fold records, which ``ich-model export`` copies
-  into ``model_repository/``.
+- ``reliability.png``, ``roc.png`` and ``uncertainty.png`` (each case's probability and uncertainty, the
+  wrong calls marked);
+- ``case_model.json``: the case model fitted on all out-of-fold records, with its subtype model
+  (``training.subtype_model``) inside, which ``ich-model export`` copies into ``model_repository/``.
+
+The subtype figures (per-subtype AUCs with intervals, the counts they rest on, or why a subtype is not
+measured) and the uncertainty figures (does a wrong call come with a high uncertainty?) are in
+``report.json`` under ``subtypes`` and ``uncertainty``; the subtype models are cross-fitted with the very
+case models of each fold (``training.case_model.cross_fit_with``).
 
 :func:`build_report` reads only records, so evaluation (``ich-model evaluate``) and this command report the
 same figures the same way.
@@ -26,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from ich import metrics, spec
-from ich.scoring import model_pixel_mm
+from ich.scoring import CaseModel, model_pixel_mm
+from ich.subtypes import SUBTYPES
 from training.calibration import (
     brier_score,
     expected_calibration_error,
@@ -35,8 +42,23 @@ from training.calibration import (
     reliability_diagram,
     roc_diagram,
 )
-from training.case_model import DecisionTargets, ScoredCase, cross_fit, fit_case_model, kept_dice_counts
-from training.records import CasePrediction, Records, case_records, subtypes_from_ct_ich
+from training.case_model import (
+    DecisionTargets,
+    ScoredCase,
+    cross_fit,
+    cross_fit_with,
+    fit_case_model,
+    kept_dice_counts,
+)
+from training.records import (
+    CasePrediction,
+    Records,
+    case_records,
+    subtype_label_column,
+    subtypes_from_ct_ich,
+)
+from training.subtype_model import ScoredSubtypes, apply_subtype_model, slice_probabilities, with_subtypes
+from training.uncertainty_figure import uncertainty_diagram
 
 logger = logging.getLogger(__name__)
 
@@ -214,10 +236,104 @@ def _decision(scored: list[ScoredCase]) -> dict[str, Any]:
     }
 
 
-def figures(records: Records, scored: list[ScoredCase], out: Path | None = None) -> dict[str, Any]:
+def _subtype_block(
+    records: Records, scored: list[ScoredSubtypes], models: list[CaseModel], subtype: str
+) -> dict[str, Any]:
+    column = subtype_label_column(subtype)
+    positives = {
+        "positive_cases": sum(int(r.get(column) or 0) for r in records.cases),
+        "positive_slices": sum(int(r.get(column) or 0) for r in records.slices),
+    }
+    reasons = [
+        (m.subtypes.not_measured.get(subtype) if m.subtypes else "not measured: no subtype model")
+        for m in models
+    ]
+    missing = [r for r in reasons if r]
+    if missing:
+        return {"measured": False, "reason": missing[0], **positives}
+    y = np.array([int(r[column]) for r in records.cases])
+    p = np.array([float(s.probabilities[subtype] or 0.0) for s in scored])
+    slice_y = np.array([int(r[column]) for r in records.slices])
+    slice_cases = np.array([str(r["case"]) for r in records.slices])
+    return {
+        "measured": True,
+        "reason": None,
+        **positives,
+        "case": _auc(y, p, None),
+        "slice": _auc(slice_y, slice_probabilities(records, scored, subtype), slice_cases),
+        "brier": _num(brier_score(p, y)),
+        "ece": _num(expected_calibration_error(p, y, bins=10)),
+    }
+
+
+def subtype_figures(
+    records: Records, scored: list[ScoredSubtypes], models: list[CaseModel]
+) -> dict[str, Any]:
+    """Per subtype: case and slice AUC with intervals, calibration, the counts; or why it is not measured.
+
+    ``models``: the case models that scored the cases (one per fold when cross-fitted); a subtype is
+    measured only when every one of them fitted it.
+    """
+    return {s: _subtype_block(records, scored, models, s) for s in SUBTYPES}
+
+
+def _thirds(u: np.ndarray, wrong: np.ndarray) -> list[dict[str, Any]]:
+    order = np.argsort(u, kind="stable")
+    out = []
+    for part in np.array_split(order, 3):
+        if len(part):
+            out.append(
+                {
+                    "uncertainty": [_num(float(u[part].min())), _num(float(u[part].max()))],
+                    "wrong": _proportion(int(wrong[part].sum()), len(part)),
+                }
+            )
+    return out
+
+
+def uncertainty_figures(
+    scored: list[ScoredCase], thresholds: list[float], out: Path | None = None
+) -> dict[str, Any]:
+    """Whether wrong calls concentrate among uncertain cases (out of fold).
+
+    ``thresholds``: each scored case's threshold (its fold's). Reports the AUC of the uncertainty for "the
+    call is wrong", beside the AUC of the closeness of the probability to the threshold (what the band
+    uses), and the share of wrong calls in each third of the cases by uncertainty.
+    """
+    if not scored or any(s.uncertainty is None for s in scored):
+        return {"measured": False, "reason": "the records carry no base-model spread"}
+    u = np.array([float(s.uncertainty or 0.0) for s in scored])
+    p = np.array([s.probability for s in scored])
+    wrong = np.array([int(s.detected != bool(s.label)) for s in scored])
+    if out is not None:
+        uncertainty_diagram(p, u, wrong.astype(bool), out / "uncertainty.png")
+    return {
+        "measured": True,
+        "definition": "spread (standard deviation) of the five base models' peak probabilities on the "
+        "lesion that decided the case; without a candidate, on the slice with the highest SLICE_PROB",
+        "wrong_calls": int(wrong.sum()),
+        "auc_for_wrong_call": _auc(wrong, u, None),
+        "closeness_to_threshold_auc_for_wrong_call": _auc(wrong, -np.abs(p - np.array(thresholds)), None),
+        "by_third": _thirds(u, wrong),
+        "median_uncertainty": {
+            "wrong": _num(float(np.median(u[wrong == 1]))) if wrong.any() else None,
+            "right": _num(float(np.median(u[wrong == 0]))) if (wrong == 0).any() else None,
+        },
+    }
+
+
+def figures(
+    records: Records,
+    scored: list[ScoredCase],
+    out: Path | None = None,
+    subtypes: tuple[list[ScoredSubtypes], list[CaseModel]] | None = None,
+    thresholds: list[float] | None = None,
+) -> dict[str, Any]:
     """Every figure of ``records`` under the decisions ``scored`` (one per case, ``records.cases`` order).
 
-    ``out``: the folder for ``reliability.png`` and ``roc.png`` (none written when ``None``).
+    ``out``: the folder for ``reliability.png``, ``roc.png`` and ``uncertainty.png`` (none written when
+    ``None``). ``subtypes``: the cases' subtype probabilities and the case models that gave them (no
+    subtype figures without). ``thresholds``: each case's threshold (default 0.5).
     """
     ids = [str(s.case) for s in scored]
     y = np.array([s.label for s in scored])
@@ -259,7 +375,11 @@ def figures(records: Records, scored: list[ScoredCase], out: Path | None = None)
             }
             for s, m in zip(scored, max_slice, strict=True)
         ],
+        "uncertainty": uncertainty_figures(scored, thresholds or [0.5] * len(scored), out),
+        "subtypes": None if subtypes is None else subtype_figures(records, *subtypes),
     }
+    for row, s in zip(report["cases"], scored, strict=True):
+        row["uncertainty"] = None if s.uncertainty is None else _num(s.uncertainty)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         reliability_diagram(p, y, out / "reliability.png", title="Case probability: reliability")
@@ -271,7 +391,12 @@ def figures(records: Records, scored: list[ScoredCase], out: Path | None = None)
 def build_report(records: Records, targets: DecisionTargets, out: Path | None = None) -> dict[str, Any]:
     """The cross-validation report: case-model choices cross-fitted over the records' folds."""
     scored, fold_models = cross_fit(records, targets)
-    report = figures(records, scored, out)
+    by_fold = dict(zip(sorted({int(r["fold"]) for r in records.cases}), fold_models, strict=True))
+    subtypes = cross_fit_with(
+        records, lambda training, fold: with_subtypes(by_fold[fold], training), apply_subtype_model
+    )
+    thresholds = [by_fold[s.fold].threshold for s in scored]
+    report = figures(records, scored, out, (subtypes[0], subtypes[1]), thresholds)
     report["folds"] = len(fold_models)
     report["targets"] = targets.__dict__
     report["operating_point"]["thresholds_by_fold"] = [_num(m.threshold) for m in fold_models]
@@ -309,8 +434,9 @@ def run(args: argparse.Namespace) -> int:
     targets = DecisionTargets(**cfg.get("decision", {}), opening=int(cfg["weight"]["opening"]))
     report = build_report(records, targets, args.out)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    shipped = fit_case_model(
-        records, targets, {"fitted_on": "every out-of-fold record", "folds": report["folds"]}
+    shipped = with_subtypes(
+        fit_case_model(records, targets, {"fitted_on": "every out-of-fold record", "folds": report["folds"]}),
+        records,
     )
     shipped.save(args.out / "case_model.json")
     op = report["operating_point"]

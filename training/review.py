@@ -3,9 +3,11 @@
 Two steps with a reading session in between:
 
 1. ``select`` reads the predictions that ``ich-model evaluate`` writes (``case, probability, label`` and
-   optionally ``readers_disagreed``) and writes a worklist of the cases that are difficult for the model
-   (a hemorrhage scored at or below ``--high``, a normal scan scored at or above ``--low``) or were difficult
-   for the original annotators (``readers_disagreed = 1``).
+   optionally ``readers_disagreed`` and ``uncertainty``) and writes a worklist of the cases that are
+   difficult for the model (a hemorrhage scored at or below ``--high``, a normal scan scored at or above
+   ``--low``), uncertain for it (the five base models disagree: ``--uncertain-above``, ``--most-uncertain``;
+   this needs no label, so it also picks cases before anyone has read them) or were difficult for the
+   original annotators (``readers_disagreed = 1``).
 2. Experts re-read the worklist blind; their reads come back as ``case, reader, label``.
 3. ``score`` measures the readers and the model on the worklist, their agreement (Fleiss' kappa), settles a
    revised truth by majority vote and measures everyone again against it. It writes ``report.json`` and a
@@ -47,6 +49,7 @@ logger = logging.getLogger(__name__)
 #: Reasons written in the worklist's ``reasons`` column (several are joined with ``;``).
 REASON_AI = "difficult_for_ai"
 REASON_HUMANS = "difficult_for_humans"
+REASON_UNCERTAIN = "uncertain_for_ai"
 #: Case probability at or above which the model's call is "hemorrhage" (the gateway's default threshold).
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MAJORITY = 4
@@ -87,6 +90,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=INDETERMINATE_BAND[1],
         help="label-1 cases with probability <= HIGH are difficult for AI (default %(default)s)",
+    )
+
+    sel.add_argument(
+        "--uncertain-above",
+        type=float,
+        default=None,
+        help="cases whose uncertainty (evaluate's ensemble disagreement) is >= this are uncertain for AI",
+    )
+    sel.add_argument(
+        "--most-uncertain",
+        type=int,
+        default=None,
+        help="the N cases with the highest uncertainty are uncertain for AI (ties: file order)",
     )
 
     sco = sub.add_parser("score", help="score expert re-reads of a worklist; settle the truth by majority")
@@ -194,6 +210,9 @@ class Prediction:
     probability_text: str  # written back unchanged so the worklist keeps evaluate's precision
     readers_disagreed: int | None = None
     reasons: tuple[str, ...] = ()
+    #: the ensemble's disagreement (``uncertainty`` column, blank: not known)
+    uncertainty: float | None = None
+    uncertainty_text: str = ""
 
 
 def read_predictions(path: Path) -> tuple[list[Prediction], bool]:
@@ -221,6 +240,7 @@ def read_predictions(path: Path) -> tuple[list[Prediction], bool]:
         if has_disagreed and row["readers_disagreed"]:
             disagreed = _parse_label(row["readers_disagreed"], where, "readers_disagreed")
         reasons = tuple(r.strip() for r in row.get("reasons", "").split(";") if r.strip())
+        uncertainty_text = row.get("uncertainty", "")
         out.append(
             Prediction(
                 case=case,
@@ -229,9 +249,21 @@ def read_predictions(path: Path) -> tuple[list[Prediction], bool]:
                 probability_text=row["probability"],
                 readers_disagreed=disagreed,
                 reasons=reasons,
+                uncertainty=_parse_uncertainty(uncertainty_text, where) if uncertainty_text else None,
+                uncertainty_text=uncertainty_text,
             )
         )
     return out, has_disagreed
+
+
+def _parse_uncertainty(value: str, where: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0.0):
+        raise ReviewInputError(f"{where}: uncertainty must be a number >= 0, got {value!r}")
+    return number
 
 
 def read_reads(path: Path, cases: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -281,14 +313,40 @@ def read_reads(path: Path, cases: Sequence[str]) -> dict[str, dict[str, int]]:
 # ------------------------------------------------------------------------------------------------ select
 
 
-def difficulty_reasons(p: Prediction, low: float, high: float) -> tuple[str, ...]:
-    """Why a case belongs on the worklist (empty: it does not). Both bounds are inclusive, as in the paper."""
+def difficulty_reasons(p: Prediction, low: float, high: float, uncertain: bool = False) -> tuple[str, ...]:
+    """Why a case belongs on the worklist (empty: it does not). Both bounds are inclusive, as in the paper.
+
+    ``uncertain``: the case was chosen by its uncertainty (:func:`uncertain_cases`).
+    """
     reasons: list[str] = []
     if (p.label == 1 and p.probability <= high) or (p.label == 0 and p.probability >= low):
         reasons.append(REASON_AI)
+    if uncertain:
+        reasons.append(REASON_UNCERTAIN)
     if p.readers_disagreed == 1:
         reasons.append(REASON_HUMANS)
     return tuple(reasons)
+
+
+def uncertain_cases(predictions: Sequence[Prediction], above: float | None, most: int | None) -> set[str]:
+    """Cases chosen by uncertainty: at or above ``above``, and/or the ``most`` highest (ties: file order).
+
+    Raises:
+        ReviewInputError: an uncertainty option without an ``uncertainty`` value for every case.
+    """
+    if above is None and most is None:
+        return set()
+    unknown = [p.case for p in predictions if p.uncertainty is None]
+    if unknown:
+        raise ReviewInputError(
+            f"--uncertain-above/--most-uncertain need an uncertainty for every case; missing for "
+            f"{len(unknown)} case(s): {_quote(unknown)} (evaluate writes the column)"
+        )
+    chosen = {p.case for p in predictions if above is not None and (p.uncertainty or 0.0) >= above}
+    if most is not None:
+        ranked = sorted(enumerate(predictions), key=lambda ip: (-(ip[1].uncertainty or 0.0), ip[0]))
+        chosen |= {p.case for _, p in ranked[:most]}
+    return chosen
 
 
 def _check_unit(name: str, value: float) -> None:
@@ -299,10 +357,19 @@ def _check_unit(name: str, value: float) -> None:
 def _run_select(args: argparse.Namespace) -> int:
     _check_unit("--low", args.low)
     _check_unit("--high", args.high)
+    if args.uncertain_above is not None and not (
+        math.isfinite(args.uncertain_above) and args.uncertain_above >= 0
+    ):
+        raise ReviewInputError(f"--uncertain-above must be a number >= 0, got {args.uncertain_above}")
+    if args.most_uncertain is not None and args.most_uncertain < 0:
+        raise ReviewInputError(f"--most-uncertain must be >= 0, got {args.most_uncertain}")
     predictions, has_disagreed = read_predictions(args.predictions)
-    selected = [(p, difficulty_reasons(p, args.low, args.high)) for p in predictions]
+    uncertain = uncertain_cases(predictions, args.uncertain_above, args.most_uncertain)
+    selected = [(p, difficulty_reasons(p, args.low, args.high, p.case in uncertain)) for p in predictions]
     selected = [(p, r) for p, r in selected if r]
-    columns = ["case", "probability", "label", *(["readers_disagreed"] if has_disagreed else []), "reasons"]
+    has_uncertainty = any(p.uncertainty is not None for p in predictions)
+    columns = ["case", "probability", "label", *(["readers_disagreed"] if has_disagreed else [])]
+    columns += [*(["uncertainty"] if has_uncertainty else []), "reasons"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -311,14 +378,19 @@ def _run_select(args: argparse.Namespace) -> int:
             disagreed = (
                 [] if not has_disagreed else ["" if p.readers_disagreed is None else p.readers_disagreed]
             )
-            writer.writerow([p.case, p.probability_text, p.label, *disagreed, ";".join(reasons)])
+            uncertainty = [p.uncertainty_text] if has_uncertainty else []
+            writer.writerow(
+                [p.case, p.probability_text, p.label, *disagreed, *uncertainty, ";".join(reasons)]
+            )
     n_ai = sum(REASON_AI in r for _, r in selected)
+    n_uncertain = sum(REASON_UNCERTAIN in r for _, r in selected)
     n_humans = sum(REASON_HUMANS in r for _, r in selected)
     logger.info(
-        "worklist: %d of %d cases (%d difficult for AI, %d difficult for humans) -> %s",
+        "worklist: %d of %d cases (%d difficult for AI, %d uncertain for AI, %d difficult for humans) -> %s",
         len(selected),
         len(predictions),
         n_ai,
+        n_uncertain,
         n_humans,
         args.out,
     )
