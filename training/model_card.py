@@ -231,6 +231,17 @@ def _duration(log: Path) -> str:
     return f"{(end - start).total_seconds() / 60:.0f} min on this machine's CPU"
 
 
+def baselines_section(record: Path = Path("training/baselines/cpu")) -> str:
+    """The paper's comparison from ``ich-model baselines``'s record, or a line saying it has not yet run."""
+    head = "## Against the paper's four classifiers (DenseNet121, InceptionResNetV2, MobileNetV2, VGG19)"
+    if not (record / "report.json").is_file():
+        return f"{head}\nNot yet run (`ich-model baselines`, docs/baselines.md: no `{record}/report.json`)."
+    from training.baselines.report import markdown_tables
+
+    built = json.loads((record / "report.json").read_text())
+    return f"{head}\nMade by `{built.get('command', 'ich-model baselines')}`.\n\n{markdown_tables(built)}"
+
+
 CARD = """\
 # Model card: ICH weighted ensemble ({version})
 
@@ -285,6 +296,8 @@ patients than any fold's.
 
 ## Where the false positives lie
 {false_positives}
+
+{baselines}
 
 {training}
 
@@ -357,6 +370,7 @@ def render(cv: Path, repo: Path, run: Path | None = None) -> str:
         figures=figures_section(report, model),
         false_positives=false_positive_section(records, report, model),
         training=training_section(cfg, run),
+        baselines=baselines_section(),
         name=cfg["run"]["name"],
         flagged=_f(op["normal_heads_flagged_per_10"], 1),
         n_normal=op["specificity"]["n"],
