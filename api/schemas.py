@@ -1,7 +1,8 @@
 """Response bodies of the HTTP API, field for field as docs/DESIGN.md fixes them.
 
 Additions beyond the contract (never renames): ``indeterminate_band``, ``warnings``, ``series.passed_over``,
-each slice's ``hemorrhage_volume_ml``, and ``overlays`` and ``seg`` on request. Errors are :class:`ErrorBody`.
+each slice's ``hemorrhage_volume_ml``, and ``overlays`` and ``seg`` on request. ``subtypes`` (case and
+slice) and ``uncertainty`` are the contract's names (docs/DESIGN.md). Errors are :class:`ErrorBody`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ class ModelScores(BaseModel):
     def from_mapping(cls, values: dict[str, float]) -> ModelScores:
         """Build from a ``{key: value}`` mapping holding every key of ``spec.MODEL_KEYS``."""
         return cls(**{key: float(values[key]) for key in spec.MODEL_KEYS})
+
+
+class Subtypes(BaseModel):
+    """Probability of each hemorrhage subtype (``ich.subtypes``); ``null`` for a subtype the model does not
+    measure (too few cases to fit it: the model card says which)."""
+
+    epidural: float | None = None
+    subdural: float | None = None
+    subarachnoid: float | None = None
+    intraparenchymal: float | None = None
+    intraventricular: float | None = None
 
 
 class SkippedFile(BaseModel):
@@ -67,6 +79,9 @@ class SliceResult(BaseModel):
     model_probabilities: ModelScores
     weights: ModelScores
     hemorrhage_volume_ml: float = 0.0
+    subtypes: Subtypes | None = Field(
+        default=None, description="Subtype probabilities on this slice; null when the model has no subtypes."
+    )
 
 
 class Overlay(BaseModel):
@@ -116,6 +131,14 @@ class CaseResult(BaseModel):
     slices: list[SliceResult]
     timing_ms: Timing
     warnings: list[str] = Field(default_factory=list)
+    uncertainty: float | None = Field(
+        default=None,
+        description="Spread (0-0.5) of the five base models' peak probabilities on the lesion that decided "
+        "the case; high: the models disagree and the call deserves a look.",
+    )
+    subtypes: Subtypes | None = Field(
+        default=None, description="Subtype probabilities of the case; null when the model has no subtypes."
+    )
     overlays: list[Overlay] | None = Field(
         default=None, description="Only with ?include=overlays: up to 3 slices with the most certain lesion."
     )

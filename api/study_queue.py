@@ -77,6 +77,8 @@ def report_values(result: CaseResult) -> ReportValues:
         indeterminate=result.indeterminate,
         threshold=result.threshold,
         hemorrhage_volume_ml=result.hemorrhage_volume_ml,
+        subtypes=None if result.subtypes is None else result.subtypes.model_dump(),
+        uncertainty=result.uncertainty,
     )
 
 

@@ -12,6 +12,10 @@ volume; this module checks the engine's output and turns that scoring into the r
 - ``hemorrhage_volume_ml`` counts the kept lesions' voxels at the source matrix (the mask a DICOM SEG
   holds) times the source voxel volume; each slice's ``hemorrhage_volume_ml`` is that slice's share.
 
+- ``uncertainty``: the spread of the five base models on the lesion that decided the case; ``subtypes``
+  (case and slice): the five subtypes' probabilities when the case model carries a subtype model, ``None``
+  (null) otherwise, and ``None`` for a subtype it does not measure.
+
 Per-model slice probabilities are the maxima of each base model's raw map (no post-processing), reported for
 explanation beside the weight model's per-slice weights.
 """
@@ -67,6 +71,9 @@ class SliceFinding:
     model_probabilities: dict[str, float]
     weights: dict[str, float]
     hemorrhage_volume_ml: float
+    #: the five subtypes' probabilities on this slice (``None`` for one not measured); ``None`` without a
+    #: subtype model
+    subtypes: dict[str, float | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,10 @@ class CaseFindings:
     lesions: list[Lesion] = field(default_factory=list)
     #: the lesions' scoring (raw and calibrated case score).
     scoring: CaseScore | None = field(default=None, repr=False)
+    #: the ensemble's disagreement on the lesion that decided the case (``ich.scoring.case_uncertainty``)
+    uncertainty: float = 0.0
+    #: the five subtypes' case probabilities (``None`` for one not measured); ``None`` without a subtype model
+    subtypes: dict[str, float | None] | None = None
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -165,6 +176,7 @@ def aggregate(
             model_probabilities={key: float(model_max[key][i]) for key in spec.MODEL_KEYS},
             weights={key: float(weights[i, j]) for j, key in enumerate(spec.MODEL_KEYS)},
             hemorrhage_volume_ml=per_slice_ml[i],
+            subtypes=None if scored.subtypes is None else dict(scored.subtypes.slices[i]),
         )
         for i in range(n)
     ]
@@ -185,6 +197,8 @@ def aggregate(
         source_mask=source,
         lesions=scored.lesions,
         scoring=scored,
+        uncertainty=scored.uncertainty,
+        subtypes=None if scored.subtypes is None else dict(scored.subtypes.case),
     )
 
 

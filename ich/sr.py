@@ -6,8 +6,10 @@ What a PACS viewer lists beside the CT, in words and numbers, for a reader who n
   references), finding "Hemorrhage" in the brain, with the algorithm (TID 4019: the ensemble and the
   weights' version);
 - measurements: the hemorrhage volume in mL (the JSON's ``hemorrhage_volume_ml``, the SEG's voxels), the
-  calibrated case probability and the threshold in use (unit "no units", codes of this project's private
-  scheme ``99ICH``, since no standard code names an AI's probability of hemorrhage);
+  calibrated case probability and the threshold in use, the base models' disagreement (``uncertainty``) and
+  the probability of each subtype the model measures (unit "no units", codes of this project's private
+  scheme ``99ICH``, since no standard code names an AI's probability of hemorrhage); a subtype it does not
+  measure is left out;
 - qualitative evaluations: hemorrhage present or absent (``ich_detected``) and whether the case is
   indeterminate (SNOMED Yes/No);
 - the TID 1500 "Qualitative Evaluations" container with the text that this is research software, not for
@@ -21,7 +23,7 @@ has signed it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -35,7 +37,9 @@ __all__ = [
     "INDETERMINATE",
     "NOT_FOR_CLINICAL_USE_TEXT",
     "PROBABILITY",
+    "SUBTYPE_PROBABILITY",
     "THRESHOLD",
+    "UNCERTAINTY",
     "ReportValues",
     "build_measurement_report",
 ]
@@ -47,6 +51,19 @@ PROBABILITY = hd.sr.CodedConcept("ICH-P", _SCHEME, "Probability of intracranial 
 THRESHOLD = hd.sr.CodedConcept("ICH-T", _SCHEME, "Decision threshold of the probability")
 #: Whether the probability lies in the band a person should look at first (private code).
 INDETERMINATE = hd.sr.CodedConcept("ICH-I", _SCHEME, "Indeterminate (probability in the review band)")
+#: The five base models' disagreement on the lesion that decided the case (private code).
+UNCERTAINTY = hd.sr.CodedConcept("ICH-U", _SCHEME, "Disagreement of the ensemble's base models")
+#: Probability of each hemorrhage subtype (private codes; ``ich.subtypes.SUBTYPES`` keys).
+SUBTYPE_PROBABILITY: dict[str, hd.sr.CodedConcept] = {
+    name: hd.sr.CodedConcept(f"ICH-{code}", _SCHEME, f"Probability of {name} hemorrhage")
+    for name, code in (
+        ("epidural", "EDH"),
+        ("subdural", "SDH"),
+        ("subarachnoid", "SAH"),
+        ("intraparenchymal", "IPH"),
+        ("intraventricular", "IVH"),
+    )
+}
 MILLILITER = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
 HEMORRHAGE = hd.sr.CodedConcept(codes.SCT.Hemorrhage.value, "SCT", "Hemorrhage")
 #: TID 1500 row 12: the document-level "Qualitative Evaluations" container.
@@ -74,12 +91,22 @@ class ReportValues:
     indeterminate: bool
     threshold: float
     hemorrhage_volume_ml: float
+    #: the case's subtype probabilities (``None`` values: not measured; ``None``: no subtype model)
+    subtypes: Mapping[str, float | None] | None = None
+    uncertainty: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("ich_probability", "threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+        for name, value in (self.subtypes or {}).items():
+            if name not in SUBTYPE_PROBABILITY:
+                raise ValueError(f"unknown subtype {name!r}; expected one of {sorted(SUBTYPE_PROBABILITY)}")
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"the {name} probability must lie in [0, 1], got {value!r}")
+        if self.uncertainty is not None and not 0.0 <= self.uncertainty <= 1.0:
+            raise ValueError(f"uncertainty must lie in [0, 1], got {self.uncertainty!r}")
         if not self.hemorrhage_volume_ml >= 0.0:
             raise ValueError(f"hemorrhage_volume_ml must be >= 0, got {self.hemorrhage_volume_ml!r}")
 
@@ -104,6 +131,24 @@ def _group_content(
             name=THRESHOLD, value=float(values.threshold), unit=codes.UCUM.NoUnits, algorithm_id=algorithm
         ),
     ]
+    if values.uncertainty is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=UNCERTAINTY,
+                value=float(values.uncertainty),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm,
+            )
+        )
+    # a subtype the model does not measure is left out rather than written as a number nobody measured
+    for name, concept in SUBTYPE_PROBABILITY.items():
+        value = (values.subtypes or {}).get(name)
+        if value is not None:
+            measurements.append(
+                hd.sr.Measurement(
+                    name=concept, value=float(value), unit=codes.UCUM.NoUnits, algorithm_id=algorithm
+                )
+            )
     evaluations = [
         hd.sr.QualitativeEvaluation(
             name=HEMORRHAGE, value=codes.SCT.Present if values.ich_detected else codes.SCT.Absent

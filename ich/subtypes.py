@@ -63,9 +63,9 @@ Probabilities = dict[str, float | None]
 
 def feature_matrix(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """``[L, len(SUBTYPE_FEATURES)]`` of lesions given as mappings of feature name -> value."""
-    return np.array(
-        [[float(r[f]) for f in SUBTYPE_FEATURES] for r in rows], dtype=np.float64
-    ).reshape(-1, len(SUBTYPE_FEATURES))
+    return np.array([[float(r[f]) for f in SUBTYPE_FEATURES] for r in rows], dtype=np.float64).reshape(
+        -1, len(SUBTYPE_FEATURES)
+    )
 
 
 def raw_scores(

@@ -42,6 +42,7 @@ from ich_client.models import (
     SeriesInfo,
     SkippedFile,
     SliceResult,
+    Subtypes,
     TensorInfo,
     Timing,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "SkippedFile",
     "SliceResult",
     "StudyInput",
+    "Subtypes",
     "TensorInfo",
     "Timing",
     "UnprocessableStudyError",

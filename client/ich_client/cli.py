@@ -492,6 +492,12 @@ def _summary(path: str, result: CaseResult, top: int) -> str:
         + (f", {_count(len(series.skipped), 'file')} skipped" if series.skipped else "")
         + (f", {_count(len(series.passed_over), 'other series')} passed over" if series.passed_over else ""),
     ]
+    if result.uncertainty is not None:
+        lines.append(f"  uncertainty (base models' disagreement): {result.uncertainty:.3f}")
+    if result.subtypes is not None:
+        measured = {k: v for k, v in result.subtypes.model_dump().items() if v is not None}
+        shown = ", ".join(f"{k} {format_probability(v)}" for k, v in measured.items()) or "none measured"
+        lines.append(f"  subtypes: {shown}")
     for warning in result.warnings:
         lines.append(f"  warning: {warning}")
     best = result.top_slices(top)

@@ -55,6 +55,16 @@ class ModelValues(_Model):
     small: float
 
 
+class Subtypes(_Model):
+    """Probability of each hemorrhage subtype; ``None`` for a subtype the service does not measure."""
+
+    epidural: float | None = None
+    subdural: float | None = None
+    subarachnoid: float | None = None
+    intraparenchymal: float | None = None
+    intraventricular: float | None = None
+
+
 class SliceResult(_Model):
     """The ensemble's output for one slice."""
 
@@ -64,6 +74,8 @@ class SliceResult(_Model):
     model_probabilities: ModelValues
     weights: ModelValues
     hemorrhage_volume_ml: float | None = None
+    #: subtype probabilities on this slice; ``None`` when the service's model has no subtypes
+    subtypes: Subtypes | None = None
 
 
 class Overlay(_Model):
@@ -107,7 +119,8 @@ class CaseResult(_Model):
     """The service's answer for one study.
 
     Fields the design contract fixes are required; the service's additions (``indeterminate_band``,
-    ``warnings``, ``series.passed_over``, a slice's ``hemorrhage_volume_ml``, ``overlays``, ``seg``) have
+    ``warnings``, ``series.passed_over``, a slice's ``hemorrhage_volume_ml``, ``overlays``, ``seg``) and the
+    fields added to the contract later (``uncertainty``, ``subtypes``) have
     defaults, so the client also reads a service that does not send them.
     """
 
@@ -126,6 +139,10 @@ class CaseResult(_Model):
     slices: list[SliceResult]
     timing_ms: Timing
     warnings: list[str] = Field(default_factory=list)
+    #: the five base models' disagreement on what decided the case (0 to 0.5; high: look at it)
+    uncertainty: float | None = None
+    #: subtype probabilities of the case; ``None`` when the service's model has no subtypes
+    subtypes: Subtypes | None = None
     overlays: list[Overlay] | None = None
     seg: SegObject | None = None
 

@@ -5,6 +5,7 @@
 const MODELS = ["all", "subtype", "sdh", "sah", "small"];
 const MODEL_COLOURS = { all: "#1f77b4", subtype: "#2ca02c", sdh: "#9467bd", sah: "#ff7f0e", small: "#17becf" };
 const POLL_MS = 1000;
+const SUBTYPES = ["epidural", "subdural", "subarachnoid", "intraparenchymal", "intraventricular"];
 const CURVE = { width: 800, height: 220, left: 34, right: 10, top: 10, bottom: 24 };
 
 const state = { id: null, result: null, index: 0, count: 0, pictures: new Map(), token: 0, outputRoutes: null };
@@ -91,6 +92,9 @@ function showFacts(r) {
   fact(dl, "threshold", r.threshold.toFixed(3));
   fact(dl, "indeterminate band", `${r.indeterminate_band[0].toFixed(3)} - ${r.indeterminate_band[1].toFixed(3)}`);
   fact(dl, "highest slice probability", pct(r.max_slice_probability));
+  if (r.uncertainty !== undefined && r.uncertainty !== null) {
+    fact(dl, "uncertainty", `${r.uncertainty.toFixed(3)} (spread of the five base models, 0 - 0.5)`);
+  }
   fact(dl, "hemorrhage volume", r.hemorrhage_volume_ml.toFixed(2) + " mL");
   fact(dl, "slices", String(r.slices.length));
   fact(dl, "slice spacing", r.series.slice_thickness_mm.toFixed(2) + " mm");
@@ -202,6 +206,7 @@ async function showSlice(index) {
   $("slider").value = String(i);
   $("slice-label").textContent = `slice ${i + 1} / ${state.count}`;
   showSliceTable(state.result.slices[i]);
+  showSubtypes(state.result, state.result.slices[i]);
   moveCursor(i);
   const token = ++state.token;
   const img = $("slice");
@@ -239,6 +244,29 @@ function showSliceTable(s) {
     fused.append(td);
   }
   $("slice-table").tBodies[0].replaceChildren(...rows, fused);
+}
+
+// Subtypes: the case's and this slice's probability of each; a subtype the model does not measure says so
+// rather than showing a number, and a model without subtypes hides the table.
+function showSubtypes(r, s) {
+  const note = $("subtype-note");
+  const table = $("subtype-table");
+  table.hidden = !r.subtypes;
+  note.hidden = Boolean(r.subtypes);
+  note.textContent = r.subtypes ? "" : "This model gives no subtypes.";
+  if (!r.subtypes) { table.tBodies[0].replaceChildren(); return; }
+  const value = (v) => (v === null || v === undefined ? "not measured" : pct(v));
+  const rows = SUBTYPES.map((name) => {
+    const tr = document.createElement("tr");
+    tr.dataset.subtype = name;
+    for (const text of [name, value(r.subtypes[name]), value(s.subtypes ? s.subtypes[name] : null)]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    return tr;
+  });
+  table.tBodies[0].replaceChildren(...rows);
 }
 
 // ---------------------------------------------------------------------------------------- the curve
