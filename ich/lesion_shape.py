@@ -96,17 +96,18 @@ def _ring(where: np.ndarray) -> np.ndarray:
     return ndimage.binary_dilation(where, iterations=_RING_PIXELS) & ~where
 
 
-def _position(brain: np.ndarray, y: float, x: float) -> tuple[float, float]:
-    """(distance from the brain's centre in brain radii, left-right distance from its midline in
-    half-widths)."""
-    ys, xs = np.nonzero(brain)
-    if len(ys) == 0:
+def _position(brain: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[float, float]:
+    """Median over the pixels of (distance from the brain's centre in brain radii, left-right distance
+    from its midline in half-widths): per pixel, so that a crescent's arc does not average to its chord."""
+    by, bx = np.nonzero(brain)
+    if len(by) == 0:
         return _MAX_POSITION, _MAX_POSITION
-    radius = math.sqrt(len(ys) / math.pi)
-    cy, cx = float(ys.mean()), float(xs.mean())
-    half_width = max((float(xs.max()) - float(xs.min()) + 1.0) / 2.0, 1.0)
-    central = math.hypot(y - cy, x - cx) / max(radius, 1.0)
-    return min(central, _MAX_POSITION), min(abs(x - cx) / half_width, _MAX_POSITION)
+    radius = max(math.sqrt(len(by) / math.pi), 1.0)
+    cy, cx = float(by.mean()), float(bx.mean())
+    half_width = max((float(bx.max()) - float(bx.min()) + 1.0) / 2.0, 1.0)
+    central = float(np.median(np.hypot(ys - cy, xs - cx))) / radius
+    midline = float(np.median(np.abs(xs - cx))) / half_width
+    return min(central, _MAX_POSITION), min(midline, _MAX_POSITION)
 
 
 def shape_features(
@@ -143,7 +144,7 @@ def shape_features(
     thickness = 2.0 * float(ndimage.distance_transform_edt(np.pad(where, 1), sampling=pixel_mm).max())
     major, minor = _axes_mm(py, px, pixel_mm)
     brain = images[peak_slice, 3] > 0
-    central, midline = _position(brain, float(py.mean()), float(px.mean()))
+    central, midline = _position(brain, py, px)
     ring = _ring(where) & brain
     csf = float((images[peak_slice, 1][ring] < _CSF_CHANNEL).mean()) if ring.any() else 0.0
     return {
