@@ -69,6 +69,15 @@ def brain_depth_maps(
     return out
 
 
+def _sample(maps: Mapping[int, np.ndarray], zs: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The values of per-slice maps at the pixels ``(zs, ys, xs)``."""
+    out = np.empty(len(zs), dtype=np.float64)
+    for z in np.unique(zs):
+        on = zs == z
+        out[on] = maps[int(z)][ys[on], xs[on]]
+    return out
+
+
 def _solidity(ys: np.ndarray, xs: np.ndarray) -> float:
     """Area / convex-hull area of a pixel set (pixels as unit squares): 1 for a convex blob."""
     corners = np.concatenate(
@@ -130,23 +139,26 @@ def shape_features(
         images: ``[N, 4, S, S]`` model input (stroke, brain, bone, skull-stripped brain).
         pixel_mm: model-grid pixel size (row, column) in mm.
     """
-    bone = np.array([bone_distance[z][y, x] for z, y, x in zip(zs, ys, xs, strict=True)])
-    depth = np.array([brain_depth[z][y, x] for z, y, x in zip(zs, ys, xs, strict=True)])
+    bone = _sample(bone_distance, zs, ys, xs)
+    depth = _sample(brain_depth, zs, ys, xs)
     on_peak = zs == peak_slice
     py, px = ys[on_peak], xs[on_peak]
     pixel_area = pixel_mm[0] * pixel_mm[1]
     contact = int((bone[on_peak] <= CONTACT_MM).sum())
     # the pixels within CONTACT_MM of bone form a band along the table: its area over its depth is its length
     contact_length = contact * pixel_area / CONTACT_MM
-    shape = images.shape[2:]
-    where = np.zeros(shape, dtype=bool)
-    where[py, px] = True
+    # the peak slice cropped around the lesion, with room for the ring (a lesion is small, the slice is not)
+    margin = _RING_PIXELS + 1
+    y0, x0 = max(int(py.min()) - margin, 0), max(int(px.min()) - margin, 0)
+    y1, x1 = int(py.max()) + margin + 1, int(px.max()) + margin + 1
+    where = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    where[py - y0, px - x0] = True
     thickness = 2.0 * float(ndimage.distance_transform_edt(np.pad(where, 1), sampling=pixel_mm).max())
     major, minor = _axes_mm(py, px, pixel_mm)
     brain = images[peak_slice, 3] > 0
     central, midline = _position(brain, py, px)
-    ring = _ring(where) & brain
-    csf = float((images[peak_slice, 1][ring] < _CSF_CHANNEL).mean()) if ring.any() else 0.0
+    ring = _ring(where) & brain[y0:y1, x0:x1]
+    csf = float((images[peak_slice, 1, y0:y1, x0:x1][ring] < _CSF_CHANNEL).mean()) if ring.any() else 0.0
     return {
         "bone_contact_fraction": float((bone <= CONTACT_MM).mean()),
         "log_contact_length_mm": math.log1p(contact_length),
