@@ -229,3 +229,35 @@ def test_docs_and_redoc_list_the_operations_offline(
     assert page.get_by_text("Queue a head CT study for analysis").count() >= 1
     page.screenshot(path=str(artifacts / "redoc.png"))
     assert offline.refused == []
+
+
+def test_the_uncertainty_and_the_subtypes_are_shown_not_measured_ones_as_such(
+    offline_page: tuple[Any, Offline], gateway: str, uploaded: str, artifacts: Path
+) -> None:
+    page, offline = offline_page
+    # the gateway's repository has no case model: no subtypes, and the uncertainty of the fake maps
+    page.goto(f"{gateway}/viewer?study={uploaded}")
+    _shown(page, PEAK)
+    job = httpx.get(f"{gateway}/v1/studies/{uploaded}").json()
+    assert job["result"]["subtypes"] is None
+    shown = page.locator("#facts [data-fact='uncertainty']").inner_text()
+    assert shown.startswith(f"{job['result']['uncertainty']:.3f}")
+    assert page.inner_text("#subtype-note") == "This model gives no subtypes."
+    assert page.locator("#subtype-table").is_hidden()
+    # the same job as a model with subtypes would give it: epidural measured, the others not
+    names = ("epidural", "subdural", "subarachnoid", "intraparenchymal", "intraventricular")
+    job["result"]["subtypes"] = {name: (0.42 if name == "epidural" else None) for name in names}
+    for i, s in enumerate(job["result"]["slices"]):
+        s["subtypes"] = {name: (0.01 * i if name == "epidural" else None) for name in names}
+    page.route(f"**/v1/studies/{uploaded}", lambda route: route.fulfill(json=job))
+    page.goto(f"{gateway}/viewer?study={uploaded}")
+    _shown(page, PEAK)
+    assert page.locator("#subtype-note").is_hidden()
+    cells = [page.locator(f"#subtype-table tr[data-subtype='{n}'] td").all_inner_texts() for n in names]
+    assert cells[0] == ["epidural", "42.0 %", f"{100 * 0.01 * PEAK:.1f} %"]
+    assert all(row[1:] == ["not measured", "not measured"] for row in cells[1:])
+    page.keyboard.press("Home")
+    _shown(page, 0)
+    assert page.locator("#subtype-table tr[data-subtype='epidural'] td").all_inner_texts()[2] == "0.0 %"
+    page.screenshot(path=str(artifacts / "viewer-subtypes.png"), full_page=True)
+    assert offline.refused == [] and offline.errors == []
