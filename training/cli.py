@@ -12,11 +12,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
+DESCRIPTION = (
+    "Train, cross-validate, export, evaluate and document the ICH ensemble (five Inception U-Nets and the "
+    "weight model that fuses them). `ich-model COMMAND --help` describes each command."
+)
+EXIT_USAGE = 2
+
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train the five base models and the weight model (resumable steps)"),
     "cv": ("training.cv", "patient-grouped k-fold cross-validation: train each fold, predict it out of fold"),
     "cv-report": ("training.oof_report", "out-of-fold records, figures and case model of a cv run"),
+    "baselines": ("training.baselines.train", "four classifiers, weak vs strong annotation, vs the ensemble"),
     "export": ("training.export", "export trained checkpoints to ONNX and write model_repository/"),
     "evaluate": ("training.evaluate", "run the exported ensemble on cases with masks and write a report"),
     "review": ("training.review", "the difficult-case study: select a worklist, score expert reads"),
@@ -26,7 +33,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the parser; subcommand modules are imported lazily in ``main``."""
-    parser = argparse.ArgumentParser(prog="ich-model", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ich-model", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_module, help_text) in SUBCOMMANDS.items():
@@ -43,11 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if known.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    module = importlib.import_module(SUBCOMMANDS[known.command][0])
-    parser = argparse.ArgumentParser(prog=f"ich-model {known.command}")
+    module_name, help_text = SUBCOMMANDS[known.command]
+    module = importlib.import_module(module_name)
+    description = help_text[0].upper() + help_text[1:] + "."
+    parser = argparse.ArgumentParser(prog=f"ich-model {known.command}", description=description)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args))
+    try:
+        return int(module.run(args))
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        # A missing or misplaced input is the user's to fix: say which, without a traceback.
+        print(f"ich-model {known.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":
