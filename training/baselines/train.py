@@ -443,6 +443,8 @@ def command_line(args: argparse.Namespace) -> str:
     ):
         if value is not None and value != default:
             parts.append(f"{flag} {value}")
+    if args.report_only:
+        parts.append("--report-only")
     return " ".join(parts)
 
 
