@@ -175,6 +175,67 @@ def _models_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _counts(block: Mapping[str, Any], key: str) -> str:
+    return f"{block[key]['n_positive']}/{block[key]['n']}"
+
+
+def subtype_section(report: Mapping[str, Any], model: CaseModel | None) -> str:
+    """Per-subtype out-of-fold AUCs with intervals and counts, or why a subtype is not measured."""
+    block = report.get("subtypes")
+    if not block:
+        return "This record carries no subtype figures (`ich-model cv-report` on the run writes them)."
+    lines = [
+        "Each subtype's probability comes from the lesion candidates' location and shape (`ich.subtypes`), "
+        "fitted on out-of-fold lesions and cross-fitted over the folds like the case decision. AUC over "
+        "all patients (case: has the subtype anywhere; slice: the slice carries it, patient bootstrap):",
+        "",
+        "| subtype | case AUC | positive / patients | slice AUC | positive / slices | Brier (case) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, b in block.items():
+        if not b["measured"]:
+            lines.append(
+                f"| {name} | {b['reason']} | {b['positive_cases']}/{report['patients']} | - | "
+                f"{b['positive_slices']}/{report['slices']} | - |"
+            )
+            continue
+        lines.append(
+            f"| {name} | {_f(b['case']['auc'])}{_ci(b['case'])} | {_counts(b, 'case')} | "
+            f"{_f(b['slice']['auc'])}{_ci(b['slice'])} | {_counts(b, 'slice')} | {_f(b['brier'])} |"
+        )
+    shipped = sorted(model.subtypes.fits) if model is not None and model.subtypes is not None else []
+    lines += [
+        "",
+        (
+            f"The shipped case model gives {', '.join(shipped)}; the result's other subtypes are null."
+            if shipped
+            else "The shipped case model gives no subtypes: `subtypes` is null in every result."
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def uncertainty_section(report: Mapping[str, Any]) -> str:
+    """Whether the wrong calls concentrate among the uncertain cases, out of fold."""
+    u = report.get("uncertainty")
+    if not u or not u.get("measured"):
+        return "This record carries no uncertainty figures (`ich-model cv-report` on the run writes them)."
+    auc, band = u["auc_for_wrong_call"], u["closeness_to_threshold_auc_for_wrong_call"]
+    thirds = "; ".join(
+        f"{_f(t['uncertainty'][0])}-{_f(t['uncertainty'][1])}: {t['wrong']['k']}/{t['wrong']['n']} wrong"
+        for t in u["by_third"]
+    )
+    return (
+        f"`uncertainty` is the {u['definition']}. Out of fold, with {u['wrong_calls']} wrong calls at the "
+        f"operating point among {report['patients']} patients, its AUC for a wrong call is "
+        f"{_f(auc['auc'])}{_ci(auc)}; the closeness of the probability to the threshold (what the band "
+        f"looks at) gives {_f(band['auc'])}{_ci(band)}. By thirds of the uncertainty: {thirds} "
+        "([uncertainty.png](../training/cv/default/uncertainty.png)). It does not change the call: "
+        "`indeterminate` is the band alone, and `ich-model review select --most-uncertain N` picks the "
+        "cases the models disagree on."
+    )
+
+
 def false_positive_section(records: Records, report: Mapping[str, Any], model: CaseModel | None) -> str:
     """Where the candidate lesions of normal patients lie (vertex / skull base, against the bone)."""
     normals = {str(r["case"]) for r in records.cases if int(r["label"]) == 0}
@@ -266,7 +327,9 @@ probability; the case score is the highest one, Platt-calibrated into `ich_proba
 calibrated probability reaches the threshold form the reported mask (so a positive case always shows what
 made it positive); `hemorrhage_volume_ml` is that mask at the source matrix, the very voxels of the DICOM
 SEG. The paper's case score, the highest slice probability, is reported beside it as
-`max_slice_probability`.
+`max_slice_probability`. Beside the call: the probability of each subtype from the candidates' location
+and shape (`subtypes`, where measured) and the five base models' disagreement on the deciding candidate
+(`uncertainty`).
 
 ## Data and attribution
 Trained on the {patients} patients of this copy of **"Computed Tomography Images for Intracranial Hemorrhage
@@ -293,6 +356,12 @@ figures therefore describe the recipe on unseen patients of this dataset; the sh
 patients than any fold's.
 
 {figures}
+
+## Subtypes
+{subtypes}
+
+## Uncertainty
+{uncertainty}
 
 ## Where the false positives lie
 {false_positives}
@@ -369,6 +438,8 @@ def render(cv: Path, repo: Path, run: Path | None = None) -> str:
         patients=report["patients"],
         figures=figures_section(report, model),
         false_positives=false_positive_section(records, report, model),
+        subtypes=subtype_section(report, model),
+        uncertainty=uncertainty_section(report),
         training=training_section(cfg, run),
         baselines=baselines_section(),
         name=cfg["run"]["name"],

@@ -57,7 +57,14 @@ from training.records import (
     subtype_label_column,
     subtypes_from_ct_ich,
 )
-from training.subtype_model import ScoredSubtypes, apply_subtype_model, slice_probabilities, with_subtypes
+from training.subtype_model import (
+    MIN_POSITIVE_CASES,
+    ScoredSubtypes,
+    apply_subtype_model,
+    has_subtype_inputs,
+    slice_probabilities,
+    with_subtypes,
+)
 from training.uncertainty_figure import uncertainty_diagram
 
 logger = logging.getLogger(__name__)
@@ -250,7 +257,14 @@ def _subtype_block(
     ]
     missing = [r for r in reasons if r]
     if missing:
-        return {"measured": False, "reason": missing[0], **positives}
+        n = positives["positive_cases"]
+        if not has_subtype_inputs(records):
+            reason = missing[0]
+        elif n < MIN_POSITIVE_CASES:
+            reason = f"not measured: {n} positive cases (fewer than {MIN_POSITIVE_CASES})"
+        else:
+            reason = f"{missing[0]}, in {len(missing)} of {len(models)} fitted models"
+        return {"measured": False, "reason": reason, **positives}
     y = np.array([int(r[column]) for r in records.cases])
     p = np.array([float(s.probabilities[subtype] or 0.0) for s in scored])
     slice_y = np.array([int(r[column]) for r in records.slices])

@@ -59,6 +59,7 @@ def with_subtypes(records: Records, seed: int = 7, spread: float = 0.05) -> Reco
         on = spans[(row["case"], int(row["lesion"]))]
         row.setdefault("first_slice", min(on))
         row.setdefault("last_slice", max(on))
+        row.setdefault("volume_ml", float(np.expm1(row["log_volume_ml"])))
         true = int(row["is_hemorrhage"]) == 1
         row.update(_shape(kinds[row["case"]] if true else None, rng))
         row["model_spread"] = spread

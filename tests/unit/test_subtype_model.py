@@ -112,6 +112,7 @@ def test_report_gives_cross_fitted_aucs_with_intervals_and_counts(report: dict[s
         assert block[subtype]["reason"].startswith("not measured:")
         assert "case" not in block[subtype]
     assert block["subdural"]["positive_cases"] == 1 and block["intraventricular"]["positive_cases"] == 0
+    assert block["subdural"]["reason"] == "not measured: 1 positive cases (fewer than 6)"
 
 
 def test_a_subtype_one_fold_could_not_fit_is_not_measured(records: Records) -> None:
@@ -133,7 +134,7 @@ def test_a_subtype_one_fold_could_not_fit_is_not_measured(records: Records) -> N
     assert figures["epidural"]["measured"] is True
     assert figures["intraparenchymal"] == {
         "measured": False,
-        "reason": "not measured: 4 positive cases",
+        "reason": "not measured: 4 positive cases, in 1 of 2 fitted models",
         "positive_cases": figures["intraparenchymal"]["positive_cases"],
         "positive_slices": figures["intraparenchymal"]["positive_slices"],
     }
