@@ -83,6 +83,8 @@ def detect_layout(root: Path) -> Layout:
         FileNotFoundError: neither layout (or no such folder).
     """
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
     if (root / "Patients_CT").is_dir():
         return "ct-ich"
     if root.is_dir() and any(_is_dicom_case(p) for p in root.iterdir()):

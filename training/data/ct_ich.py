@@ -198,6 +198,19 @@ def read_labels(csv_path: Path) -> dict[str, dict[int, SliceLabel]]:
     return out
 
 
+def check_root(root: Path) -> Path:
+    """``root`` when it is a CT-ICH folder; else a FileNotFoundError that says which of two things is wrong.
+
+    A folder that does not exist and a folder in another layout need different fixes from the user.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    if not (root / "Patients_CT").is_dir():
+        raise FileNotFoundError(f"not a CT-ICH folder (no Patients_CT/): {root}")
+    return root
+
+
 def list_patients(root: Path) -> list[str]:
     """Patient ids (folder names) under ``root/Patients_CT``, sorted.
 
@@ -205,9 +218,7 @@ def list_patients(root: Path) -> list[str]:
     patient folder emptied in a damaged copy is still listed and then reported as unreadable instead of
     silently disappearing from training and evaluation.
     """
-    base = Path(root) / "Patients_CT"
-    if not base.is_dir():
-        raise FileNotFoundError(f"not a CT-ICH folder (no Patients_CT/): {root}")
+    base = check_root(root) / "Patients_CT"
     return sorted(
         p.name for p in base.iterdir() if p.is_dir() and ((p / "brain").is_dir() or p.name.isdigit())
     )
@@ -357,7 +368,7 @@ def read_dataset(root: Path, patients: Sequence[str] | None = None) -> list[Pati
     Raises:
         UnreadablePatientError: patients were asked for and none of them could be read.
     """
-    root = Path(root)
+    root = check_root(root)
     all_labels = read_labels(root / "hemorrhage_diagnosis.csv")
     pids = list(patients) if patients is not None else list_patients(root)
     out = []
