@@ -150,7 +150,8 @@ def shape_features(
     # the peak slice cropped around the lesion, with room for the ring (a lesion is small, the slice is not)
     margin = _RING_PIXELS + 1
     y0, x0 = max(int(py.min()) - margin, 0), max(int(px.min()) - margin, 0)
-    y1, x1 = int(py.max()) + margin + 1, int(px.max()) + margin + 1
+    y1 = min(int(py.max()) + margin + 1, images.shape[2])
+    x1 = min(int(px.max()) + margin + 1, images.shape[3])
     where = np.zeros((y1 - y0, x1 - x0), dtype=bool)
     where[py - y0, px - x0] = True
     thickness = 2.0 * float(ndimage.distance_transform_edt(np.pad(where, 1), sampling=pixel_mm).max())

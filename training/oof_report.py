@@ -320,6 +320,7 @@ def uncertainty_figures(
     p = np.array([s.probability for s in scored])
     wrong = np.array([int(s.detected != bool(s.label)) for s in scored])
     if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
         uncertainty_diagram(p, u, wrong.astype(bool), out / "uncertainty.png")
     return {
         "measured": True,

@@ -114,3 +114,13 @@ def test_the_uncertainty_is_the_spread_on_the_deciding_lesion(lesions: dict[str,
     probs = np.zeros((3, 5, 4, 4), np.float32)
     probs[1, :, 0, 0] = [0.9, 0.1, 0.1, 0.1, 0.1]
     assert slice_spread(probs, np.array([0.1, 0.5, 0.2])) == pytest.approx(np.std([0.9, 0.1, 0.1, 0.1, 0.1]))
+
+
+def test_a_lesion_at_the_edge_of_the_grid_is_measured() -> None:
+    fused = np.zeros((1, S, S), np.float32)
+    fused[0, S - 3 :, S - 4 :] = 0.9  # the bottom right corner
+    fused[0, :2, :3] = 0.9  # the top left corner
+    labels, count = find_lesions(fused > 0.5)
+    probs = np.repeat(fused[:, None], len(spec.MODEL_KEYS), axis=1)
+    found = lesion_features(labels, count, fused, probs, head()[:1], PIXEL_MM, 0.005)
+    assert count == 2 and all(np.isfinite(list(les.shape.values())).all() for les in found)
