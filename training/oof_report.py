@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -453,6 +454,9 @@ def run(args: argparse.Namespace) -> int:
         fit_case_model(records, targets, {"fitted_on": "every out-of-fold record", "folds": report["folds"]}),
         records,
     )
+    if shipped.subtypes is not None and not shipped.subtypes.fits:
+        # nothing measured: no subtype part at all, so the result's `subtypes` is null rather than all-null
+        shipped = replace(shipped, subtypes=None)
     shipped.save(args.out / "case_model.json")
     op = report["operating_point"]
     logger.info(

@@ -197,3 +197,29 @@ def test_the_deciding_lesion_gives_the_uncertainty(records: Records) -> None:
         row["model_spread"] = 0.4 if i == int(np.argmax(p)) else 0.01
     (scored,) = [s for s in apply_case_model(model, out) if s.case == case]
     assert scored.uncertainty == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_cv_report_ships_the_subtype_part_only_when_something_was_measured(
+    records: Records, tmp_path: Path, labelled: bool
+) -> None:
+    import argparse
+    import shutil
+
+    from training.oof_report import run
+
+    (records if labelled else synthetic_records()).write(tmp_path)
+    shutil.copyfile(
+        Path(__file__).resolve().parents[2] / "training/configs/default.toml", tmp_path / "config.toml"
+    )
+    args = argparse.Namespace(records_only=True, out=tmp_path, run_dir=None, data=None)
+    assert run(args) == 0
+    shipped = json.loads((tmp_path / "case_model.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
+    if labelled:
+        assert set(shipped["subtypes"]["fits"]) == set(MEASURED)
+        assert report["subtypes"]["epidural"]["measured"] is True
+        assert (tmp_path / "uncertainty.png").is_file()
+    else:
+        assert "subtypes" not in shipped  # the result's `subtypes` stays null
+        assert CaseModel.load(tmp_path / "case_model.json").subtypes is None
