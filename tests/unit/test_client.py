@@ -175,7 +175,7 @@ def test_result_keeps_fields_the_client_does_not_know() -> None:
     assert dumped["overlay_url"] == "/v1/cases/c0ffee/overlay.png"
     assert dumped["series"]["manufacturer_model"] == "X"
     assert dumped["slices"][0]["mask_area_mm2"] == 3.5
-    assert dumped["slices"][1] == {**payload["slices"][1], "hemorrhage_volume_ml": None}
+    assert dumped["slices"][1] == {**payload["slices"][1], "hemorrhage_volume_ml": None, "subtypes": None}
 
 
 def test_a_result_missing_a_contract_field_is_an_ich_error() -> None:
