@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from api.errors import RequestContextMiddleware, error_response, install_error_h
 from api.log_redaction import DICOM_LIBRARY_LOGGERS
 from api.metrics import GatewayMetrics
 from api.openapi_errors import install_error_schema
+from api.pipeline import warm_up_pipeline
 from api.routers import cases, dicomweb, health, models, studies, study_results
 from api.routers.docs import install_offline_docs
 from api.routers.viewer import install_viewer
@@ -37,6 +39,9 @@ from ich.jobs.metrics import JobMetrics
 from ich.repository import RepositoryError
 
 logger = logging.getLogger(__name__)
+
+#: Longest wait for an engine's warm-up (a Triton that hangs must not hold the start-up).
+WARM_UP_TIMEOUT_S = 60.0
 
 DESCRIPTION = (
     "Detects intracranial hemorrhage on non-contrast head CT with a weighted ensemble of five 2D Inception "
@@ -71,6 +76,17 @@ def _check_input_size(settings: Settings, engine: Engine) -> None:
             f"ICH_INPUT_SIZE={settings.input_size} but the {engine.name} engine's models take "
             f"{engine.input_size}x{engine.input_size}; unset ICH_INPUT_SIZE or serve a matching repository"
         )
+
+
+async def _warm_up(engine: Engine, executor: ThreadPoolExecutor) -> None:
+    """The first study's one-off costs paid before the lifespan lets the gateway serve (and say ready)."""
+    started = time.perf_counter()
+    await warm_up_pipeline(executor, engine.input_size)
+    try:
+        await asyncio.wait_for(engine.warm_up(), WARM_UP_TIMEOUT_S)
+    except TimeoutError:
+        logger.warning("the %s engine's warm-up took over %.0f s; going on", engine.name, WARM_UP_TIMEOUT_S)
+    logger.info("warmed up in %.2f s", time.perf_counter() - started)
 
 
 async def _intake_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -110,6 +126,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 # Loading ONNX sessions takes seconds: off the loop, though nothing else runs yet.
                 current = await asyncio.get_running_loop().run_in_executor(executor, _make_engine, settings)
             _check_input_size(settings, current)
+            await _warm_up(current, executor)
             app.state.executor = executor
             app.state.engine = current
             metrics.watch_engine(current)

@@ -3,6 +3,11 @@
 The blocking stages (unzip and decode, preprocess, aggregate) run in the app's bounded thread pool so the
 event loop keeps answering probes and other uploads; the engine's ``infer`` is already asynchronous. Each
 stage is timed for the result's ``timing_ms`` and the ``ich_stage_seconds`` histogram.
+
+Preprocessing and inference overlap: the series is preprocessed in chunks of ``OVERLAP_CHUNK`` slices and
+each chunk goes to the engine as soon as it is ready, so the engine infers one chunk while the next is
+being preprocessed. ``preprocess`` is then the time spent preprocessing (mostly hidden behind inference)
+and ``inference`` the time from the first chunk's inference to the last one's end.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ from api.schemas import (
     SeriesInfo,
     SkippedFile,
     SliceResult,
-    Subtypes,
     Timing,
 )
 from api.settings import Settings
+from ich import spec
 from ich.aggregate import CaseFindings, aggregate
 from ich.burn_in import left_edge_marker, slice_lines
-from ich.ensemble import EnsembleOutput
+from ich.dicom_writer import series_zip
+from ich.ensemble import EnsembleOutput, concat_outputs
 from ich.intake import IntakeLimits, Study, read_study
 from ich.overlay import render_overlay, top_slice_indices
 from ich.preprocess import preprocess_volume
@@ -64,6 +70,9 @@ MAX_OVERLAYS = 3
 
 #: Decimals kept in probabilities and weights: float32 carries about seven significant digits.
 _DECIMALS = 6
+#: Slices preprocessed before they go to the engine: small, so the first inference starts early (only the
+#: first chunk's preprocessing is not hidden behind inference), and a multiple of the embedded batch.
+OVERLAP_CHUNK = 8
 
 
 async def run_blocking(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
@@ -81,7 +90,9 @@ class StageClock:
     seconds: dict[str, float]
 
     def record(self, stage: str, started: float) -> None:
-        elapsed = time.perf_counter() - started
+        self.record_seconds(stage, time.perf_counter() - started)
+
+    def record_seconds(self, stage: str, elapsed: float) -> None:
         self.seconds[stage] = elapsed
         self.metrics.stage_seconds.labels(stage=stage).observe(elapsed)
 
@@ -129,20 +140,7 @@ async def analyse_case(
     clock.record("decode", t)
     volume = study.volume
 
-    t = time.perf_counter()
-    images = await run_blocking(executor, preprocess_volume, volume.hu, engine.input_size)
-    clock.record("preprocess", t)
-
-    t = time.perf_counter()
-    try:
-        output = await engine.infer(images)
-    except EngineUnavailableError as exc:
-        metrics.engine_errors.labels(reason=str(exc.reason or "unavailable")).inc()
-        raise
-    except Exception:
-        metrics.engine_errors.labels(reason="error").inc()
-        raise
-    clock.record("inference", t)
+    images, output = await _preprocess_and_infer(volume.hu, engine, executor, clock)
 
     t = time.perf_counter()
     findings, extras = await run_blocking(
@@ -160,6 +158,72 @@ async def analyse_case(
     if on_findings is not None:
         await run_blocking(executor, on_findings, study, findings, output, result)
     return result
+
+
+async def _preprocess_and_infer(
+    hu: np.ndarray, engine: Engine, executor: ThreadPoolExecutor, clock: StageClock
+) -> tuple[np.ndarray, EnsembleOutput]:
+    """Preprocess in chunks, each handed to the engine at once; the images and the joined output.
+
+    A chunk's inference runs as a task while the next chunk is preprocessed. On any failure or
+    cancellation the inferences still running are cancelled (the engine stops their work).
+    """
+    n = int(hu.shape[0])
+    size = engine.input_size
+    images = np.empty((n, spec.IN_CHANNELS, size, size), dtype=np.float32)
+    tasks: list[asyncio.Task[EnsembleOutput]] = []
+    preprocess_s = 0.0
+    inference_started = 0.0
+    try:
+        for start in range(0, n, OVERLAP_CHUNK):
+            t = time.perf_counter()
+            chunk = await run_blocking(executor, preprocess_volume, hu[start : start + OVERLAP_CHUNK], size)
+            preprocess_s += time.perf_counter() - t
+            images[start : start + chunk.shape[0]] = chunk
+            if not tasks:
+                inference_started = time.perf_counter()
+            tasks.append(asyncio.create_task(engine.infer(images[start : start + chunk.shape[0]])))
+        parts = await _gather_inferences(tasks, clock.metrics)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    clock.record_seconds("preprocess", preprocess_s)
+    clock.record("inference", inference_started)
+    return images, concat_outputs(parts)
+
+
+async def _gather_inferences(
+    tasks: list[asyncio.Task[EnsembleOutput]], metrics: GatewayMetrics
+) -> list[EnsembleOutput]:
+    try:
+        return list(await asyncio.gather(*tasks))
+    except EngineUnavailableError as exc:
+        metrics.engine_errors.labels(reason=str(exc.reason or "unavailable")).inc()
+        raise
+    except Exception:
+        metrics.engine_errors.labels(reason="error").inc()
+        raise
+
+
+async def warm_up_pipeline(executor: ThreadPoolExecutor, input_size: int) -> None:
+    """A small generated study through decode and preprocessing (imports, decoders, resize tables).
+
+    What the first study would otherwise pay; the lifespan runs it before the service says it is ready.
+    Nothing is inferred or counted, and the gateway's upload limits do not apply (its own study).
+    """
+    await run_blocking(executor, _warm_decode_and_preprocess, input_size)
+
+
+def _warm_decode_and_preprocess(input_size: int) -> None:
+    hu = np.full((2, WARM_UP_MATRIX, WARM_UP_MATRIX), -1000.0, dtype=np.float32)
+    hu[:, 128:384, 128:384] = 40.0
+    study = read_study(series_zip(hu, pixel_spacing_mm=(0.45, 0.45), slice_thickness_mm=5.0))
+    preprocess_volume(study.volume.hu, input_size)
+
+
+#: The matrix of the warm-up study: the usual head CT's (the resize tables are cached per matrix).
+WARM_UP_MATRIX = 512
 
 
 @dataclass
@@ -290,7 +354,6 @@ def _result(
             ),
             weights=ModelScores.from_mapping({k: _round(v) for k, v in s.weights.items()}),
             hemorrhage_volume_ml=round(s.hemorrhage_volume_ml, 3),
-            subtypes=_subtypes(s.subtypes),
         )
         for s in findings.slices
     ]
@@ -316,12 +379,5 @@ def _result(
             total=round(total * 1000.0, 2),
         ),
         warnings=list(study.warnings),
-        uncertainty=_round(findings.uncertainty),
-        subtypes=_subtypes(findings.subtypes),
     )
 
-
-def _subtypes(values: dict[str, float | None] | None) -> Subtypes | None:
-    if values is None:
-        return None
-    return Subtypes(**{k: None if v is None else _round(v) for k, v in values.items()})

@@ -223,12 +223,18 @@ def _checked(
     missing = [key for key in spec.MODEL_KEYS if key not in output.probs]
     if missing:
         raise ValueError(f"the ensemble output lacks the maps of {missing}")
+    # The ensemble's PROB_MAX where it has one: an engine may hold the full maps of some slices only.
+    maxima = getattr(output, "prob_max", None)
+    if maxima is not None:
+        maxima = np.asarray(maxima, dtype=np.float32)
+        if maxima.shape != (n, len(spec.MODEL_KEYS)) or not np.isfinite(maxima).all():
+            raise ValueError(f"PROB_MAX must be [{n}, {len(spec.MODEL_KEYS)}] finite, got {maxima.shape}")
     model_max: dict[str, np.ndarray] = {}
-    for key in spec.MODEL_KEYS:
+    for j, key in enumerate(spec.MODEL_KEYS):
         prob = np.asarray(output.probs[key], dtype=np.float32)
         if prob.shape != fused.shape:
             raise ValueError(f"PROB of {key!r} must have FUSED's shape {fused.shape}, got {prob.shape}")
-        model_max[key] = prob.reshape(n, -1).max(axis=1)
+        model_max[key] = prob.reshape(n, -1).max(axis=1) if maxima is None else maxima[:, j]
     for name, array in (("SLICE_PROB", slice_prob), ("FUSED", fused), ("WEIGHTS", weights)):
         if not np.isfinite(array).all():
             raise ValueError(f"{name} holds non-finite values")

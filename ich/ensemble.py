@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ __all__ = [
     "RunCancelledError",
     "RunControl",
     "check_images",
+    "concat_outputs",
     "output_from_tensors",
 ]
 
@@ -43,12 +44,24 @@ class EnsembleOutput:
         slice_prob: ``[N]`` per-slice probability (max of FUSED after post-processing).
         weights: ``[N, 5]`` per-slice member weights, columns in ``spec.MODEL_KEYS`` order.
         probs: member key -> ``[N, 1, S, S]`` each base model's sigmoid map.
+        prob_max: ``[N, 5]`` each map's maximum per slice, columns in ``spec.MODEL_KEYS`` order (the
+            ensemble's ``PROB_MAX``; from the maps when the repository's ensemble lacks it).
+        map_slices: the slices whose ``probs`` are the models' maps; ``None``: every slice. An engine that
+            fetched the maps only where the scoring reads them (``ich.member_maps``) leaves zeros elsewhere.
     """
 
     fused: np.ndarray
     slice_prob: np.ndarray
     weights: np.ndarray
     probs: dict[str, np.ndarray]
+    prob_max: np.ndarray | None = None
+    map_slices: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.prob_max is None:
+            n = int(self.slice_prob.shape[0])
+            maxima = [np.asarray(self.probs[key]).reshape(n, -1).max(axis=1) for key in spec.MODEL_KEYS]
+            object.__setattr__(self, "prob_max", np.stack(maxima, axis=1).astype(np.float32, copy=False))
 
     @property
     def num_slices(self) -> int:
@@ -56,15 +69,19 @@ class EnsembleOutput:
         return int(self.slice_prob.shape[0])
 
 
-def output_from_tensors(tensors: Mapping[str, np.ndarray]) -> EnsembleOutput:
+def output_from_tensors(
+    tensors: Mapping[str, np.ndarray], *, map_slices: np.ndarray | None = None
+) -> EnsembleOutput:
     """Build an ``EnsembleOutput`` from the ensemble's output tensors named as in ``ich.spec``.
 
     Shared by both engines so that the Triton engine and the embedded one shape their results identically.
+    ``PROB_MAX`` is optional (a repository exported before it gets the maxima from the maps).
 
     Raises:
         KeyError: an ensemble output is missing.
     """
     n = int(tensors[spec.SLICE_PROB].shape[0])
+    prob_max = tensors.get(spec.PROB_MAX)
     return EnsembleOutput(
         fused=np.asarray(tensors[spec.FUSED], dtype=np.float32),
         slice_prob=np.asarray(tensors[spec.SLICE_PROB], dtype=np.float32).reshape(n),
@@ -72,6 +89,10 @@ def output_from_tensors(tensors: Mapping[str, np.ndarray]) -> EnsembleOutput:
         probs={
             key: np.asarray(tensors[spec.WEIGHTING_INPUTS[key]], dtype=np.float32) for key in spec.MODEL_KEYS
         },
+        prob_max=None
+        if prob_max is None
+        else np.asarray(prob_max, dtype=np.float32).reshape(n, len(spec.MODEL_KEYS)),
+        map_slices=map_slices,
     )
 
 
@@ -93,14 +114,28 @@ def check_images(images: np.ndarray, input_size: int) -> np.ndarray:
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
-def _concat(parts: list[EnsembleOutput]) -> EnsembleOutput:
+def concat_outputs(parts: Sequence[EnsembleOutput]) -> EnsembleOutput:
+    """The outputs of consecutive runs over slices in order, as one output (``map_slices`` re-indexed)."""
+    if not parts:
+        raise ValueError("no output to join")
     if len(parts) == 1:
         return parts[0]
+    map_slices = None
+    if any(p.map_slices is not None for p in parts):
+        offsets = np.cumsum([0, *(p.num_slices for p in parts[:-1])])
+        map_slices = np.concatenate(
+            [
+                offset + (np.arange(p.num_slices) if p.map_slices is None else np.asarray(p.map_slices))
+                for offset, p in zip(offsets, parts, strict=True)
+            ]
+        ).astype(np.int64)
     return EnsembleOutput(
         fused=np.concatenate([p.fused for p in parts]),
         slice_prob=np.concatenate([p.slice_prob for p in parts]),
         weights=np.concatenate([p.weights for p in parts]),
         probs={key: np.concatenate([p.probs[key] for p in parts]) for key in spec.MODEL_KEYS},
+        prob_max=np.concatenate([p.prob_max for p in parts if p.prob_max is not None]),
+        map_slices=map_slices,
     )
 
 
@@ -303,7 +338,19 @@ class EnsembleRunner:
             parts.append(output_from_tensors(self._run_batch(batch, control)))
             if control is not None and control.on_batch is not None:
                 control.on_batch(int(batch.shape[0]))
-        return _concat(parts)
+        return concat_outputs(parts)
+
+    def warm_up(self, batch_size: int | None = None) -> None:
+        """Run every step once on a blank batch of the size ``run`` will use.
+
+        onnxruntime prepares a session on its first runs (kernel choice, weight pre-packing, the arena's
+        blocks for that batch size); done here, before the service says it is ready, the first study costs
+        what the next ones cost.
+        """
+        size = min(batch_size or self.max_batch_size, self.max_batch_size)
+        blank = np.zeros((size, spec.IN_CHANNELS, self.input_size, self.input_size), dtype=np.float32)
+        for _ in range(2):  # the second run still differs from the first (memory pattern planning)
+            self._run_batch(blank, None)
 
     def _run_batch(self, images: np.ndarray, control: RunControl | None) -> dict[str, np.ndarray]:
         tensors: dict[str, np.ndarray] = {self.ensemble_config.input[0].name: images}

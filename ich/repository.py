@@ -90,8 +90,14 @@ def model_file(root: Path, name: str, version: int = DEFAULT_MODEL_VERSION) -> P
 
 
 def model_names() -> list[str]:
-    """All models of the repository in dependency order: the five base models, the weighting, the ensemble."""
-    return [*(spec.BASE_MODELS[key] for key in spec.MODEL_KEYS), spec.WEIGHTING_MODEL, spec.ENSEMBLE_MODEL]
+    """All models of the repository in dependency order: the five base models, the weighting, the per-slice
+    maxima, the ensemble."""
+    return [
+        *(spec.BASE_MODELS[key] for key in spec.MODEL_KEYS),
+        spec.WEIGHTING_MODEL,
+        spec.PROB_MAX_MODEL,
+        spec.ENSEMBLE_MODEL,
+    ]
 
 
 # ------------------------------------------------------------------------------------------- writers
@@ -172,11 +178,36 @@ def weighting_model_config(
     )
 
 
+def prob_max_model_config(
+    input_size: int,
+    *,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    kind: KindName = "KIND_GPU",
+) -> mc.ModelConfig:
+    """Configuration of ``ich_prob_max``: the five maps [1, S, S] -> ``PROB_MAX`` [5], each map's maximum.
+
+    Its graph (``ich.prob_max.prob_max_model``) is two operators; it lets the ensemble answer with 20 bytes
+    per slice where the five maps take 500 kB at 160 px.
+    """
+    _check_size(input_size, max_batch_size)
+    map_dims = [1, input_size, input_size]
+    return mc.ModelConfig(
+        name=spec.PROB_MAX_MODEL,
+        platform=ONNX_PLATFORM,
+        max_batch_size=max_batch_size,
+        input=[_input(spec.WEIGHTING_INPUTS[key], map_dims) for key in spec.MODEL_KEYS],
+        output=[_output(spec.PROB_MAX, [len(spec.MODEL_KEYS)])],
+        instance_group=[_instance_group(kind)],
+        dynamic_batching=mc.ModelDynamicBatching(),
+    )
+
+
 def ensemble_config(input_size: int, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> mc.ModelConfig:
-    """Configuration of ``ich_ensemble``: IMAGE -> five base models -> ich_weighting.
+    """Configuration of ``ich_ensemble``: IMAGE -> five base models -> ich_weighting and ich_prob_max.
 
     Each base model's ``PROB`` becomes the ensemble tensor ``PROB_<KEY>``, which feeds the weighting model's
     input of the same name and is also exposed as an ensemble output (for explanation in the result).
+    ``PROB_MAX`` holds the maxima of those maps per slice, so a caller that needs no full map asks for it.
     """
     _check_size(input_size, max_batch_size)
     map_dims = [1, input_size, input_size]
@@ -197,11 +228,20 @@ def ensemble_config(input_size: int, *, max_batch_size: int = DEFAULT_MAX_BATCH_
             output_map={name: name for name in (spec.WEIGHTS, spec.FUSED, spec.SLICE_PROB)},
         )
     )
+    steps.append(
+        mc.ModelEnsembling.Step(
+            model_name=spec.PROB_MAX_MODEL,
+            model_version=-1,
+            input_map={spec.WEIGHTING_INPUTS[key]: spec.WEIGHTING_INPUTS[key] for key in spec.MODEL_KEYS},
+            output_map={spec.PROB_MAX: spec.PROB_MAX},
+        )
+    )
     outputs = [
         _output(spec.FUSED, map_dims),
         _output(spec.SLICE_PROB, [1]),
         _output(spec.WEIGHTS, [len(spec.MODEL_KEYS)]),
         *(_output(spec.WEIGHTING_INPUTS[key], map_dims) for key in spec.MODEL_KEYS),
+        _output(spec.PROB_MAX, [len(spec.MODEL_KEYS)]),
     ]
     return mc.ModelConfig(
         name=spec.ENSEMBLE_MODEL,
@@ -211,6 +251,22 @@ def ensemble_config(input_size: int, *, max_batch_size: int = DEFAULT_MAX_BATCH_
         output=outputs,
         ensemble_scheduling=mc.ModelEnsembling(step=steps),
     )
+
+
+def compact_ensemble_config(
+    input_size: int, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+) -> mc.ModelConfig:
+    """``ich_ensemble_compact``: ``ich_ensemble``'s steps, outputs FUSED, SLICE_PROB, WEIGHTS, PROB_MAX only.
+
+    What a remote caller asks for every slice (about 100 kB a slice at 160 px, against 600 kB with the five
+    maps); the member maps stay inside the server.
+    """
+    config = ensemble_config(input_size, max_batch_size=max_batch_size)
+    config.name = spec.COMPACT_ENSEMBLE_MODEL
+    kept = [t for t in config.output if t.name not in spec.WEIGHTING_INPUTS.values()]
+    del config.output[:]
+    config.output.extend(kept)
+    return config
 
 
 def write_config(root: Path, config: mc.ModelConfig) -> Path:
@@ -236,14 +292,20 @@ def write_repository_configs(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     kind: KindName = "KIND_GPU",
 ) -> list[Path]:
-    """Write the configuration of all seven models (not the weights); return the paths written."""
+    """Write the configuration of all nine models (not the weights); return the paths written.
+
+    The compact ensemble comes last and is not among ``model_names()``: it has no weights of its own, and a
+    repository without it still serves (the Triton engine then asks ``ich_ensemble`` for everything).
+    """
     configs = [
         *(
             base_model_config(spec.BASE_MODELS[key], input_size, max_batch_size=max_batch_size, kind=kind)
             for key in spec.MODEL_KEYS
         ),
         weighting_model_config(input_size, max_batch_size=max_batch_size, kind=kind),
+        prob_max_model_config(input_size, max_batch_size=max_batch_size, kind=kind),
         ensemble_config(input_size, max_batch_size=max_batch_size),
+        compact_ensemble_config(input_size, max_batch_size=max_batch_size),
     ]
     return [write_config(root, config) for config in configs]
 

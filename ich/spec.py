@@ -13,7 +13,14 @@ MODEL_KEYS: Final[tuple[str, ...]] = ("all", "subtype", "sdh", "sah", "small")
 BASE_MODELS: Final[dict[str, str]] = {key: f"ich_unet_{key}" for key in MODEL_KEYS}
 
 WEIGHTING_MODEL: Final = "ich_weighting"
+#: Step model giving each slice the maximum of each base model's map (``PROB_MAX``): a small output, so a
+#: remote engine fetches the full maps only for the slices that need them.
+PROB_MAX_MODEL: Final = "ich_prob_max"
 ENSEMBLE_MODEL: Final = "ich_ensemble"
+#: The same ensemble answering FUSED, SLICE_PROB, WEIGHTS and PROB_MAX only (no full member maps). A second
+#: ensemble over the same models, because Triton cannot answer a subset of an ensemble's outputs when the
+#: others feed later steps (triton-inference-server/client#763: "unexpected deadlock").
+COMPACT_ENSEMBLE_MODEL: Final = "ich_ensemble_compact"
 
 #: Input of every base model and of the ensemble: FP32 [4, H, W], channels in [0, 1].
 IMAGE: Final = "IMAGE"
@@ -25,6 +32,8 @@ WEIGHTING_INPUTS: Final[dict[str, str]] = {key: f"PROB_{key.upper()}" for key in
 FUSED: Final = "FUSED"
 SLICE_PROB: Final = "SLICE_PROB"
 WEIGHTS: Final = "WEIGHTS"
+#: FP32 [5] per slice: the maximum of each base model's ``PROB`` map, columns in ``MODEL_KEYS`` order.
+PROB_MAX: Final = "PROB_MAX"
 
 #: Number of input channels: stroke, brain, bone windows and the skull-stripped brain window.
 IN_CHANNELS: Final = 4

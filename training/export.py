@@ -37,6 +37,7 @@ from torch import nn
 
 from ich import repository, spec
 from ich.ensemble import EnsembleRunner
+from ich.prob_max import prob_max_model
 from ich.scoring import CASE_MODEL_FILENAME, CaseModel
 from training.networks import InceptionUNet
 
@@ -198,6 +199,18 @@ def export_weighting_model(
     return _compare(model, path, check, WEIGHTING_OUTPUTS, tolerance)
 
 
+def _export_prob_max(root: Path, input_size: int, seed: int) -> float:
+    """Write ``ich_prob_max`` and return its largest difference from numpy's maxima on random maps."""
+    path = repository.model_file(root, spec.PROB_MAX_MODEL)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(prob_max_model(input_size), str(path))
+    maps = _random_maps(np.random.default_rng(seed), 3, input_size)
+    (got,) = _ort_session(path).run([spec.PROB_MAX], maps)
+    stack = np.concatenate([maps[spec.WEIGHTING_INPUTS[k]] for k in spec.MODEL_KEYS], axis=1)
+    expected = stack.max(axis=(2, 3))
+    return float(np.max(np.abs(got - expected)))
+
+
 def default_version() -> str:
     """``YYYY.MM.DD-<git short hash>`` of the code that exported, or the date alone outside a git tree."""
     day = dt.datetime.now(dt.UTC).strftime("%Y.%m.%d")
@@ -294,6 +307,7 @@ def export_repository(
             weight, path, input_size, opset=opset, tolerance=tolerance, seed=seed
         )
         repository.write_repository_configs(stage, input_size, max_batch_size=max_batch_size, kind=kind)
+        report.max_abs_diff[spec.PROB_MAX_MODEL] = _export_prob_max(stage, input_size, seed)
         repository.write_version(stage, version)
         report.max_abs_diff[spec.ENSEMBLE_MODEL] = _check_end_to_end(
             stage, unets, weight, input_size, tolerance, seed

@@ -57,6 +57,14 @@ class Engine(abc.ABC):
             EngineUnavailableError: the engine cannot answer now.
         """
 
+    async def warm_up(self) -> None:
+        """Pay the engine's first-run costs before the gateway says it is ready (default: nothing).
+
+        Never raises: an engine that cannot warm up now (a Triton still starting) is warmed by its first
+        request instead, and readiness reports whether it can answer.
+        """
+        return
+
     @abc.abstractmethod
     async def ready(self) -> bool:
         """Whether the engine can answer now (never raises)."""

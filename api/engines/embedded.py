@@ -79,6 +79,13 @@ class EmbeddedEngine(Engine):
             control.cancel()
             raise
 
+    async def warm_up(self) -> None:
+        """One blank batch of ``batch_size`` through every session, in the engine's own thread pool."""
+        if self._executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, functools.partial(self.runner.warm_up, self.batch_size))
+
     def _count_slices(self, slices: int) -> None:
         with self._count_lock:
             self.slices_inferred += slices

@@ -11,6 +11,7 @@ from api.engines import EngineUnavailableError, create_engine
 from api.engines.embedded import EmbeddedEngine
 from api.engines.triton import TritonEngine
 from ich import spec
+from ich.member_maps import slices_needing_maps
 from ich.triton_local import LocalTriton
 from tests.integration.conftest import TINY_MAX_BATCH, TINY_SIZE, assert_same_numbers, free_port, post_study
 
@@ -55,6 +56,47 @@ async def test_embedded_and_triton_agree(tiny_repository: Path, triton_server: L
     np.testing.assert_allclose(shuffled.slice_prob, local.slice_prob[order], atol=1e-3)
 
 
+async def test_compact_answer_fetches_maps_only_where_the_scoring_reads(
+    tiny_repository: Path, triton_server: LocalTriton
+) -> None:
+    images = _images(2 * TINY_MAX_BATCH + 1, seed=3)
+    images[::2] *= 0.05  # dark slices: a fused map further from the mask threshold
+    compact = TritonEngine(triton_server.grpc_url, input_size=TINY_SIZE, max_batch_size=TINY_MAX_BATCH)
+    full = TritonEngine(
+        triton_server.grpc_url, input_size=TINY_SIZE, max_batch_size=TINY_MAX_BATCH, full_maps=True
+    )
+    embedded = EmbeddedEngine.from_repository(tiny_repository, intra_op_threads=1)
+    try:
+        assert await compact.ready() and await full.ready()
+        small, everything, local = (
+            await compact.infer(images),
+            await full.infer(images),
+            await embedded.infer(images),
+        )
+    finally:
+        await compact.close()
+        await full.close()
+        await embedded.close()
+    assert everything.map_slices is None
+    assert small.map_slices is not None
+    np.testing.assert_array_equal(
+        small.map_slices, slices_needing_maps(everything.fused, everything.slice_prob)
+    )
+    np.testing.assert_allclose(small.fused, everything.fused, atol=1e-6)
+    np.testing.assert_allclose(small.weights, everything.weights, atol=1e-6)
+    # PROB_MAX computed inside the ensemble is the maximum of each full map, on every slice.
+    stack = np.concatenate([everything.probs[k] for k in spec.MODEL_KEYS], axis=1)
+    np.testing.assert_allclose(small.prob_max, stack.max(axis=(2, 3)), atol=1e-6)
+    np.testing.assert_allclose(local.prob_max, small.prob_max, atol=1e-3)
+    for key in spec.MODEL_KEYS:
+        np.testing.assert_allclose(
+            small.probs[key][small.map_slices], everything.probs[key][small.map_slices]
+        )
+        others = np.setdiff1d(np.arange(images.shape[0]), small.map_slices)
+        assert not small.probs[key][others].any()
+    assert compact.slices_inferred == images.shape[0]  # the second call for the maps is not counted twice
+
+
 async def test_models_lists_the_ensemble_and_its_steps(triton_server: LocalTriton) -> None:
     engine = TritonEngine(triton_server.grpc_url, input_size=TINY_SIZE)
     try:
@@ -62,7 +104,12 @@ async def test_models_lists_the_ensemble_and_its_steps(triton_server: LocalTrito
     finally:
         await engine.close()
     by_name = {m["name"]: m for m in models}
-    assert set(by_name) == {spec.ENSEMBLE_MODEL, spec.WEIGHTING_MODEL, *spec.BASE_MODELS.values()}
+    assert set(by_name) == {
+        spec.ENSEMBLE_MODEL,
+        spec.WEIGHTING_MODEL,
+        spec.PROB_MAX_MODEL,
+        *spec.BASE_MODELS.values(),
+    }
     assert by_name[spec.ENSEMBLE_MODEL]["platform"] == "ensemble"
     assert by_name[spec.BASE_MODELS["sah"]]["platform"] == "python"  # the CPU rendering's runner
     assert all(m["ready"] for m in models)

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ich import repository, spec
+from ich.prob_max import prob_max_model
 
 OPSET = 17
 IR_VERSION = 8
@@ -116,6 +117,7 @@ def build_tiny_repository(
     for key in spec.MODEL_KEYS:
         _save(base_model(key, size, params), repository.model_file(root, spec.BASE_MODELS[key]))
     _save(weighting_model(size, params), repository.model_file(root, spec.WEIGHTING_MODEL))
+    _save(prob_max_model(size), repository.model_file(root, spec.PROB_MAX_MODEL))
     repository.write_version(root, version)
     return root
 
@@ -137,6 +139,7 @@ def reference_outputs(images: np.ndarray, params: TinyParams | None = None) -> d
         "weights": weights,
         "fused": fused,
         "slice_prob": fused.max(axis=(1, 2, 3)),
+        "prob_max": stack.max(axis=(2, 3)),
         **{f"prob_{key}": probs[key] for key in spec.MODEL_KEYS},
     }
 

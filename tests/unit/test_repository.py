@@ -12,7 +12,7 @@ from ich import repository, spec
 
 def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     written = repository.write_repository_configs(tmp_path, 64, max_batch_size=8)
-    assert [p.parent.name for p in written] == repository.model_names()
+    assert [p.parent.name for p in written] == [*repository.model_names(), spec.COMPACT_ENSEMBLE_MODEL]
     for path in written:
         config = repository.read_config(path)
         expected_name = path.parent.name
@@ -50,15 +50,22 @@ def test_weighting_config_tensors() -> None:
 def test_ensemble_steps_wire_each_member_to_its_weighting_input() -> None:
     config = repository.ensemble_config(32)
     assert config.platform == "ensemble"
-    assert repository.ensemble_step_models(config) == [*spec.BASE_MODELS.values(), spec.WEIGHTING_MODEL]
+    assert repository.ensemble_step_models(config) == [
+        *spec.BASE_MODELS.values(),
+        spec.WEIGHTING_MODEL,
+        spec.PROB_MAX_MODEL,
+    ]
     steps = list(config.ensemble_scheduling.step)
     for key, step in zip(spec.MODEL_KEYS, steps[:5], strict=True):
         assert dict(step.input_map) == {spec.IMAGE: spec.IMAGE}
         assert dict(step.output_map) == {spec.PROB: f"PROB_{key.upper()}"}
     assert set(steps[5].input_map.values()) == set(spec.WEIGHTING_INPUTS.values())
+    assert set(steps[6].input_map.values()) == set(spec.WEIGHTING_INPUTS.values())
+    assert dict(steps[6].output_map) == {"PROB_MAX": "PROB_MAX"}
     outputs = [t.name for t in config.output]
     assert outputs[:3] == ["FUSED", "SLICE_PROB", "WEIGHTS"]
-    assert set(outputs[3:]) == set(spec.WEIGHTING_INPUTS.values())
+    assert set(outputs[3:8]) == set(spec.WEIGHTING_INPUTS.values())
+    assert outputs[8] == "PROB_MAX"
 
 
 def test_config_text_is_protobuf_text_format(tmp_path: Path) -> None:
@@ -101,11 +108,11 @@ def test_version_file(tmp_path: Path) -> None:
 def test_missing_files_lists_every_problem(tmp_path: Path) -> None:
     repository.write_repository_configs(tmp_path, 16)
     problems = repository.missing_files(tmp_path)
-    assert len(problems) == 6  # five base models and the weighting: no weights yet
+    assert len(problems) == 7  # five base models, the weighting and the maxima: no weights yet
     onnx_path = repository.model_file(tmp_path, spec.WEIGHTING_MODEL)
     onnx_path.parent.mkdir(parents=True)
     onnx_path.write_bytes(b"placeholder")
-    assert len(repository.missing_files(tmp_path)) == 5
+    assert len(repository.missing_files(tmp_path)) == 6
     (tmp_path / spec.ENSEMBLE_MODEL / "config.pbtxt").unlink()
     assert "ich_ensemble/config.pbtxt is missing" in repository.missing_files(tmp_path)
     with pytest.raises(repository.RepositoryError, match="incomplete"):
