@@ -124,6 +124,8 @@ def assert_same_numbers(triton: dict[str, Any], embedded: dict[str, Any], per_mo
             atol=1e-3,
         )
     assert triton["ich_probability"] == pytest.approx(embedded["ich_probability"], abs=1e-3)
+    assert triton["uncertainty"] == pytest.approx(embedded["uncertainty"], abs=1e-3)
+    assert (triton["subtypes"] is None) == (embedded["subtypes"] is None)
 
 
 def start_gateway(log: Path, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
