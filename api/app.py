@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from api.admission import CaseAdmission
 from api.auth import ApiKeyVerifier, load_key_digests
 from api.decision import decision_for
 from api.deps import Engine
@@ -166,7 +167,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.engine = None
     app.state.jobs = None
     app.state.dicom = None
-    app.state.inflight_cases = 0  # only touched on the event loop, so a plain counter is safe
+    app.state.admission = CaseAdmission(
+        settings.max_inflight_cases, settings.max_waiting_cases, settings.case_wait_s, settings.retry_after_s
+    )
+    metrics.watch_admission(app.state.admission)
     app.state.upload_budget = UploadBudget(settings.max_upload_buffer_bytes, settings.retry_after_s)
     install_error_handlers(app)
     app.add_exception_handler(IntakeError, _intake_error_handler)

@@ -37,6 +37,11 @@ class _CountsSlices(Protocol):
     slices_inferred: int
 
 
+class _HasLine(Protocol):
+    @property
+    def waiting(self) -> int: ...
+
+
 class _EngineSlices(Collector):
     """``ich_inference_slices_total``, read from the engine when scraped (the engine counts its batches)."""
 
@@ -93,6 +98,11 @@ class GatewayMetrics:
             "Cases being analysed right now.",
             registry=self.registry,
         )
+        self.waiting = Gauge(
+            "ich_waiting_cases",
+            "Cases whose upload is in, waiting for an analysis slot.",
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "ich_http_requests_total",
             "HTTP requests by route template and status code.",
@@ -112,6 +122,10 @@ class GatewayMetrics:
     def watch_engine(self, engine: _CountsSlices | None) -> None:
         """Report ``engine``'s inferred slices from now on (None: zero)."""
         self._engine_slices.engine = engine
+
+    def watch_admission(self, admission: _HasLine) -> None:
+        """Report the cases waiting in ``admission``'s line."""
+        self.waiting.set_function(lambda: admission.waiting)
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP response (the middleware's callback; method and time are not labels)."""

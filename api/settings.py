@@ -70,9 +70,15 @@ class Settings(BaseSettings):
     #: memory arena grows to the largest batch's activations: 4 keeps it near 1 GiB at 160 px, where 16
     #: (the GPU batch) holds about 4 GiB, and on CPU the small batch is no slower.
     embedded_batch_size: int = Field(default=4, ge=1)
-    #: Cases analysed at once per process, counted once the upload is in; more get 503 "busy" (each holds its
+    #: Cases analysed at once per process, counted once the upload is in; more wait in line (each holds its
     #: upload and volume in memory).
     max_inflight_cases: int = Field(default=8, ge=1)
+    #: Cases whose upload is in that may wait for a slot (served by whose client was served least recently,
+    #: then by arrival); past it the last of them gets 503 "busy". Their bodies still count against
+    #: ``max_upload_buffer_bytes`` while they wait.
+    max_waiting_cases: int = Field(default=16, ge=0)
+    #: Longest wait for a slot, seconds; 503 "busy" with Retry-After after it.
+    case_wait_s: float = Field(default=60.0, gt=0)
     #: Most slices in the analysed series; a series above it is passed over (422 when nothing else fits).
     max_slices: int = Field(default=400, ge=1)
     #: Longest silence while an upload streams in, seconds, and the grace before its rate counts (408 after).

@@ -77,16 +77,22 @@ class UploadBudget:
         self.used = 0
 
     @contextmanager
-    def hold(self) -> Iterator[_Hold]:
-        """A request's share, given back when the block ends (the body then belongs to a slot, or is gone)."""
-        share = _Hold(self)
+    def hold(self) -> Iterator[UploadShare]:
+        """A request's share, given back when the block ends (the body then belongs to a slot, or is gone).
+
+        ``POST /v1/cases`` keeps its share while the case waits in line for a slot, so bodies waiting are
+        bounded by the same buffer as bodies arriving.
+        """
+        share = UploadShare(self)
         try:
             yield share
         finally:
             self.used -= share.bytes
 
 
-class _Hold:
+class UploadShare:
+    """The bytes one request holds of an :class:`UploadBudget`."""
+
     def __init__(self, budget: UploadBudget) -> None:
         self.budget = budget
         self.bytes = 0
@@ -118,7 +124,9 @@ def _too_slow(pace: UploadPace) -> ApiError:
     )
 
 
-async def paced_chunks(request: Request, pace: UploadPace, hold: _Hold | None = None) -> AsyncIterator[bytes]:
+async def paced_chunks(
+    request: Request, pace: UploadPace, hold: UploadShare | None = None
+) -> AsyncIterator[bytes]:
     """The body's chunks as they arrive, ending with 408 when the sender falls below ``pace``.
 
     Raises:
@@ -219,7 +227,12 @@ class _FilePartCollector:
 
 
 async def read_zip_upload(
-    request: Request, limit: int, pace: UploadPace | None = None, budget: UploadBudget | None = None
+    request: Request,
+    limit: int,
+    pace: UploadPace | None = None,
+    budget: UploadBudget | None = None,
+    *,
+    share: UploadShare | None = None,
 ) -> bytearray:
     """The zip bytes of a ``POST /v1/cases`` request, in one buffer (no copy is made of it here).
 
@@ -228,6 +241,8 @@ async def read_zip_upload(
         limit: the largest zip accepted, in bytes.
         pace: how slowly the body may come (default: ``UploadPace()``).
         budget: the bytes all uploads being received may hold together (None: no such bound).
+        share: a share of the budget the caller already holds and keeps past the read (instead of
+            ``budget``, whose share is given back on return).
 
     Raises:
         ApiError: 415 for another media type, 413 beyond ``limit``, 408 when the body comes too slowly, 503
@@ -238,8 +253,8 @@ async def read_zip_upload(
     media_type = media_type_of(request)
     if media_type in ZIP_MEDIA_TYPES or media_type == MULTIPART_MEDIA_TYPE:
         reader = _read_raw if media_type in ZIP_MEDIA_TYPES else _read_multipart
-        if budget is None:
-            return await reader(request, limit, pace, None)
+        if share is not None or budget is None:
+            return await reader(request, limit, pace, share)
         with budget.hold() as hold:
             return await reader(request, limit, pace, hold)
     raise ApiError(
@@ -250,7 +265,7 @@ async def read_zip_upload(
     )
 
 
-async def _read_raw(request: Request, limit: int, pace: UploadPace, hold: _Hold | None) -> bytearray:
+async def _read_raw(request: Request, limit: int, pace: UploadPace, hold: UploadShare | None) -> bytearray:
     _check_content_length(request, limit)
     # Grown in place, never sized from Content-Length: a client that declares 512 MiB and sends nothing
     # must cost nothing.
@@ -262,7 +277,9 @@ async def _read_raw(request: Request, limit: int, pace: UploadPace, hold: _Hold 
     return body
 
 
-async def _read_multipart(request: Request, limit: int, pace: UploadPace, hold: _Hold | None) -> bytearray:
+async def _read_multipart(
+    request: Request, limit: int, pace: UploadPace, hold: UploadShare | None
+) -> bytearray:
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if not boundary:

@@ -2,9 +2,10 @@
 
 The upload is read first, at the pace ``ICH_UPLOAD_TIMEOUT_S`` and ``ICH_UPLOAD_MIN_BYTES_PER_S`` demand
 (408 below it), and only then does the case take one of the ``ICH_MAX_INFLIGHT_CASES`` slots: a slow or
-stalled sender holds its connection, never a slot, so it cannot shut out the clients that do send. While the
-case is analysed the route listens for the client's disconnect and cancels the analysis (and so the
-engine's work) when it comes, answering 499 to nobody.
+stalled sender holds its connection, never a slot, so it cannot shut out the clients that do send. When all
+slots are taken the case waits its turn (``api.admission``: bounded, time-limited, fair between clients).
+While the case waits and while it is analysed the route listens for the client's disconnect and then leaves
+the line or cancels the analysis (and so the engine's work), answering 499 to nobody.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from api.admission import CaseAdmission, client_of
 from api.auth import require_api_key
 from api.deps import EngineDep, ExecutorDep, MetricsDep, SettingsDep
 from api.engines import EngineUnavailableError
@@ -89,24 +91,25 @@ async def create_case(
         ),
     ] = None,
 ) -> CaseResult:
-    """Read the zip (capped and paced while streaming), then analyse it in one of the in-flight slots."""
+    """Read the zip (capped and paced while streaming), wait for a slot, then analyse it there."""
     started = time.perf_counter()
     options = _include_options(include)
-    state = request.app.state
-    if state.inflight_cases >= settings.max_inflight_cases:
+    admission: CaseAdmission = request.app.state.admission
+    client = client_of(request)
+    if admission.would_shed(client):
         # Saturated already: refuse before the body is read, so a busy replica costs the client no upload.
-        raise _busy(settings)
-    try:
-        data = await read_zip_upload(
-            request, settings.max_upload_bytes, pace_of(settings), state.upload_budget
-        )
-    except ApiError as exc:
-        if exc.status_code < 500:  # a 503 "busy" is load shed, like the one before the body, not a case
-            metrics.cases.labels(outcome="rejected").inc()
-        raise
-    if state.inflight_cases >= settings.max_inflight_cases:
-        raise _busy(settings)
-    state.inflight_cases += 1
+        raise admission.busy("every slot is taken and the line is full")
+    with request.app.state.upload_budget.hold() as share:  # kept while the case waits for its slot
+        try:
+            data = await read_zip_upload(request, settings.max_upload_bytes, pace_of(settings), share=share)
+        except ApiError as exc:
+            if exc.status_code < 500:  # a 503 "busy" is load shed, like the one before the body, not a case
+                metrics.cases.labels(outcome="rejected").inc()
+            raise
+        try:
+            await _unless_disconnected(request, admission.acquire(client))
+        except _ClientGoneError:
+            raise _cancelled(metrics, started, "waiting for a slot") from None
     metrics.inflight.inc()
     try:
         try:
@@ -127,11 +130,7 @@ async def create_case(
             metrics.cases.labels(outcome="rejected" if status < 500 else "error").inc()
             raise
         except _ClientGoneError:
-            metrics.cases.labels(outcome="cancelled").inc()
-            logger.info("case cancelled: the client disconnected after %.0f ms", _ms_since(started))
-            raise ApiError(
-                CLIENT_CLOSED_REQUEST, "client_closed_request", "the client disconnected; analysis stopped"
-            ) from None
+            raise _cancelled(metrics, started, "in analysis") from None
         except EngineUnavailableError as exc:
             metrics.cases.labels(outcome="error").inc()
             raise service_unavailable(
@@ -143,7 +142,7 @@ async def create_case(
             metrics.cases.labels(outcome="error").inc()
             raise
     finally:
-        state.inflight_cases -= 1
+        admission.release()
         metrics.inflight.dec()
         # Not awaited: the answer need not wait for the allocator to hand the case's memory back (and a
         # pool already shut down, at exit, has nothing left to give back).
@@ -164,11 +163,11 @@ async def create_case(
     return result
 
 
-def _busy(settings: SettingsDep) -> ApiError:
-    return service_unavailable(
-        "busy",
-        f"{settings.max_inflight_cases} cases are being analysed; retry later",
-        settings.retry_after_s,
+def _cancelled(metrics: MetricsDep, started: float, where: str) -> ApiError:
+    metrics.cases.labels(outcome="cancelled").inc()
+    logger.info("case cancelled %s: the client disconnected after %.0f ms", where, _ms_since(started))
+    return ApiError(
+        CLIENT_CLOSED_REQUEST, "client_closed_request", "the client disconnected; analysis stopped"
     )
 
 

@@ -297,10 +297,12 @@ def test_negative_case_has_no_overlays_and_unknown_options_are_422(client: TestC
     assert "pixels" in assert_error(response, 422)["detail"]
 
 
-async def test_over_the_inflight_limit_is_503_busy_while_probes_still_answer() -> None:
-    """One case held inside the engine: the event loop stays free, and a second case is shed, not queued."""
+async def test_over_the_inflight_limit_without_a_line_is_503_busy_while_probes_still_answer() -> None:
+    """One case held inside the engine: the event loop stays free, and a second case is shed (no line)."""
     engine = FakeEngine()
-    settings = Settings(max_inflight_cases=1, retry_after_s=3, model_repository=PAPER_RULE)
+    settings = Settings(
+        max_inflight_cases=1, max_waiting_cases=0, retry_after_s=3, model_repository=PAPER_RULE
+    )
     app = create_app(settings, engine=engine)
     data, _ = study_zip(blob_volume())
     engine.gate = asyncio.Event()

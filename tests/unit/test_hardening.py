@@ -101,10 +101,10 @@ async def test_a_stalled_and_a_slow_upload_get_408_and_never_hold_the_only_slot(
     assert "ich_inflight_cases 0.0" in metrics
 
 
-async def test_a_full_gateway_still_refuses_before_reading_the_body() -> None:
+async def test_a_full_gateway_with_a_full_line_still_refuses_before_reading_the_body() -> None:
     engine = FakeEngine()
     engine.gate = asyncio.Event()
-    app = _app(engine, max_inflight_cases=1)
+    app = _app(engine, max_inflight_cases=1, max_waiting_cases=0)
     data, _ = study_zip(_volume())
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -180,7 +180,7 @@ async def test_a_disconnect_mid_analysis_cancels_the_engine_work_and_frees_the_s
         await asyncio.wait_for(engine.entered.wait(), timeout=30)
         gone.set()
         await asyncio.wait_for(call, timeout=1.0)  # the route returns within a second of the disconnect
-        assert app.state.inflight_cases == 0
+        assert app.state.admission.inflight == 0
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             metrics = (await client.get("/metrics")).text
