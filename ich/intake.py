@@ -17,9 +17,9 @@ The zip comes from outside, so it is treated as hostile:
 - Skipped quietly: directories and the operating systems' litter (``__MACOSX/``, ``.DS_Store``,
   ``Thumbs.db``).
 
-Headers are read first, without pixel data (``stop_before_pixels``); only the chosen series' pixels are
-decoded (``ich.volume``). Nothing here logs patient data: file names can hold patient names, so logs carry
-counts and reasons only.
+Each file is parsed once, its pixel data kept undecoded; series selection reads the headers and only the
+chosen series' pixels are decoded (``ich.volume``). Nothing here logs patient data: file names can hold
+patient names, so logs carry counts and reasons only.
 """
 
 from __future__ import annotations
@@ -420,12 +420,23 @@ def _is_litter(name: str) -> bool:
 
 
 def _parse_header(name: str, source: bytes | Path, skipped: list[Skipped]) -> SliceHeader | None:
-    """Parse a header without pixel data; an unparsable file is skipped, not fatal."""
+    """Parse a file once, pixel data left undecoded; an unparsable file is skipped, not fatal.
+
+    The header is what series selection reads; the chosen slices' pixels are decoded from the same dataset
+    (``ich.volume.load_volume``), so no file is parsed twice. A file whose header parses but whose pixel
+    data does not (truncated) is kept as a header with its source, so it is left out later with the
+    decoder's reason, as any slice whose pixels fail.
+    """
     try:
-        dataset = parse_dicom(source, stop_before_pixels=True)
-    except Exception as exc:  # third-party parser on untrusted bytes: any failure skips the file
-        skipped.append(Skipped(name, f"DICOM header could not be read ({type(exc).__name__})"))
-        return None
+        dataset = parse_dicom(source)
+        whole: bytes | Path | None = None
+    except Exception:  # third-party parser on untrusted bytes: try the header alone
+        try:
+            dataset = parse_dicom(source, stop_before_pixels=True)
+            whole = source
+        except Exception as exc:  # any failure skips the file
+            skipped.append(Skipped(name, f"DICOM header could not be read ({type(exc).__name__})"))
+            return None
     try:  # values convert lazily: convert the ones selection reads now, so a bad one skips this file only
         for keyword in _SELECTION_KEYWORDS:
             dataset.get(keyword)
@@ -435,4 +446,4 @@ def _parse_header(name: str, source: bytes | Path, skipped: list[Skipped]) -> Sl
     if "SOPInstanceUID" not in dataset and "SOPClassUID" not in dataset:
         skipped.append(Skipped(name, "DICOM header could not be read (no SOP Class or Instance UID)"))
         return None
-    return SliceHeader(file=name, dataset=dataset, source=source)
+    return SliceHeader(file=name, dataset=dataset, source=whole)

@@ -69,17 +69,18 @@ _AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 @dataclass(frozen=True)
 class SliceHeader:
-    """One DICOM file's header, read without pixel data, and where to read the whole file from.
+    """One DICOM file's dataset, and where to read the whole file from if the dataset is not all of it.
 
     Attributes:
         file: the member name in the archive (or the path relative to the folder read).
-        dataset: the header (``stop_before_pixels=True``).
-        source: the whole file, as bytes (zip members) or as a path (files on disk).
+        dataset: the file parsed once, pixel data undecoded (intake), or its header only.
+        source: ``None`` when ``dataset`` is the whole file (nothing is parsed again); else the whole file,
+            as bytes (zip members) or as a path (files on disk).
     """
 
     file: str
     dataset: Dataset
-    source: bytes | Path = field(repr=False)
+    source: bytes | Path | None = field(repr=False)
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,9 @@ def parse_dicom(source: bytes | Path, *, stop_before_pixels: bool = False) -> Da
         fileobj = source
     bare = not is_part10(head)
     ds = pydicom.dcmread(fileobj, stop_before_pixels=stop_before_pixels, force=bare)
+    # Nothing is deferred, so the reader's file object is not needed again; kept, it would hold the whole
+    # file's bytes for as long as the dataset lives (a SEG's source headers outlive the volume).
+    ds.buffer = None
     if bare and "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = ds.original_encoding
         if implicit is None or little is None:
@@ -99,8 +102,17 @@ def parse_dicom(source: bytes | Path, *, stop_before_pixels: bool = False) -> Da
 
 
 def read_dataset(header: SliceHeader) -> Dataset:
-    """Read the whole file (pixel data included) that ``header`` came from."""
+    """The whole dataset (pixel data included) of ``header``: already parsed, or parsed from its source."""
+    if header.source is None:
+        return header.dataset
     return parse_dicom(header.source)
+
+
+def _release_pixels(header: SliceHeader) -> None:
+    """Drop the raw pixel bytes of a dataset parsed whole, once decoded: the headers outlive the volume
+    (a DICOM SEG references them) and need none."""
+    if header.source is None and "PixelData" in header.dataset:
+        del header.dataset.PixelData
 
 
 def decode_hu(ds: Dataset) -> np.ndarray:
@@ -153,7 +165,9 @@ def load_volume(selection: SeriesSelection) -> tuple[CTVolume, list[Skipped]]:
         except Exception as exc:  # untrusted input meets third-party decoders: any failure drops the slice
             logger.debug("slice left out: %s", type(exc).__name__)
             failed.append(Skipped(header.file, _reason(exc)))
+            _release_pixels(header)
             continue
+        _release_pixels(header)
         slices.append(hu)
         uids.append(str(ds.get("SOPInstanceUID", "")))
         if selection.positions_mm:
