@@ -118,7 +118,7 @@ class Lesion:
     #: spread (population standard deviation) of the five base models' peak probabilities on its pixels
     model_spread: float = 0.0
     #: where it lies and what shape it has (``ich.lesion_shape.SHAPE_FEATURES``), for the subtype model
-    shape: Mapping[str, float] = field(default_factory=dict)
+    shape: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     @property
     def n_slices(self) -> int:
