@@ -20,6 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from ich import repository, spec
 from ich.repository import RepositoryError
+from ich.weights_manifest import verify_manifest
 
 __all__ = [
     "EnsembleOutput",
@@ -287,8 +288,9 @@ class EnsembleRunner:
                 cores), a small number leaves cores to the gateway's decoding when both share a machine.
 
         Raises:
-            RepositoryError: the repository lacks a config or ONNX file (all problems listed at once), or a
-                model's ONNX graph does not have the tensors its config declares.
+            RepositoryError: the repository lacks a config or ONNX file (all problems listed at once), its
+                ONNX files differ from its ``SHA256SUMS``, or a model's ONNX graph does not have the tensors
+                its config declares.
         """
         root = Path(root)
         ensemble = repository.read_config(repository.config_path(root, spec.ENSEMBLE_MODEL))
@@ -297,6 +299,7 @@ class EnsembleRunner:
         problems = repository.missing_files(root, names)
         if problems:
             raise RepositoryError(f"model repository {root} is incomplete: " + "; ".join(problems))
+        verify_manifest(root)  # a swapped or damaged ONNX file loads and infers without complaint
 
         options = _session_options(intra_op_threads)
         sessions: dict[tuple[str, int], ort.InferenceSession] = {}

@@ -39,6 +39,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from ich import repository
 from ich.repository import RepositoryError
+from ich.weights_manifest import verify_manifest
 
 __all__ = [
     "LocalTriton",
@@ -143,10 +144,11 @@ def render_cpu_repository(source: Path, target: Path, *, intra_op_threads: int |
     weights); ensembles are copied byte for byte; ``VERSION`` is copied.
 
     Raises:
-        RepositoryError: ``source`` holds no model, a model of an unsupported platform, or a model without a
-            version folder.
+        RepositoryError: ``source`` holds no model, a model of an unsupported platform, a model without a
+            version folder, or ONNX files that differ from its ``SHA256SUMS``.
     """
     source, target = Path(source).resolve(), Path(target)
+    verify_manifest(source)
     target.mkdir(parents=True, exist_ok=True)
     models = sorted(p.parent for p in source.glob(f"*/{repository.CONFIG_FILENAME}"))
     if not models:

@@ -39,7 +39,9 @@ from ich import repository, spec
 from ich.ensemble import EnsembleRunner
 from ich.prob_max import prob_max_model
 from ich.scoring import CASE_MODEL_FILENAME, CaseModel
+from ich.weights_manifest import write_manifest
 from training.networks import InceptionUNet
+from training.quantize import PRECISIONS, calibration_images, quantize_repository
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +324,7 @@ def export_repository(
             shutil.copyfile(src, dst)
             if src.name == repository.MODEL_FILENAME:
                 report.file_bytes[rel.parts[0]] = src.stat().st_size
+    write_manifest(out)  # after the copy: every ONNX file the repository now holds
     return report
 
 
@@ -370,6 +373,8 @@ def _input_size_from_run(run_dir: Path) -> int | None:
 
 #: The case model of the shipped configuration's cross-validation (``ich-model cv-report``).
 DEFAULT_CASE_MODEL = Path("training/cv/default/case_model.json")
+#: The calibration study of ``--precision int8`` when none is given (real CT-ICH slices, see its NOTICE).
+DEFAULT_CALIBRATION = _REPO_ROOT / "examples" / "ct_ich_study.zip"
 
 
 def copy_case_model(source: Path, root: Path) -> None:
@@ -428,6 +433,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'none' for the paper's maximum slice probability)",
     )
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="base models' precision; int8: onnxruntime static quantization for CPUs with VNNI, "
+        "calibrated on --calibration (check it with ich-model precision-check before shipping it)",
+    )
+    parser.add_argument(
+        "--from-repository",
+        type=Path,
+        default=None,
+        help="convert this exported FP32 repository instead of exporting checkpoints",
+    )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        nargs="+",
+        default=[DEFAULT_CALIBRATION],
+        help="studies whose slices calibrate the INT8 ranges: DICOM zips or folders, or a CT-ICH folder "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--rotate-tta-deg",
         type=float,
         default=None,
@@ -436,8 +462,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _reduce_precision(args: argparse.Namespace, source: Path) -> int:
+    """Write ``args.out`` as ``source`` with its base models at ``args.precision``."""
+    try:
+        size = repository.input_size_of(
+            repository.read_config(repository.config_path(source, spec.ENSEMBLE_MODEL))
+        )
+        images = calibration_images(args.calibration, size)
+        with tempfile.TemporaryDirectory(prefix="ich-precision-") as tmp:
+            staged = Path(tmp) / "fp32"
+            if source.resolve() == Path(args.out).resolve():
+                shutil.copytree(source, staged)
+                source = staged
+            quantize_repository(source, args.out, images, args.precision)
+    except (OSError, ValueError, repository.RepositoryError) as exc:
+        logger.error("%s export failed: %s", args.precision, exc)
+        return 1
+    logger.info(
+        "wrote %s (version %s, base models %s, calibrated on %d slices)",
+        args.out, repository.read_version(args.out), args.precision, len(images),
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the six checkpoints, export and check them, write the repository; 0 on success."""
+    if args.from_repository is not None:
+        return _reduce_precision(args, args.from_repository)
+    status = _export_checkpoints(args)
+    if status != 0 or args.precision == "fp32":
+        return status
+    return _reduce_precision(args, args.out)
+
+
+def _export_checkpoints(args: argparse.Namespace) -> int:
     paths = {step: args.run / step / CHECKPOINT_NAME for step in (*spec.MODEL_KEYS, WEIGHT_STEP)}
     for item in args.checkpoint:
         step, sep, value = item.partition("=")

@@ -14,6 +14,7 @@ from torch import nn  # noqa: E402
 
 from ich import repository, spec  # noqa: E402
 from ich.ensemble import EnsembleRunner  # noqa: E402
+from ich.weights_manifest import read_manifest, verify_manifest  # noqa: E402
 from training import export  # noqa: E402
 from training.networks import InceptionUNet, WeightModel, save_checkpoint  # noqa: E402
 
@@ -69,6 +70,9 @@ def test_repository_layout_and_configs(exported) -> None:
     root = report.root
     assert repository.missing_files(root) == []
     assert repository.read_version(root) == "test-1"
+    recorded = read_manifest(root)  # every exported ONNX file's digest, checked by the loaders
+    assert recorded is not None and f"{spec.BASE_MODELS['sdh']}/1/model.onnx" in recorded
+    verify_manifest(root)
     for key in spec.MODEL_KEYS:
         config = repository.read_config(repository.config_path(root, spec.BASE_MODELS[key]))
         assert config.platform == "onnxruntime_onnx"
