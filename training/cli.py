@@ -26,6 +26,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "baselines": ("training.baselines.train", "four classifiers, weak vs strong annotation, vs the ensemble"),
     "export": ("training.export", "export trained checkpoints to ONNX and write model_repository/"),
     "evaluate": ("training.evaluate", "run the exported ensemble on cases with masks and write a report"),
+    "precision-check": (
+        "training.precision_check",
+        "compare a reduced-precision repository with the FP32 one on the same patients (AUC, Dice)",
+    ),
     "review": ("training.review", "the difficult-case study: select a worklist, score expert reads"),
     "card": ("training.model_card", "write MODEL_CARD.md from the cross-validation record"),
 }
