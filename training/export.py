@@ -39,6 +39,7 @@ from ich import repository, spec
 from ich.ensemble import EnsembleRunner
 from ich.prob_max import prob_max_model
 from ich.scoring import CASE_MODEL_FILENAME, CaseModel
+from ich.weights_manifest import write_manifest
 from training.networks import InceptionUNet
 from training.quantize import PRECISIONS, calibration_images, quantize_repository
 
@@ -323,6 +324,7 @@ def export_repository(
             shutil.copyfile(src, dst)
             if src.name == repository.MODEL_FILENAME:
                 report.file_bytes[rel.parts[0]] = src.stat().st_size
+    write_manifest(out)  # after the copy: every ONNX file the repository now holds
     return report
 
 
