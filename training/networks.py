@@ -91,14 +91,11 @@ class InceptionUNet(nn.Module):
             pre-train the "subtype" model's encoder; not part of the exported graph).
         flip_tta: ``forward`` averages the map of the slice and the mirrored map of its left-right mirror
             image (test-time augmentation, part of the exported graph). A stray focus that the network sees
-            in one orientation only drops to half its probability, while a bleed seen both ways keeps it; on
-            the validation patients it raised the plain-average ensemble's slice AUC from 0.910 to 0.937 and
-            its case AUC from 0.714 to 0.786 (2026-11-29). Training uses :meth:`logits`, without it.
+            in one orientation only drops to half its probability, while a bleed, seen both ways, keeps it.
+            Training uses :meth:`logits`, without it.
         rotate_tta_deg: when > 0, ``forward`` also averages the (flip-averaged) maps of the slice rotated by
             plus and minus this angle, each rotated back (bilinear, zeros outside). Set at export time
-            (``[export] rotate_tta_deg``), not during checkpoint selection, which would cost three times the
-            validation passes; measured on the validation patients with the shipped checkpoints: plain-average
-            ensemble slice AUC 0.925 -> 0.934, case AUC 0.768 -> 0.821 (+-8 degrees, 2026-11-29).
+            (``[export] rotate_tta_deg``): it triples the networks' work for every slice served.
     """
 
     def __init__(
