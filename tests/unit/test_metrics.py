@@ -86,6 +86,23 @@ def test_delong_by_hand() -> None:
     assert swapped.z == pytest.approx(-z) and swapped.p == pytest.approx(res.p)
 
 
+def test_delong_by_hand_with_unequal_class_sizes() -> None:
+    # Three positives, two negatives (cases interleaved), so dividing S10 by n and S01 by m shows:
+    #   A: positives 0.9, 0.6, 0.3; negatives 0.5, 0.1 -> V10 = [1, 1, 1/2], V01 = [2/3, 1]
+    #   B: positives 0.8, 0.4, 0.3; negatives 0.2, 0.6 -> V10 = [1, 1/2, 1/2], V01 = [1, 1/3]
+    # S10: var_a = 1/12, var_b = 1/12, cov = 1/24 -> term 1/12 + 1/12 - 2/24 = 1/12
+    # S01: var_a = 1/18, var_b = 2/9, cov = -1/9  -> term 1/18 + 2/9 + 2/9 = 1/2
+    # Var = (1/12) / 3 + (1/2) / 2 = 5/18 (with m and n swapped: 5/24); z = (5/6 - 2/3) / sqrt(5/18)
+    labels = [1, 0, 1, 1, 0]
+    a = [0.9, 0.5, 0.6, 0.3, 0.1]
+    b = [0.8, 0.2, 0.4, 0.3, 0.6]
+    res = metrics.delong_test(labels, a, b)
+    assert (res.auc_a, res.auc_b) == pytest.approx((5 / 6, 2 / 3))
+    assert res.variance == pytest.approx(5 / 18)
+    assert res.z == pytest.approx(1 / math.sqrt(10))
+    assert res.p == pytest.approx(math.erfc(1 / math.sqrt(20)))
+
+
 def test_delong_identical_scorers_and_clear_difference() -> None:
     same = metrics.delong_test(LABELS, SCORES_A, SCORES_A)
     assert same.z == 0.0 and same.p == pytest.approx(1.0)
