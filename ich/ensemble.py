@@ -279,13 +279,21 @@ class EnsembleRunner:
         self.model_version = model_version
 
     @classmethod
-    def from_repository(cls, root: Path, *, intra_op_threads: int | None = None) -> EnsembleRunner:
+    def from_repository(
+        cls,
+        root: Path,
+        *,
+        intra_op_threads: int | None = None,
+        providers: Sequence[str | tuple[str, dict[str, str]]] | None = None,
+    ) -> EnsembleRunner:
         """Load the ensemble of ``root`` and one onnxruntime session per model its steps call.
 
         Args:
             root: the model repository (``model_repository/`` layout).
             intra_op_threads: onnxruntime threads per operator; ``None`` leaves onnxruntime's default (all
                 cores), a small number leaves cores to the gateway's decoding when both share a machine.
+            providers: onnxruntime execution providers (default: the CPU); ``bench/gpu.sh`` passes
+                TensorRT and CUDA to measure the same ensemble on a GPU.
 
         Raises:
             RepositoryError: the repository lacks a config or ONNX file (all problems listed at once), its
@@ -317,7 +325,7 @@ class EnsembleRunner:
                 versions[step.model_name] = path.parent.name
                 logger.info("loading %s from %s", step.model_name, path)
                 sessions[key] = ort.InferenceSession(
-                    str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                    str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
                 )
             session = sessions[key]
             _check_step(step, config, session)
