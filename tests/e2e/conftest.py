@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import uvicorn
 from api.app import create_app
 from api.settings import Settings
 from tests.support.fake_engine import FakeEngine
+from tests.support.ports import reserved_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Screenshots land here (ignored by git); ``ICH_E2E_ARTIFACTS`` chooses another folder.
@@ -46,9 +46,7 @@ def chromium_path() -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return reserved_port()
 
 
 @pytest.fixture(scope="session")

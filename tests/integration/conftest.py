@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from api.app import create_app
 from api.settings import Settings
 from ich import spec
 from ich.triton_local import LocalTriton, TritonStartError, default_venv, find_distribution
+from tests.support.ports import reserved_port
 from tests.support.tiny_repository import build_exported_repository, build_tiny_repository
 
 #: Small enough for 2 CPU cores, large enough for the U-Net's pooling and the opening.
@@ -39,10 +39,8 @@ START_TIMEOUT_S = 120.0
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port held for the servers of this test process (``tests.support.ports``)."""
+    return reserved_port()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from ich import spec
 from ich.triton_local import LocalTriton
 from tests.integration.conftest import TINY_SIZE as TRITON_SIZE
 from tests.support.dicom_study import study_zip
+from tests.support.ports import reserved_port
 from tests.support.tiny_repository import build_tiny_repository
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,20 +57,22 @@ pytestmark = [
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return reserved_port()
 
 
 def _wait_for(
-    what: str, probe: Callable[[], Any], timeout_s: float, process: subprocess.Popen[bytes] | None = None
+    what: str,
+    probe: Callable[[], Any],
+    timeout_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
 ) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail with the process's output if it dies."""
+    """Poll ``probe`` until it returns something truthy; fail with the process's log if it dies."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            output = log.read_text(errors="replace") if log is not None and log.is_file() else ""
             pytest.fail(f"{what}: process exited with {process.returncode}:\n{output[-4000:]}")
         try:
             value = probe()
@@ -109,13 +111,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ICH_INTRA_OP_THREADS="1",
         ICH_LOG_LEVEL="warning",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "api.main"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    # Output to a file, never a pipe nobody reads: a full pipe would block the server mid-test.
+    log = tmp_path_factory.mktemp("prom_gateway") / "gateway.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api.main"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(
@@ -123,6 +124,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200,
             START_TIMEOUT_S,
             process,
+            log,
         )
         yield url
     finally:
@@ -142,17 +144,19 @@ def _running_prometheus(workdir: Path, job: str, target: str, rules: Path) -> It
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = _free_port()
-    process = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log = workdir / "prometheus.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(
@@ -160,6 +164,7 @@ def _running_prometheus(workdir: Path, job: str, target: str, rules: Path) -> It
             lambda: httpx.get(f"{url}/-/ready", timeout=5).status_code == 200,
             START_TIMEOUT_S,
             process,
+            log,
         )
         yield url
     finally:

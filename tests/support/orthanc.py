@@ -17,7 +17,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.ports import reserved_port
+
 #: Debian's plugin folder for the DICOMweb plugin.
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 START_TIMEOUT_S = 60.0
@@ -36,10 +37,8 @@ ORTHANC_AET = "ORTHANC"
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on now on loopback."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port held for the servers of this test process (``tests.support.ports``)."""
+    return reserved_port()
 
 
 def find_orthanc() -> tuple[Path, Path] | None:

@@ -18,7 +18,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+
+from tests.support.ports import reserved_port
 
 #: Where Debian installs each major version's server binaries.
 DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -47,9 +48,7 @@ def find_postgres_bin() -> Path | None:
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return reserved_port()
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import socket
 import subprocess
 import sys
 import zipfile
@@ -35,6 +34,8 @@ from ich_client import (
     UnsupportedMediaTypeError,
 )
 from ich_client.retry import parse_retry_after
+
+from tests.support.ports import reserved_port
 
 URL = "http://ich.test"
 KEYS = ("all", "subtype", "sdh", "sah", "small")
@@ -411,10 +412,7 @@ def test_connect_timeout_is_retried_and_raised_as_timeout() -> None:
 
 def closed_port_url() -> str:
     """A loopback URL nobody listens on: a real refused connection, not a mock."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{reserved_port()}"  # held by this process, so nobody starts serving it
 
 
 def test_real_refused_connection() -> None:

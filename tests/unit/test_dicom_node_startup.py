@@ -7,7 +7,6 @@ SCP the lifespan started on a free loopback port.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,11 @@ from api.app import create_app
 from api.settings import Settings, get_settings
 from tests.support.fake_engine import FakeEngine
 from tests.support.pacs_study import pacs_study
+from tests.support.ports import reserved_port
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return reserved_port()
 
 
 def settings_for(tmp_path: Path, **values: Any) -> Settings:
