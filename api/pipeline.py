@@ -183,12 +183,14 @@ async def _preprocess_and_infer(
             if not tasks:
                 inference_started = time.perf_counter()
             tasks.append(asyncio.create_task(engine.infer(images[start : start + chunk.shape[0]])))
+        # Recorded once every slice is preprocessed, while inference goes on (a probe of the metrics sees
+        # a study in its inference then).
+        clock.record_seconds("preprocess", preprocess_s)
         parts = await _gather_inferences(tasks, clock.metrics)
     except BaseException:
         for task in tasks:
             task.cancel()
         raise
-    clock.record_seconds("preprocess", preprocess_s)
     clock.record("inference", inference_started)
     return images, concat_outputs(parts)
 
