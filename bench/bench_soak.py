@@ -267,6 +267,14 @@ def phase_triton(args: argparse.Namespace, workdir: Path, study: bytes) -> None:
             f"answers); first 200 {first_ok - ready_at:.2f} s after Triton was ready",
             flush=True,
         )
+        sent_after = [a for a in load.answers if a.ended - a.seconds >= ready_at]
+        if sent_after:
+            first_sent = min(sent_after, key=lambda a: a.ended - a.seconds)
+            print(
+                f"{'':<9} the first request sent after Triton was ready: {first_sent.status} in "
+                f"{first_sent.seconds:.2f} s (a case's own time is in the first 200's wait above)",
+                flush=True,
+            )
         print(f"{'':<9} {rss.stop()}", flush=True)
     finally:
         first.stop()
