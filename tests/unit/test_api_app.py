@@ -185,7 +185,8 @@ def test_embedded_models_lists_the_ensemble_and_its_steps(embedded: TestClient) 
     assert body["input_size"] == TINY_SIZE
     assert body["ensemble"] == spec.ENSEMBLE_MODEL
     names = {m["name"] for m in body["models"]}
-    assert names == {spec.ENSEMBLE_MODEL, spec.WEIGHTING_MODEL, *spec.BASE_MODELS.values()}
+    steps = {spec.WEIGHTING_MODEL, spec.PROB_MAX_MODEL, *spec.BASE_MODELS.values()}
+    assert names == {spec.ENSEMBLE_MODEL, *steps}
     ensemble = next(m for m in body["models"] if m["name"] == spec.ENSEMBLE_MODEL)
     assert {t["name"] for t in ensemble["outputs"]} >= {spec.FUSED, spec.SLICE_PROB, spec.WEIGHTS}
     assert embedded.get("/readyz").json()["engine"] == "embedded"
