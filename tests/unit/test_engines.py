@@ -57,7 +57,8 @@ async def test_embedded_models_describe_configs(tiny_repo: Path) -> None:
     finally:
         await engine.close()
     by_name = {m["name"]: m for m in models}
-    assert set(by_name) == {spec.ENSEMBLE_MODEL, spec.WEIGHTING_MODEL, *spec.BASE_MODELS.values()}
+    steps = {spec.WEIGHTING_MODEL, spec.PROB_MAX_MODEL, *spec.BASE_MODELS.values()}
+    assert set(by_name) == {spec.ENSEMBLE_MODEL, *steps}
     weighting = by_name[spec.WEIGHTING_MODEL]
     assert weighting["platform"] == "onnxruntime_onnx"
     assert weighting["versions"] == ["1"]
