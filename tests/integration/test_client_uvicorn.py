@@ -129,12 +129,12 @@ def test_cli_several_studies_summary_out_and_failure(
     gateway: Gateway, study_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
     zip_path, folder = study_files
-    not_ct = tmp_path / "notes.txt"
-    not_ct.write_text("not an image")
+    not_ct = tmp_path / "notes.dcm"  # DICOM-looking to the client, no CT image to the service
+    not_ct.write_bytes(b"\0" * 128 + b"DICM" + b"not an image")
     out = tmp_path / "results"
     done = run_ich("analyze", str(zip_path), str(not_ct), str(folder), "--out", str(out), gateway=gateway)
     assert done.returncode == 1
-    assert "notes.txt: 422" in done.stderr and "request_id" in done.stderr
+    assert "notes.dcm: 422" in done.stderr and "request_id" in done.stderr
     assert done.stdout.count("probability") == 2 and "indeterminate:" in done.stdout
     assert "top slices: #" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ["head_ct.json", "head_ct_folder.json"]
@@ -177,8 +177,12 @@ def test_sdk_over_a_real_socket(gateway: Gateway, study_files: tuple[Path, Path]
         assert [s.probability for s in result.slices] == [s["probability"] for s in expected_slices]
         assert sent[-1] > 0 and sent == sorted(sent)
         assert client.ready().ok and client.health().ok
-        not_ct = tmp_path / "report.txt"
-        not_ct.write_text("no images")
+        text = tmp_path / "report.txt"
+        text.write_text("no images")
+        with pytest.raises(ValueError, match="neither a zip archive nor a DICOM file"):
+            client.analyze(text)  # refused before anything is sent
+        not_ct = tmp_path / "report.dcm"
+        not_ct.write_bytes(b"\0" * 128 + b"DICM" + b"no images")
         with pytest.raises(UnprocessableStudyError) as info:
             client.analyze(not_ct)
         assert info.value.request_id and info.value.detail
