@@ -39,6 +39,7 @@ from api.schemas import (
     SeriesInfo,
     SkippedFile,
     SliceResult,
+    Subtypes,
     Timing,
 )
 from api.settings import Settings
@@ -356,6 +357,7 @@ def _result(
             ),
             weights=ModelScores.from_mapping({k: _round(v) for k, v in s.weights.items()}),
             hemorrhage_volume_ml=round(s.hemorrhage_volume_ml, 3),
+            subtypes=_subtypes(s.subtypes),
         )
         for s in findings.slices
     ]
@@ -381,5 +383,12 @@ def _result(
             total=round(total * 1000.0, 2),
         ),
         warnings=list(study.warnings),
+        uncertainty=_round(findings.uncertainty),
+        subtypes=_subtypes(findings.subtypes),
     )
 
+
+def _subtypes(values: dict[str, float | None] | None) -> Subtypes | None:
+    if values is None:
+        return None
+    return Subtypes(**{k: None if v is None else _round(v) for k, v in values.items()})
