@@ -110,8 +110,13 @@ class Offline:
             route.abort()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium through Playwright's sync API, for one test module at a time.
+
+    While it runs, Playwright keeps an asyncio loop running in this thread, so every later test that calls
+    ``asyncio.run`` would fail: the browser must be gone before the modules after this one start.
+    """
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
     executable = chromium_path()
     if executable is None:
