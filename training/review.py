@@ -367,6 +367,14 @@ def _run_select(args: argparse.Namespace) -> int:
     uncertain = uncertain_cases(predictions, args.uncertain_above, args.most_uncertain)
     selected = [(p, difficulty_reasons(p, args.low, args.high, p.case in uncertain)) for p in predictions]
     selected = [(p, r) for p, r in selected if r]
+    if not selected:
+        # An empty worklist is a legitimate answer, but never a silent one (options can exclude everything,
+        # e.g. --low above every normal case's probability and --high below every hemorrhage case's).
+        logger.warning(
+            "review select: no case met the criteria (--low %s, --high %s, --uncertain-above %s, "
+            "--most-uncertain %s); the worklist is empty", args.low, args.high, args.uncertain_above,
+            args.most_uncertain,
+        )
     has_uncertainty = any(p.uncertainty is not None for p in predictions)
     columns = ["case", "probability", "label", *(["readers_disagreed"] if has_disagreed else [])]
     columns += [*(["uncertainty"] if has_uncertainty else []), "reasons"]

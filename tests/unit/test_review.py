@@ -308,3 +308,15 @@ def test_score_bad_worklist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         ["review", "score", "--worklist", str(wl), "--reads", str(rd), "--out", str(tmp_path / "r.md")],
         "--out is the JSON report",
     )
+
+
+def test_an_empty_selection_is_said_not_silent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pred = _write(tmp_path, "pred.csv", "case,probability,label\na,0.2,0\nb,0.9,1\n")
+    out = tmp_path / "w.csv"
+    argv = ["review", "select", "--predictions", str(pred), "--out", str(out), "--low", "1", "--high", "0"]
+    with caplog.at_level("WARNING"):
+        assert main(argv) == 0
+    assert "no case met the criteria (--low 1.0, --high 0.0" in caplog.text
+    assert out.read_text().count("\n") == 1  # the header alone
