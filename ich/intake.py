@@ -88,6 +88,9 @@ _SELECTION_KEYWORDS = (
 class IntakeLimits:
     """Caps on one uploaded study; the gateway fills them from its settings.
 
+    The defaults are the gateway's (``api.settings``), so that a study read here without settings (tests,
+    benchmarks, tools) meets the caps a default gateway applies; a test keeps the two in step.
+
     Attributes:
         max_upload_bytes: largest compressed archive (the request body).
         max_uncompressed_bytes: largest total of inflated member bytes.
@@ -98,8 +101,8 @@ class IntakeLimits:
 
     max_upload_bytes: int = 512 * MIB
     max_uncompressed_bytes: int = 2048 * MIB
-    max_members: int = 10_000
-    max_slices: int | None = None
+    max_members: int = 5000
+    max_slices: int | None = 400
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_uncompressed_bytes", "max_members"):

@@ -594,3 +594,14 @@ def test_intake_logs_no_patient_data(caplog: pytest.LogCaptureFixture) -> None:
     assert caplog.records, "intake should log what it did"
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "Doe" not in text and "0042" not in text
+
+
+def test_intake_limits_default_to_the_gateways_settings() -> None:
+    from api.settings import Settings
+    from ich.intake import IntakeLimits
+
+    limits, settings = IntakeLimits(), Settings()
+    assert limits.max_upload_bytes == settings.max_upload_bytes
+    assert limits.max_uncompressed_bytes == settings.max_uncompressed_bytes
+    assert limits.max_members == settings.max_members
+    assert limits.max_slices == settings.max_slices
