@@ -7,7 +7,7 @@ pooled over the slices with hemorrhage) within ``--max-dice-drop`` (0.01). Only 
 that scores higher passes. The figures of both and the verdict are printed and written to ``--out``.
 
     ich-model precision-check --reference model_repository --candidate model_repository_int8 \\
-        --data ../shared/data/ct-ich --limit 10 --out precision.json
+        --data PATH/TO/ct-ich --limit 10 --out precision.json
 """
 
 from __future__ import annotations

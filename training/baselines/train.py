@@ -430,10 +430,11 @@ def load_baseline_folds(out: Path, folds_from: Path, cache: Cache | None) -> lis
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The command as it would be typed again (data path as given)."""
+    """The command as it would be typed again; the data folder is written ``PATH`` (each user's own copy, and
+    the report is committed: no machine's path in it)."""
     parts = ["ich-model baselines"]
     if args.data is not None:
-        parts.append(f"--data {args.data}")
+        parts.append("--data PATH")
     parts.append(f"--config {args.config}")
     for flag, value, default in (
         ("--out", args.out, None),
