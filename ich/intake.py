@@ -200,42 +200,45 @@ def study_from_headers(
     result = select_series(headers, max_slices=max_slices)
     skipped = [*skipped, *result.skipped]
     if result.selection is None:
-        reasons = [
-            {"series_instance_uid": p.series_instance_uid, "reason": p.reason} for p in result.passed_over
-        ]
-        reasons += [{"file": s.file, "reason": s.reason} for s in skipped]
-        detail = _refusal_detail(headers, result.passed_over, max_slices)
-        logger.info(
-            "study refused: %d series passed over, %d files skipped", len(result.passed_over), len(skipped)
-        )
-        raise NoUsableSeriesError(detail, _capped(reasons))
-    selection = result.selection
+        raise _refusal(headers, skipped, result.passed_over, max_slices)
     try:
-        volume, failed = load_volume(selection)
+        decoded = load_volume(result.selection)
     except NoUsableSeriesError as exc:
-        reasons = [
-            *exc.reasons,
-            *({"series_instance_uid": p.series_instance_uid, "reason": p.reason} for p in result.passed_over),
-        ]
+        reasons = [*exc.reasons, *_series_reasons(result.passed_over)]
         raise NoUsableSeriesError(exc.detail, _capped(reasons)) from None
-    skipped = [*skipped, *selection.excluded, *failed]
+    skipped = [*skipped, *result.selection.excluded, *decoded.failed]
+    volume = decoded.volume
     logger.info(
         "study read: %d slices used, %d files skipped, %d series passed over",
         volume.hu.shape[0],
         len(skipped),
         len(result.passed_over),
     )
-    # Matched by UID: load_volume may drop slices that fail to decode. Without unique UIDs no SEG can
-    # reference the slices anyway, so the headers are left out.
-    by_uid = {str(h.dataset.get("SOPInstanceUID", "")): h.dataset for h in selection.slices}
-    unique = "" not in by_uid and len(by_uid) == len(selection.slices)
     return Study(
         volume=volume,
         skipped=skipped,
         passed_over=result.passed_over,
         warnings=list(volume.warnings),
-        source_headers=tuple(by_uid[uid] for uid in volume.sop_instance_uids) if unique else (),
+        source_headers=decoded.headers if _referenceable(volume.sop_instance_uids) else (),
     )
+
+
+def _referenceable(sop_instance_uids: list[str]) -> bool:
+    """Whether a DICOM SEG can reference the slices: each has its own SOP Instance UID."""
+    return "" not in sop_instance_uids and len(set(sop_instance_uids)) == len(sop_instance_uids)
+
+
+def _series_reasons(passed_over: list[PassedOver]) -> list[dict[str, str]]:
+    return [{"series_instance_uid": p.series_instance_uid, "reason": p.reason} for p in passed_over]
+
+
+def _refusal(
+    headers: list[SliceHeader], skipped: list[Skipped], passed_over: list[PassedOver], max_slices: int | None
+) -> NoUsableSeriesError:
+    """The 422 of a study with no series to analyse, every series' and file's reason listed."""
+    reasons = [*_series_reasons(passed_over), *({"file": s.file, "reason": s.reason} for s in skipped)]
+    logger.info("study refused: %d series passed over, %d files skipped", len(passed_over), len(skipped))
+    return NoUsableSeriesError(_refusal_detail(headers, passed_over, max_slices), _capped(reasons))
 
 
 def _refusal_detail(headers: list[SliceHeader], passed_over: list[PassedOver], max_slices: int | None) -> str:

@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
+from ich.slice_geometry import SliceSpacing, angle_from_z_deg, position_along, slice_normal, slice_spacing
+
 #: Largest angle (degrees) between the slice normal and the patient's z axis still called axial; head CT
 #: acquired with gantry tilt is often 15-30 degrees off, reformats to coronal or sagittal are 90.
 MAX_AXIAL_ANGLE_DEG = 40.0
@@ -57,8 +59,6 @@ MAX_THICKNESS_MM = 10.0
 PREFERRED_THICKNESS_MM = 5.0
 #: Two slices closer than this along the normal are the same slice.
 DUPLICATE_TOLERANCE_MM = 0.01
-#: A spacing further than this fraction from the median spacing is irregular (and at least 0.1 mm).
-SPACING_TOLERANCE = 0.1
 #: Tilt (degrees) below which the gantry is called untilted.
 TILT_TOLERANCE_DEG = 0.5
 #: Orientations whose normals differ by less than this (degrees) are the same orientation.
@@ -147,48 +147,10 @@ class _Candidate:
     thickness_mm: float = 0.0
     series_number: int = 0
 
-
-def slice_normal(orientation: Sequence[float]) -> np.ndarray:
-    """Unit normal of the slice plane: row direction cosine x column direction cosine.
-
-    Raises:
-        ValueError: the orientation does not hold six numbers or its cosines are parallel.
-    """
-    values = np.asarray([float(v) for v in orientation], dtype=np.float64)
-    if values.shape != (6,):
-        raise ValueError(f"ImageOrientationPatient needs 6 values, got {values.size}")
-    normal = np.cross(values[:3], values[3:])
-    norm = float(np.linalg.norm(normal))
-    if not math.isfinite(norm) or norm < 1e-6:
-        raise ValueError("ImageOrientationPatient row and column cosines are parallel")
-    return normal / norm
-
-
-def angle_from_z_deg(normal: np.ndarray) -> float:
-    """Angle (degrees, 0-90) between a slice normal and the patient's z axis, whichever way it points."""
-    return math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
-
-
-def describe_spacing(positions_mm: Sequence[float]) -> tuple[float | None, list[str]]:
-    """Median spacing of sorted positions and a warning when the spacing is irregular.
-
-    Returns:
-        (median spacing in mm, or None for fewer than two slices; warnings).
-    """
-    if len(positions_mm) < 2:
-        return None, []
-    diffs = np.diff(np.asarray(positions_mm, dtype=np.float64))
-    median = float(np.median(diffs))
-    tolerance = max(0.1, SPACING_TOLERANCE * median)
-    irregular = np.abs(diffs - median) > tolerance
-    warnings: list[str] = []
-    if irregular.any():
-        gaps = int(np.count_nonzero(diffs > median + tolerance))
-        warnings.append(
-            f"irregular slice spacing: {float(diffs.min()):.2f} to {float(diffs.max()):.2f} mm "
-            f"(median {median:.2f} mm, {gaps} gap(s) wider than usual); the volume is not resampled"
-        )
-    return median, warnings
+    @property
+    def slice_count(self) -> int:
+        """Slices of the sorted series (0 when it failed a rule)."""
+        return 0 if self.selection is None else len(self.selection.slices)
 
 
 def _string(ds: Dataset, keyword: str) -> str | None:
@@ -262,6 +224,25 @@ def select_series(headers: Sequence[SliceHeader], *, max_slices: int | None = No
         The selection (``None`` when no series qualifies), the series passed over with reasons, and files
         skipped before grouping (not an image, no SeriesInstanceUID).
     """
+    groups, skipped = _group_by_series(headers)
+    candidates = [_assess(uid, members) for uid, members in groups.items()]
+    if max_slices is not None:
+        for candidate in candidates:
+            if candidate.selection is not None and candidate.slice_count > max_slices:
+                candidate.reason = f"{candidate.slice_count} slices, {slice_cap_note(max_slices)}"
+    passed_over = [
+        PassedOver(c.uid, c.reason, c.modality, len(c.headers)) for c in candidates if c.reason is not None
+    ]
+    eligible = sorted((c for c in candidates if c.reason is None and c.selection is not None), key=_rank)
+    if not eligible:
+        return SelectionResult(None, passed_over, skipped)
+    chosen, *others = eligible
+    passed_over += [_not_chosen(other, chosen) for other in others]
+    return SelectionResult(chosen.selection, passed_over, skipped)
+
+
+def _group_by_series(headers: Sequence[SliceHeader]) -> tuple[dict[str, list[SliceHeader]], list[Skipped]]:
+    """The image headers by SeriesInstanceUID, in the order met; the others skipped with a reason."""
     skipped: list[Skipped] = []
     groups: dict[str, list[SliceHeader]] = {}
     for header in headers:
@@ -275,122 +256,124 @@ def select_series(headers: Sequence[SliceHeader], *, max_slices: int | None = No
             skipped.append(Skipped(header.file, "no SeriesInstanceUID"))
             continue
         groups.setdefault(uid, []).append(header)
+    return groups, skipped
 
-    candidates = [_assess(uid, members) for uid, members in groups.items()]
-    for candidate in candidates:
-        if max_slices is not None and candidate.selection is not None:
-            count = len(candidate.selection.slices)
-            if count > max_slices:
-                candidate.reason = f"{count} slices, {slice_cap_note(max_slices)}"
-    eligible = [c for c in candidates if c.reason is None and c.selection is not None]
-    passed_over = [
-        PassedOver(c.uid, c.reason, c.modality, len(c.headers)) for c in candidates if c.reason is not None
-    ]
-    if not eligible:
-        return SelectionResult(None, passed_over, skipped)
 
-    def rank(c: _Candidate) -> tuple[int, float, int, str]:
-        assert c.selection is not None
-        return (
-            -len(c.selection.slices),
-            abs(c.thickness_mm - PREFERRED_THICKNESS_MM),
-            c.series_number,
-            c.uid,
+def _rank(candidate: _Candidate) -> tuple[int, float, int, str]:
+    """Most slices first, then the thickness nearest the training data's, the lower number, the UID."""
+    return (
+        -candidate.slice_count,
+        abs(candidate.thickness_mm - PREFERRED_THICKNESS_MM),
+        candidate.series_number,
+        candidate.uid,
+    )
+
+
+def _not_chosen(other: _Candidate, chosen: _Candidate) -> PassedOver:
+    """Why an eligible series lost to the chosen one."""
+    if other.slice_count < chosen.slice_count:
+        reason = f"{other.slice_count} usable slice(s); the chosen series has {chosen.slice_count}"
+    else:
+        reason = (
+            f"as many slices as the chosen series; its slice thickness {other.thickness_mm:g} mm is "
+            f"further from {PREFERRED_THICKNESS_MM:g} mm or it comes later"
         )
+    return PassedOver(other.uid, reason, other.modality, len(other.headers))
 
-    eligible.sort(key=rank)
-    chosen = eligible[0]
-    assert chosen.selection is not None
-    n_chosen = len(chosen.selection.slices)
-    for other in eligible[1:]:
-        assert other.selection is not None
-        n_other = len(other.selection.slices)
-        if n_other < n_chosen:
-            reason = f"{n_other} usable slice(s); the chosen series has {n_chosen}"
-        else:
-            reason = (
-                f"as many slices as the chosen series; its slice thickness {other.thickness_mm:g} mm is "
-                f"further from {PREFERRED_THICKNESS_MM:g} mm or it comes later"
-            )
-        passed_over.append(PassedOver(other.uid, reason, other.modality, len(other.headers)))
-    return SelectionResult(chosen.selection, passed_over, skipped)
+
+class _RuleFailedError(Exception):
+    """A series fails one of the rules; the message is the reason it is passed over with."""
 
 
 def _assess(uid: str, headers: list[SliceHeader]) -> _Candidate:
     """Check one series against the rules; on success, sort it (``selection`` set), else ``reason`` set."""
     first = headers[0].dataset
-    modality = _string(first, "Modality")
-    candidate = _Candidate(uid, headers, modality, series_number=_int(first, "SeriesNumber") or 0)
+    candidate = _Candidate(
+        uid, headers, _string(first, "Modality"), series_number=_int(first, "SeriesNumber") or 0
+    )
+    try:
+        candidate.selection, candidate.thickness_mm = _selection_of(uid, headers)
+    except _RuleFailedError as exc:
+        candidate.reason = str(exc)
+    return candidate
 
+
+def _selection_of(uid: str, headers: list[SliceHeader]) -> tuple[SeriesSelection, float]:
+    """The series checked against the rules and sorted along its normal, with its slice thickness (mm).
+
+    Raises:
+        _RuleFailedError: the first rule the series fails.
+    """
+    _require_ct(headers)
+    excluded: list[Skipped] = []
+    warnings: list[str] = []
+    headers = _without_scouts(headers, excluded)
+    _require_single_frame_greyscale(headers)
+    headers = _common_geometry(headers, excluded)
+    pixel_spacing = _slice_pixel_spacing(headers[0].dataset)
+    if pixel_spacing is None:
+        raise _RuleFailedError("no PixelSpacing: the lesion volume could not be measured")
+    normal = _series_normal(headers, warnings)
+    angle = angle_from_z_deg(normal)
+    if angle > MAX_AXIAL_ANGLE_DEG:
+        raise _RuleFailedError(f"not axial: slice normal {angle:.0f} degrees from the patient's z axis")
+    ordered, positions = _dedupe(*_sort(headers, normal, excluded, warnings), excluded)
+    spacing = slice_spacing(positions)
+    warnings.extend(spacing.warnings)
+    thickness = _slice_thickness(headers[0].dataset, spacing, warnings)
+    selection = SeriesSelection(
+        series_instance_uid=uid,
+        slices=ordered,
+        positions_mm=positions,
+        slice_spacing_mm=float(spacing.or_else(thickness)),
+        pixel_spacing_mm=pixel_spacing,
+        gantry_tilt_deg=_gantry_tilt(headers, angle, warnings),
+        excluded=excluded,
+        warnings=warnings,
+        spacing_warnings=list(spacing.warnings),
+    )
+    return selection, thickness
+
+
+def _require_ct(headers: list[SliceHeader]) -> None:
     modalities = {(_string(h.dataset, "Modality") or "").upper() for h in headers}
     if modalities != {"CT"}:
         shown = ", ".join(sorted(m or "none" for m in modalities))
-        candidate.reason = f"modality {shown}, not CT"
-        return candidate
+        raise _RuleFailedError(f"modality {shown}, not CT")
+
+
+def _without_scouts(headers: list[SliceHeader], excluded: list[Skipped]) -> list[SliceHeader]:
+    """The series less its localizers (each left out with a reason); a series of localizers only fails."""
     scouts = [h for h in headers if {"LOCALIZER", "SCOUT"} & set(_image_type(h.dataset))]
     if len(scouts) == len(headers):
-        candidate.reason = "localizer (scout) images, not axial slices"
-        return candidate
-    excluded = [Skipped(h.file, "localizer (scout) image inside the series") for h in scouts]
+        raise _RuleFailedError("localizer (scout) images, not axial slices")
+    excluded.extend(Skipped(h.file, "localizer (scout) image inside the series") for h in scouts)
     scout_ids = {id(h) for h in scouts}
-    headers = [h for h in headers if id(h) not in scout_ids]
+    return [h for h in headers if id(h) not in scout_ids]
+
+
+def _require_single_frame_greyscale(headers: list[SliceHeader]) -> None:
     if any((_int(h.dataset, "NumberOfFrames") or 1) > 1 for h in headers):
-        candidate.reason = "multi-frame (enhanced) CT images are not supported; export single-frame slices"
-        return candidate
+        raise _RuleFailedError(
+            "multi-frame (enhanced) CT images are not supported; export single-frame slices"
+        )
     if any((_int(h.dataset, "SamplesPerPixel") or 1) != 1 for h in headers):
-        candidate.reason = "colour images (SamplesPerPixel > 1), not greyscale CT"
-        return candidate
+        raise _RuleFailedError("colour images (SamplesPerPixel > 1), not greyscale CT")
 
-    headers = _common_geometry(headers, excluded)
-    first = headers[0].dataset
-    spacing = _slice_pixel_spacing(first)
-    if spacing is None:
-        candidate.reason = "no PixelSpacing: the lesion volume could not be measured"
-        return candidate
 
-    warnings: list[str] = []
-    normal, orientation_reason = _series_normal(headers, warnings)
-    if orientation_reason is not None:
-        candidate.reason = orientation_reason
-        return candidate
-    assert normal is not None
-    angle = angle_from_z_deg(normal)
-    if angle > MAX_AXIAL_ANGLE_DEG:
-        candidate.reason = f"not axial: slice normal {angle:.0f} degrees from the patient's z axis"
-        return candidate
-
-    ordered, positions = _sort(headers, normal, excluded, warnings)
-    ordered, positions = _dedupe(ordered, positions, excluded)
-
-    median, spacing_warnings = describe_spacing(positions)
-    warnings.extend(spacing_warnings)
+def _slice_thickness(first: Dataset, spacing: SliceSpacing, warnings: list[str]) -> float:
+    """SliceThickness, else the median spacing, else the training data's (with a warning), within range."""
     thickness = _float(first, "SliceThickness")
     if thickness is None or thickness <= 0:
-        thickness = median
+        thickness = spacing.median_mm
     if thickness is None:
         thickness = PREFERRED_THICKNESS_MM
         warnings.append(f"slice thickness unknown (one slice, no SliceThickness): {thickness:g} mm assumed")
     if not MIN_THICKNESS_MM <= thickness <= MAX_THICKNESS_MM:
-        candidate.reason = (
+        raise _RuleFailedError(
             f"slice thickness {thickness:g} mm outside {MIN_THICKNESS_MM:g}-{MAX_THICKNESS_MM:g} mm"
         )
-        return candidate
-    slice_spacing = median if median is not None and median > 0 else thickness
-
-    tilt = _gantry_tilt(headers, angle, warnings)
-    candidate.thickness_mm = thickness
-    candidate.selection = SeriesSelection(
-        series_instance_uid=uid,
-        slices=ordered,
-        positions_mm=positions,
-        slice_spacing_mm=float(slice_spacing),
-        pixel_spacing_mm=spacing,
-        gantry_tilt_deg=tilt,
-        excluded=excluded,
-        warnings=warnings,
-        spacing_warnings=spacing_warnings,
-    )
-    return candidate
+    return thickness
 
 
 def _slice_pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
@@ -401,8 +384,12 @@ def _slice_pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def _series_normal(headers: list[SliceHeader], warnings: list[str]) -> tuple[np.ndarray | None, str | None]:
-    """The series' slice normal, or a reason why it has none usable."""
+def _series_normal(headers: list[SliceHeader], warnings: list[str]) -> np.ndarray:
+    """The series' slice normal.
+
+    Raises:
+        _RuleFailedError: an orientation is invalid, or the slices have more than one.
+    """
     normals: list[np.ndarray] = []
     for header in headers:
         values = _float_list(header.dataset, "ImageOrientationPatient", 6)
@@ -411,17 +398,19 @@ def _series_normal(headers: list[SliceHeader], warnings: list[str]) -> tuple[np.
         try:
             normals.append(slice_normal(values))
         except ValueError:
-            return None, "invalid ImageOrientationPatient (row and column cosines parallel)"
+            raise _RuleFailedError(
+                "invalid ImageOrientationPatient (row and column cosines parallel)"
+            ) from None
     if not normals:
         warnings.append("ImageOrientationPatient missing: axial orientation assumed")
-        return slice_normal(_AXIAL), None
+        return slice_normal(_AXIAL)
     reference = normals[0]
     cos_tol = math.cos(math.radians(ORIENTATION_TOLERANCE_DEG))
     if any(abs(float(np.dot(reference, n))) < cos_tol for n in normals[1:]):
-        return None, "slices of more than one orientation in one series"
+        raise _RuleFailedError("slices of more than one orientation in one series")
     if len(normals) < len(headers):
         warnings.append("ImageOrientationPatient missing on some slices: the others' orientation assumed")
-    return reference, None
+    return reference
 
 
 def _common_geometry(headers: list[SliceHeader], excluded: list[Skipped]) -> list[SliceHeader]:
@@ -468,7 +457,7 @@ def _sort(
         if position is None:
             unplaced.append(header)
         else:
-            placed.append((float(np.dot(np.asarray(position), normal)), header))
+            placed.append((position_along(position, normal), header))
     if not placed:
         if len(unplaced) > 1:
             warnings.append(

@@ -7,7 +7,9 @@ RescaleIntercept, or a Modality LUT Sequence) via ``pydicom.pixels.apply_rescale
 models only ever see HU, whatever the scanner stored.
 
 A slice that cannot be decoded (corrupt or truncated pixel data, an unsupported codec) is left out with a
-reason rather than failing the study; the spacing check is then repeated so the hole shows as a gap.
+reason rather than failing the study; the spacing is then measured again (``ich.slice_geometry``) so the
+hole shows as a gap. The step hands on the volume together with the headers of its slices, in its order
+(``DecodedSeries``), so nothing downstream has to match headers to slices again.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pydicom.pixels import apply_rescale
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ich.errors import NoUsableSeriesError
-from ich.series import SeriesSelection, Skipped, SliceHeader, describe_spacing
+from ich.series import SeriesSelection, Skipped, SliceHeader
+from ich.slice_geometry import slice_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -142,60 +145,87 @@ def _reason(exc: Exception) -> str:
     return f"pixel data could not be decoded ({type(exc).__name__}: {message})"
 
 
-def load_volume(selection: SeriesSelection) -> tuple[CTVolume, list[Skipped]]:
-    """Decode the chosen series into a :class:`CTVolume`.
+@dataclass(frozen=True, eq=False)
+class DecodedSeries:
+    """What the volume step hands on: the volume and, in its slice order, the headers of its slices.
+
+    Attributes:
+        volume: the series in HU.
+        headers: one header per slice of ``volume``, same order, pixel data let go; what a DICOM SEG of
+            the result references.
+        failed: slices of the selection left out because their pixel data could not be decoded.
+    """
+
+    volume: CTVolume
+    headers: tuple[Dataset, ...]
+    failed: list[Skipped]
+
+
+def load_volume(selection: SeriesSelection) -> DecodedSeries:
+    """Decode the chosen series into a :class:`CTVolume`, its headers alongside.
 
     Args:
         selection: the series chosen by :func:`ich.series.select_series`.
-
-    Returns:
-        The volume and the slices left out because their pixel data could not be decoded.
 
     Raises:
         NoUsableSeriesError: not one slice of the series could be decoded.
     """
     slices: list[np.ndarray] = []
-    uids: list[str] = []
+    headers: list[Dataset] = []
     positions: list[float] = []
     failed: list[Skipped] = []
     for i, header in enumerate(selection.slices):
-        try:
-            ds = read_dataset(header)
-            hu = decode_hu(ds)
-        except Exception as exc:  # untrusted input meets third-party decoders: any failure drops the slice
-            logger.debug("slice left out: %s", type(exc).__name__)
-            failed.append(Skipped(header.file, _reason(exc)))
-            _release_pixels(header)
+        hu = _decode_slice(header, failed)
+        if hu is None:
             continue
-        _release_pixels(header)
         slices.append(hu)
-        uids.append(str(ds.get("SOPInstanceUID", "")))
+        headers.append(header.dataset)
         if selection.positions_mm:
             positions.append(selection.positions_mm[i])
-
     if not slices:
         reasons = [{"file": s.file, "reason": s.reason} for s in failed]
         raise NoUsableSeriesError("no slice of the chosen CT series could be decoded", reasons)
-
-    warnings = list(selection.warnings)
-    spacing = selection.slice_spacing_mm
-    if failed and positions:  # holes left by undecodable slices change the spacing: check it again
-        warnings = [w for w in warnings if w not in selection.spacing_warnings]
-        median, spacing_warnings = describe_spacing(positions)
-        warnings.extend(spacing_warnings)
-        if median is not None and median > 0:
-            spacing = median
-    if failed:
-        warnings.append(f"{len(failed)} slice(s) left out: pixel data could not be decoded")
-
+    spacing_mm, warnings = _spacing_after_failures(selection, positions, failed)
     volume = CTVolume(
         hu=np.stack(slices).astype(np.float32, copy=False),
         pixel_spacing_mm=selection.pixel_spacing_mm,
-        slice_thickness_mm=float(spacing),
+        slice_thickness_mm=float(spacing_mm),
         series_instance_uid=selection.series_instance_uid,
-        sop_instance_uids=uids,
+        sop_instance_uids=[str(ds.get("SOPInstanceUID", "")) for ds in headers],
         slice_positions_mm=tuple(positions),
         gantry_tilt_deg=selection.gantry_tilt_deg,
         warnings=tuple(warnings),
     )
-    return volume, failed
+    return DecodedSeries(volume, tuple(headers), failed)
+
+
+def _decode_slice(header: SliceHeader, failed: list[Skipped]) -> np.ndarray | None:
+    """One slice in HU, its raw pixel bytes let go; None, with the reason in ``failed``, when it fails."""
+    try:
+        hu = decode_hu(read_dataset(header))
+    except Exception as exc:  # untrusted input meets third-party decoders: any failure drops the slice
+        logger.debug("slice left out: %s", type(exc).__name__)
+        failed.append(Skipped(header.file, _reason(exc)))
+        return None
+    finally:
+        _release_pixels(header)
+    return hu
+
+
+def _spacing_after_failures(
+    selection: SeriesSelection, positions: list[float], failed: list[Skipped]
+) -> tuple[float, list[str]]:
+    """The slice spacing and warnings of the decoded slices: the selection's, unless slices dropped out.
+
+    Holes left by undecodable slices change the spacing, so it is measured again on the positions kept.
+    """
+    warnings = list(selection.warnings)
+    spacing_mm = selection.slice_spacing_mm
+    if failed and positions:
+        warnings = [w for w in warnings if w not in selection.spacing_warnings]
+        spacing = slice_spacing(positions)
+        warnings.extend(spacing.warnings)
+        spacing_mm = spacing.or_else(selection.slice_spacing_mm)
+    if failed:
+        warnings.append(f"{len(failed)} slice(s) left out: pixel data could not be decoded")
+    return spacing_mm, warnings
