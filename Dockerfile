@@ -12,15 +12,16 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# Only what the distribution needs: training/ (torch) and the tests stay out of the image (.dockerignore);
-# setuptools packages whatever of ich*, api*, training* is present.
+# Only what the distribution needs: training/ (torch), the development tools (ich_devtools/) and the tests
+# stay out of the image (.dockerignore); setuptools packages whichever of its packages are present.
 COPY pyproject.toml README.md ./
 COPY ich/ ich/
 COPY api/ api/
 # A plain (non-editable) install without extras: the runtime dependencies of pyproject.toml only.
 RUN pip install --no-cache-dir . \
     && python -c "import api, ich" \
-    && ! python -c "import torch" 2>/dev/null
+    && ! python -c "import torch" 2>/dev/null \
+    && ! python -c "import ich_devtools" 2>/dev/null
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="ich-gateway" \

@@ -89,7 +89,7 @@ chromium-env:
 	       else echo "chromium-env: no chromium; install it or the tests in tests/e2e skip"; fi; }
 
 triton: triton-env install-runtime
-	$(BIN)/python -m ich.triton_local --serve
+	$(BIN)/python -m ich_devtools.triton_local --serve
 
 # Deployment assets, no cluster or Docker engine needed: kustomize build + strict schema, promtool check/test,
 # generated files up to date, hadolint (scripts/k8s_check.sh). Needs kubectl and promtool (.ci/run installs them).

@@ -46,7 +46,6 @@ from api.settings import Settings
 from ich import spec
 from ich.aggregate import CaseFindings, aggregate
 from ich.burn_in import left_edge_marker, slice_lines
-from ich.dicom_writer import series_zip
 from ich.ensemble import EnsembleOutput, concat_outputs
 from ich.intake import IntakeLimits, Study, read_study
 from ich.overlay import render_overlay, top_slice_indices
@@ -210,22 +209,22 @@ async def _gather_inferences(
 
 
 async def warm_up_pipeline(executor: ThreadPoolExecutor, input_size: int) -> None:
-    """A small generated study through decode and preprocessing (imports, decoders, resize tables).
+    """A generated HU volume through preprocessing (the resize tables, cached per matrix, and skull strip).
 
     What the first study would otherwise pay; the lifespan runs it before the service says it is ready.
-    Nothing is inferred or counted, and the gateway's upload limits do not apply (its own study).
+    Nothing is inferred or counted. DICOM decoding is not warmed: its first call costs a few milliseconds
+    more than later ones, and a gateway that wrote DICOM to warm it would carry a DICOM writer.
     """
-    await run_blocking(executor, _warm_decode_and_preprocess, input_size)
+    await run_blocking(executor, _warm_preprocess, input_size)
 
 
-def _warm_decode_and_preprocess(input_size: int) -> None:
+def _warm_preprocess(input_size: int) -> None:
     hu = np.full((2, WARM_UP_MATRIX, WARM_UP_MATRIX), -1000.0, dtype=np.float32)
     hu[:, 128:384, 128:384] = 40.0
-    study = read_study(series_zip(hu, pixel_spacing_mm=(0.45, 0.45), slice_thickness_mm=5.0))
-    preprocess_volume(study.volume.hu, input_size)
+    preprocess_volume(hu, input_size)
 
 
-#: The matrix of the warm-up study: the usual head CT's (the resize tables are cached per matrix).
+#: The matrix of the warm-up volume: the usual head CT's (the resize tables are cached per matrix).
 WARM_UP_MATRIX = 512
 
 

@@ -60,11 +60,11 @@ def phantom_hu(slices: int = 30, size: int = 512, seed: int = 0) -> np.ndarray:
 
 
 def study_zip(hu: np.ndarray, *, spacing_mm: float = 0.45, thickness_mm: float = 5.0) -> bytes:
-    """An uncompressed CT series as a zip, one DICOM file per slice (``ich.dicom_writer``; synthetic patient).
+    """An uncompressed CT series as a zip, one DICOM file per slice (``ich_devtools.dicom_writer``).
 
     Signed storage (intercept 0): every HU of the noisy phantom fits, even air a little below -1024.
     """
-    from ich.dicom_writer import series_zip
+    from ich_devtools.dicom_writer import series_zip
 
     return series_zip(
         hu, pixel_spacing_mm=(spacing_mm, spacing_mm), slice_thickness_mm=thickness_mm, signed=True
@@ -247,7 +247,7 @@ async def _main(args: argparse.Namespace) -> int:
     results = []
     for engine in args.engines:
         if engine == "triton" and not args.triton_url and not args.url:
-            from ich.triton_local import LocalTriton
+            from ich_devtools.triton_local import LocalTriton
 
             server = LocalTriton(
                 args.repository,

@@ -39,7 +39,7 @@ import httpx
 import numpy as np
 
 from bench.bench_jobs import LOOPBACK, _free_port, peak_rss_mib, wait_ready
-from ich.dicom_writer import dataset_bytes, series_datasets, zip_members
+from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STUDY = PROJECT_ROOT / "examples" / "ct_ich_study.zip"

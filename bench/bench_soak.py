@@ -204,7 +204,7 @@ def phase_hostile(
 
 
 def phase_triton(args: argparse.Namespace, workdir: Path, study: bytes) -> None:
-    from ich.triton_local import LocalTriton, TritonStartError
+    from ich_devtools.triton_local import LocalTriton, TritonStartError
 
     http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
 

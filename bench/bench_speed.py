@@ -179,7 +179,7 @@ def measure_embedded(figures: Figures, root: Path, slices: int, repeats: int) ->
 
 def measure_triton(figures: Figures, root: Path, slices: int, repeats: int) -> None:
     from api.engines.triton import TritonEngine
-    from ich.triton_local import LocalTriton, TritonStartError
+    from ich_devtools.triton_local import LocalTriton, TritonStartError
 
     input_size = repository.input_size_of(
         repository.read_config(repository.config_path(root, spec.ENSEMBLE_MODEL))

@@ -2,12 +2,12 @@
 
     python examples/make_example_study.py --data PATH/TO/ct-ich --patient 097 --out examples/ct_ich_study.zip
 
-The patient's slices are read with the training reader (``training.data.ct_ich``: HU recovered from the
-brain and bone JPEG windows, integer HU, pixel spacing estimated from the skull), resampled from 650 x 650
-to 512 x 512 (the usual CT matrix; bilinear, rounded back to integer HU) with the pixel spacing scaled to
-match, and written with ``ich.dicom_writer`` as CT Image Storage files (uncompressed, unsigned 16-bit with
-RescaleIntercept -1024, 5 mm slices), zipped. UIDs derive from the patient number, so the same data gives
-the same files. The patient is "ANONYMOUS": CT-ICH holds no names and none is ever written.
+The patient's slices are read with the training reader (``training.data.ct_ich``: HU recovered from the brain
+and bone JPEG windows, integer HU, pixel spacing estimated from the skull), resampled from 650 x 650 to 512 x
+512 (the usual CT matrix; bilinear, rounded back to integer HU) with the pixel spacing scaled to match, and
+written with ``ich_devtools.dicom_writer`` as CT Image Storage files (uncompressed, unsigned 16-bit with
+RescaleIntercept -1024, 5 mm slices), zipped. UIDs derive from the patient number, so the same data gives the
+same files. The patient is "ANONYMOUS": CT-ICH holds no names and none is ever written.
 
 The result derives from CT-ICH (Hssayeni et al., Data 2020; PhysioNet, CC BY 4.0): see examples/NOTICE.md.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ich.dicom_writer import dataset_bytes, series_datasets, zip_members
+from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
 
 logger = logging.getLogger("make_example_study")
 

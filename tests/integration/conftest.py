@@ -24,7 +24,7 @@ import pytest
 from api.app import create_app
 from api.settings import Settings
 from ich import spec
-from ich.triton_local import LocalTriton, TritonStartError, default_venv, find_distribution
+from ich_devtools.triton_local import LocalTriton, TritonStartError, default_venv, find_distribution
 from tests.support.ports import reserved_port
 from tests.support.tiny_repository import build_exported_repository, build_tiny_repository
 

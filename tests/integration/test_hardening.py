@@ -28,7 +28,7 @@ import pytest
 from ich_client import ICHClient
 
 from ich import spec
-from ich.dicom_writer import dataset_bytes, series_datasets, zip_members
+from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
 from tests.integration.conftest import REPO_ROOT, free_port, serve, start_gateway, wait_ready
 from tests.support.dicom_study import study_zip
 from tests.support.tiny_repository import TinyParams, build_tiny_repository

@@ -30,7 +30,7 @@ import tritonclient.grpc as grpcclient
 import yaml
 
 from ich import spec
-from ich.triton_local import LocalTriton
+from ich_devtools.triton_local import LocalTriton
 from tests.integration.conftest import TINY_SIZE as TRITON_SIZE
 from tests.support.dicom_study import study_zip
 from tests.support.ports import reserved_port

@@ -12,7 +12,7 @@ from api.engines.embedded import EmbeddedEngine
 from api.engines.triton import TritonEngine
 from ich import spec
 from ich.member_maps import slices_needing_maps
-from ich.triton_local import LocalTriton
+from ich_devtools.triton_local import LocalTriton
 from tests.integration.conftest import TINY_MAX_BATCH, TINY_SIZE, assert_same_numbers, free_port, post_study
 
 pytestmark = pytest.mark.triton

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from ich.triton_local import SHM_DIR, LocalTriton, _processes
+from ich_devtools.triton_local import SHM_DIR, LocalTriton, _processes
 from tests.integration.conftest import free_port, require_tritonserver, serve
 from tests.support.dicom_study import study_zip
 

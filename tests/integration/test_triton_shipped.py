@@ -13,7 +13,7 @@ import pytest
 
 from api.settings import Settings
 from ich import repository
-from ich.triton_local import LocalTriton
+from ich_devtools.triton_local import LocalTriton
 from tests.integration.conftest import assert_same_numbers, post_study, require_tritonserver, running_triton
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,18 +1,18 @@
 """Small, valid CT series zipped in memory, for gateway tests (no real patient data).
 
-The files come from ``ich.dicom_writer`` (unsigned storage with RescaleIntercept -1024, so a reader that
-forgets the rescale is off by 1024 HU). On top of the writer's output this module sets what the gateway
-tests rely on: a recognisable synthetic patient (``Test^Synthetic`` / ``SYNTH-0001``, which tests look for
-in the logs to prove that no patient data reaches them) and, with ``shuffle``, files written in a random
-order with InstanceNumber counting backwards, so only a reader that sorts along the slice normal gets the
-spatial order back.
+The files come from ``ich_devtools.dicom_writer`` (unsigned storage with RescaleIntercept -1024, so a reader
+that forgets the rescale is off by 1024 HU). On top of the writer's output this module sets what the gateway
+tests rely on: a recognisable synthetic patient (``Test^Synthetic`` / ``SYNTH-0001``, which tests look for in
+the logs to prove that no patient data reaches them) and, with ``shuffle``, files written in a random order
+with InstanceNumber counting backwards, so only a reader that sorts along the slice normal gets the spatial
+order back.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ich.dicom_writer import dataset_bytes, series_datasets, zip_members
+from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
 
 #: Synthetic patient written into every file; tests check that neither value ever reaches a log line.
 PATIENT_NAME = "Test^Synthetic"

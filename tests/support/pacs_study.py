@@ -15,7 +15,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ich.dicom_writer import dataset_bytes, series_datasets
+from ich_devtools.dicom_writer import dataset_bytes, series_datasets
 from tests.support.dicom_study import PATIENT_ID, PATIENT_NAME
 
 

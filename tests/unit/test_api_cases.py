@@ -25,7 +25,7 @@ from PIL import Image
 from api.app import create_app
 from api.settings import Settings
 from ich import spec
-from ich.dicom_writer import dataset_bytes, series_datasets, zip_members
+from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
 from tests.support.dicom_study import study_zip
 from tests.support.fake_engine import FakeEngine
 

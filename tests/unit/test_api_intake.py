@@ -1,5 +1,6 @@
 """Intake outcomes as the API reports them: each intake error's status, code and reasons, and the account
-of what was used (``skipped``, ``passed_over``, ``warnings``), with real DICOM built by ``ich.dicom_writer``.
+of what was used (``skipped``, ``passed_over``, ``warnings``), with real DICOM built by
+``ich_devtools.dicom_writer``.
 
 The intake rules themselves are tested in the intake tests; these check that the gateway passes every
 outcome through to the client unchanged and with the right HTTP status.
@@ -18,7 +19,7 @@ from pydicom.uid import RLELossless
 
 from api.app import create_app
 from api.settings import Settings
-from ich.dicom_writer import dataset_bytes, series_datasets, series_zip, zip_members
+from ich_devtools.dicom_writer import dataset_bytes, series_datasets, series_zip, zip_members
 from tests.support.fake_engine import FakeEngine
 
 ZIP = {"content-type": "application/zip"}

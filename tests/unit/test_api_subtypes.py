@@ -24,10 +24,10 @@ from api.schemas import CaseResult
 from api.settings import Settings
 from api.study_queue import report_values
 from ich.calibration import PlattCalibration
-from ich.dicom_writer import series_datasets
 from ich.scoring import CASE_MODEL_FILENAME, FEATURES, CaseModel
 from ich.sr import SUBTYPE_PROBABILITY, UNCERTAINTY, build_measurement_report
 from ich.subtypes import SUBTYPE_FEATURES, SUBTYPES, SubtypeFit, SubtypeModel
+from ich_devtools.dicom_writer import series_datasets
 from tests.support.dicom_results import sr_numbers
 from tests.support.dicom_study import study_zip
 from tests.support.fake_engine import MEMBER_FACTORS, SCALE, FakeEngine

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 nib = pytest.importorskip("nibabel")
-dicom_writer = pytest.importorskip("ich.dicom_writer")
+dicom_writer = pytest.importorskip("ich_devtools.dicom_writer")
 
 from training.data.dicom_masks import read_case, read_cases  # noqa: E402
 

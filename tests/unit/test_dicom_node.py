@@ -1,7 +1,8 @@
 """The DICOM node's parts without a network: instance checks, the study assembler over a real spool, the
 destination parser and the delivery loop on a real SQLite store.
 
-Instances come from ``ich.dicom_writer`` (and hand-forged bombs); the assembler's clock is moved by hand.
+Instances come from ``ich_devtools.dicom_writer`` (and hand-forged bombs); the assembler's clock is moved
+by hand.
 """
 
 from __future__ import annotations

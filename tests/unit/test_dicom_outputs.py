@@ -1,8 +1,8 @@
 """A job's DICOM results (``ich.dicom_outputs``): SEG, TID 1500 SR and key image, with derived UIDs.
 
-Built on a synthetic CT series from ``ich.dicom_writer`` and read back with pydicom and highdicom: all three
-in the source study, each in its own series with UIDs derived from the job (the same job gives the same
-UIDs, another job others), the SR's figures as given, referencing the SEG; the key image is the slice's
+Built on a synthetic CT series from ``ich_devtools.dicom_writer`` and read back with pydicom and highdicom:
+all three in the source study, each in its own series with UIDs derived from the job (the same job gives the
+same UIDs, another job others), the SR's figures as given, referencing the SEG; the key image is the slice's
 matrix with the outline and the warning burned in; a negative case has an SR and nothing else.
 """
 
@@ -19,10 +19,10 @@ from pydicom.sr.codedict import codes
 from ich.burn_in import NOT_FOR_CLINICAL_USE
 from ich.dicom_outputs import build_dicom_outputs
 from ich.dicom_uids import derived_uid, is_valid_uid, uid_digest
-from ich.dicom_writer import series_datasets
 from ich.key_image import patient_orientation
 from ich.overlay import OUTLINE_RGB, overlay_rgb
 from ich.sr import INDETERMINATE, NOT_FOR_CLINICAL_USE_TEXT, PROBABILITY, ReportValues
+from ich_devtools.dicom_writer import series_datasets
 from tests.support.dicom_results import sr_numbers, sr_texts
 
 N, SIZE = 6, 96

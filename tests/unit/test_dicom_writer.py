@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
-from ich.dicom_writer import (
+from ich_devtools.dicom_writer import (
     ANONYMOUS,
     dataset_bytes,
     series_datasets,

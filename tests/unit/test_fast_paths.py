@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ import pytest
 from api.app import create_app
 from api.engines.embedded import EmbeddedEngine
 from api.metrics import GatewayMetrics
-from api.pipeline import OVERLAP_CHUNK, analyse_case
+from api.pipeline import OVERLAP_CHUNK, WARM_UP_MATRIX, analyse_case, warm_up_pipeline
 from api.settings import Settings
-from ich import spec, volume
+from ich import preprocess, spec, volume
 from ich.aggregate import aggregate
 from ich.ensemble import EnsembleOutput, EnsembleRunner, concat_outputs
 from ich.intake import read_folder, read_study
@@ -345,3 +346,14 @@ async def test_the_engine_is_warm_before_the_gateway_serves(tiny_repo: Path) -> 
     assert engine.calls == []  # the warm-up infers nothing a metric would count
     assert engine.slices_inferred == 0
     await engine.close()
+
+
+async def test_the_pipeline_warm_up_fills_the_resize_tables_of_the_usual_matrix() -> None:
+    preprocess._read_rows.cache_clear()
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        await warm_up_pipeline(executor, SIZE)
+    before = preprocess._read_rows.cache_info()
+    assert before.currsize >= 1
+    preprocess._read_rows(WARM_UP_MATRIX, SIZE)  # what the first 512 x 512 study asks for
+    after = preprocess._read_rows.cache_info()
+    assert after.hits == before.hits + 1 and after.misses == before.misses

@@ -25,9 +25,9 @@ from api.app import create_app
 from api.log_redaction import REDACTED, RedactingFilter, redact
 from api.settings import Settings
 from api.upload import UploadPace
-from ich.dicom_writer import dataset_bytes, series_datasets, zip_members
 from ich.ensemble import EnsembleRunner, RunCancelledError, RunControl
 from ich.intake import IntakeLimits, read_study
+from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
 from tests.support.dicom_study import study_zip
 from tests.support.fake_engine import FakeEngine
 from tests.support.tiny_repository import build_tiny_repository

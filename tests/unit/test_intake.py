@@ -1,7 +1,8 @@
 """Intake of a zipped study: caps, hostile members, skipped files, series choice, decoding, errors.
 
-Studies are written with ``ich.dicom_writer`` (synthetic HU, patient "ANONYMOUS"); real third-party files
-come from pydicom's own test data (``CT_small.dcm``, a real scanner's slice; ``693_J2KI.dcm``, JPEG 2000).
+Studies are written with ``ich_devtools.dicom_writer`` (synthetic HU, patient "ANONYMOUS"); real third-party
+files come from pydicom's own test data (``CT_small.dcm``, a real scanner's slice; ``693_J2KI.dcm``, JPEG
+2000).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
 from ich import intake
-from ich.dicom_writer import dataset_bytes, series_datasets, series_zip, zip_members
 from ich.errors import (
     IntakeError,
     InvalidArchiveError,
@@ -29,6 +29,7 @@ from ich.errors import (
     UnsafeArchiveError,
 )
 from ich.intake import IntakeLimits, read_files, read_folder, read_study
+from ich_devtools.dicom_writer import dataset_bytes, series_datasets, series_zip, zip_members
 
 
 def volume(n: int = 5, rows: int = 16, columns: int = 12, seed: int = 0) -> np.ndarray:
@@ -94,7 +95,7 @@ def test_one_slice_is_a_valid_study() -> None:
 
 
 def test_folder_and_file_list_read_like_the_zip(tmp_path: Path) -> None:
-    from ich.dicom_writer import write_series
+    from ich_devtools.dicom_writer import write_series
 
     hu = volume(4)
     write_series(hu, tmp_path / "study" / "series", slice_thickness_mm=3.0)

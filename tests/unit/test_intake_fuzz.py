@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ich.dicom_writer import dataset_bytes, series_datasets, zip_members
 from ich.errors import IntakeError
 from ich.intake import IntakeLimits, check_archive, read_study
+from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "intake_corpus"
 #: Small caps, so a mutation that declares huge sizes is refused fast instead of being inflated.

@@ -23,7 +23,6 @@ from api.settings import Settings
 from ich import spec
 from ich.aggregate import aggregate
 from ich.calibration import IsotonicCalibration, PlattCalibration
-from ich.dicom_writer import series_datasets
 from ich.scoring import (
     FEATURES,
     NO_LESION_SCORE,
@@ -34,6 +33,7 @@ from ich.scoring import (
     score_case,
 )
 from ich.seg import build_segmentation
+from ich_devtools.dicom_writer import series_datasets
 from tests.support.ensemble_case import Output, Volume
 
 N, S = 4, 32

@@ -1,7 +1,8 @@
 """DICOM SEG of the lesion mask: resize back to the source matrix, build, write, read back, compare.
 
-The source series is written by ``ich.dicom_writer`` and read back header-only (``stop_before_pixels``), as
-the gateway keeps it, so the tests also show that a SEG needs no source pixel data.
+The source series is written by ``ich_devtools.dicom_writer`` and read back header-only
+(``stop_before_pixels``), as the gateway keeps it, so the tests also show that a SEG needs no source pixel
+data.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ MODEL_VERSION = "2026.11.29-test"
 
 
 def _read_headers(tmp_path: Path, **options: object) -> list[Dataset]:
-    writer = pytest.importorskip("ich.dicom_writer")
+    writer = pytest.importorskip("ich_devtools.dicom_writer")
     hu = np.full((N, ROWS, COLUMNS), 30.0, dtype=np.float32)
     paths = writer.write_series(hu, tmp_path, pixel_spacing_mm=(0.5, 0.6), slice_thickness_mm=5.0, **options)
     # write_series returns the files in spatial order, the order of the volume the mask comes from.
@@ -36,7 +37,7 @@ def _read_headers(tmp_path: Path, **options: object) -> list[Dataset]:
 
 @pytest.fixture
 def headers(tmp_path: Path) -> list[Dataset]:
-    """A small CT series written by ich.dicom_writer, read back without pixel data, sorted like the volume."""
+    """A small CT series from ``ich_devtools.dicom_writer``, read back without pixel data, in volume order."""
     return _read_headers(tmp_path)
 
 

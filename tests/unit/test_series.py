@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from ich.dicom_writer import series_datasets
 from ich.series import (
     PREFERRED_THICKNESS_MM,
     SliceHeader,
@@ -17,6 +16,7 @@ from ich.series import (
     select_series,
     slice_normal,
 )
+from ich_devtools.dicom_writer import series_datasets
 
 
 def headers(datasets: list[Dataset], prefix: str = "s") -> list[SliceHeader]:

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from ich.burn_in import NOT_FOR_CLINICAL_USE, slice_lines
-from ich.dicom_writer import write_series
 from ich.overlay import render_overlay
 from ich.seg import build_segmentation
 from ich.slice_render import DISPLAY_WINDOWS, mask_from_seg, render_slice
+from ich_devtools.dicom_writer import write_series
 
 N, ROWS, COLUMNS = 4, 96, 128
 

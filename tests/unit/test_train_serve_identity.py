@@ -3,11 +3,11 @@
 intake.
 
 Training path: ``training.data.ct_ich.read_patient`` (HU recovered from the two JPEG windows) ->
-``preprocess_volume``. Serving path: the same HU written as a CT DICOM series (``ich.dicom_writer``, as a
-scanner stores them: integers with a rescale), zipped, read back by ``ich.intake.read_study`` (header-first
-series choice, sort along the normal, pixel decoding, RescaleSlope/Intercept) -> ``preprocess_volume``.
-The tensors must be equal element for element (``np.array_equal``), not merely close: a model must never
-see a different number for the same pixel because of the road the pixel took.
+``preprocess_volume``. Serving path: the same HU written as a CT DICOM series (``ich_devtools.dicom_writer``,
+as a scanner stores them: integers with a rescale), zipped, read back by ``ich.intake.read_study``
+(header-first series choice, sort along the normal, pixel decoding, RescaleSlope/Intercept) ->
+``preprocess_volume``. The tensors must be equal element for element (``np.array_equal``), not merely close: a
+model must never see a different number for the same pixel because of the road the pixel took.
 
 Fixtures: ``tests/fixtures/ct_ich`` (CT-ICH excerpt, CC BY 4.0; attribution in its NOTICE.md).
 """
@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from ich.dicom_writer import series_zip
 from ich.intake import read_study
 from ich.preprocess import preprocess_volume
 from ich.spec import DEFAULT_INPUT_SIZE
+from ich_devtools.dicom_writer import series_zip
 
 ct_ich = pytest.importorskip("training.data.ct_ich")
 

@@ -1,4 +1,4 @@
-"""ich.triton_local: the CPU rendering keeps every tensor and the ensemble, and only swaps the backend."""
+"""The local Triton: its CPU rendering keeps every tensor and the ensemble, swaps only the backend."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from ich import repository, spec
 from ich.repository import RepositoryError
-from ich.triton_local import TritonStartError, find_distribution, render_cpu_repository
+from ich_devtools.triton_local import TritonStartError, find_distribution, render_cpu_repository
 from tests.support.tiny_repository import build_tiny_repository
 
 
@@ -57,7 +57,7 @@ def test_a_binary_that_cannot_load_its_libraries_is_named(tmp_path: Path) -> Non
     import os
     import shutil
 
-    from ich.triton_local import _check_shared_libraries, default_venv
+    from ich_devtools.triton_local import _check_shared_libraries, default_venv
 
     try:
         distribution = find_distribution(default_venv())

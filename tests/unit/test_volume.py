@@ -10,10 +10,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from ich.dicom_writer import dataset_bytes, series_datasets
 from ich.errors import NoUsableSeriesError
 from ich.series import SliceHeader, select_series
 from ich.volume import CTVolume, decode_hu, load_volume
+from ich_devtools.dicom_writer import dataset_bytes, series_datasets
 
 
 def _testdata(name: str) -> Path:

@@ -18,8 +18,8 @@ from api.settings import Settings
 from ich import repository, spec
 from ich.ensemble import EnsembleRunner
 from ich.repository import RepositoryError
-from ich.triton_local import render_cpu_repository
 from ich.weights_manifest import MANIFEST_FILENAME, read_manifest, verify_manifest, write_manifest
+from ich_devtools.triton_local import render_cpu_repository
 from tests.support.tiny_repository import build_tiny_repository
 
 SHIPPED = Path(__file__).resolve().parents[2] / "model_repository"

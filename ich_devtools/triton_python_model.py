@@ -1,8 +1,8 @@
 """Triton python-backend model that runs one ONNX file with onnxruntime on CPU.
 
-Not imported by the service: ``ich.triton_local`` copies this file as ``<model>/<version>/model.py`` into a
-CPU rendering of the repository, where it runs inside Triton's python-backend stub with the packages of
-``.venv-triton``. It stands in for Triton's onnxruntime backend, which the CPU-only ``nvidia-pytriton``
+Not imported by the service: ``ich_devtools.triton_local`` copies this file as ``<model>/<version>/model.py``
+into a CPU rendering of the repository, where it runs inside Triton's python-backend stub with the packages
+of ``.venv-triton``. It stands in for Triton's onnxruntime backend, which the CPU-only ``nvidia-pytriton``
 wheel does not ship, and keeps the model's tensor names and batching so the ensemble config is unchanged.
 It must stay thin and import nothing from this repository.
 """

@@ -2,7 +2,7 @@
 
 The ``nvidia-pytriton`` wheel (installed in ``.venv-triton``, which pins numpy<2) ships the ``tritonserver``
 binary with the python backend but not the onnxruntime backend. So the rendering replaces each ONNX model by
-a thin python-backend model (``ich/triton_python_model.py``) that runs the same ``model.onnx`` with
+a thin python-backend model (``ich_devtools/triton_python_model.py``) that runs the same ``model.onnx`` with
 onnxruntime, with the same tensor names and ``max_batch_size``; the ``ich_ensemble`` config is copied
 unchanged, so Triton's own ensemble scheduler does the wiring, as in production.
 
@@ -10,8 +10,8 @@ How the python backend finds its packages: the stub embeds libpython, which loca
 ``python3`` on ``PATH``. Putting ``.venv-triton/bin`` first on the server's ``PATH`` makes the stub run with
 that virtual environment's site-packages (numpy, onnxruntime); this is what PyTriton itself does.
 
-``python -m ich.triton_local --serve`` (``make triton``) serves ``model_repository/`` on ports 8000 (HTTP),
-8001 (gRPC) and 8002 (metrics) in the foreground; the tests use ``LocalTriton`` on free ports.
+``python -m ich_devtools.triton_local --serve`` (``make triton``) serves ``model_repository/`` on ports 8000
+(HTTP), 8001 (gRPC) and 8002 (metrics) in the foreground; the tests use ``LocalTriton`` on free ports.
 """
 
 from __future__ import annotations
@@ -512,7 +512,9 @@ class LocalTriton:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ich.triton_local", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ich_devtools.triton_local", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--serve", action="store_true", help="serve in the foreground until interrupted")
     parser.add_argument("--render", type=Path, metavar="DIR", help="only write the CPU rendering into DIR")
     parser.add_argument("--repository", type=Path, default=PROJECT_ROOT / "model_repository")
