@@ -12,6 +12,9 @@ when it overflows the waiter shed is the last in that order: with more clients t
 together, the ones shed are those served most recently, so every client is served in turn. A client is its
 API key's digest when keys are configured, its address otherwise (clients behind one proxy share a turn).
 Everything here runs on the event loop, so no lock is needed.
+
+:func:`admitted_case` is the whole door of one case, as the route uses it: shed at once when saturated,
+the body read (paced, its upload-buffer share held while it waits), then a slot held for the block.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ import asyncio
 import bisect
 import itertools
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
 from api.auth import key_digest
+from api.disconnect import unless_disconnected
 from api.errors import ApiError, service_unavailable
+from api.settings import Settings
+from api.upload import pace_of, read_zip_upload
 
 #: Clients whose last turn is remembered; the least recently served are forgotten first (and then rank as
 #: never served, which only moves them forward).
@@ -144,3 +152,29 @@ def client_of(request: Request) -> str:
     if scheme.lower() == "bearer" and key.strip():
         return "key:" + key_digest(key.strip())
     return "peer:" + (request.client.host if request.client else "")
+
+
+@asynccontextmanager
+async def admitted_case(request: Request, settings: Settings) -> AsyncIterator[bytearray]:
+    """The case's zip, read at the pace the settings demand, with an analysis slot held for the block.
+
+    A case that would be shed at once is refused before its body is read, so a saturated gateway costs
+    the client no upload. The body's share of the upload buffer is held until the slot is, so the bodies
+    waiting in the line count against the buffer; a slow sender holds its connection, never a slot.
+
+    Raises:
+        ApiError: 503 ``busy`` (shed, the line full or its deadline passed, the upload buffer full); the
+            upload's own errors (408, 413, 400).
+        api.disconnect.ClientGoneError: the client left while its case waited for a slot.
+    """
+    admission: CaseAdmission = request.app.state.admission
+    client = client_of(request)
+    if admission.would_shed(client):
+        raise admission.busy("every slot is taken and the line is full")
+    with request.app.state.upload_budget.hold() as share:
+        data = await read_zip_upload(request, settings.max_upload_bytes, pace_of(settings), share=share)
+        await unless_disconnected(request, admission.acquire(client), "waiting for a slot")
+    try:
+        yield data
+    finally:
+        admission.release()

@@ -41,6 +41,9 @@ class _HasLine(Protocol):
     @property
     def waiting(self) -> int: ...
 
+    @property
+    def inflight(self) -> int: ...
+
 
 class _EngineSlices(Collector):
     """``ich_inference_slices_total``, read from the engine when scraped (the engine counts its batches)."""
@@ -124,7 +127,8 @@ class GatewayMetrics:
         self._engine_slices.engine = engine
 
     def watch_admission(self, admission: _HasLine) -> None:
-        """Report the cases waiting in ``admission``'s line."""
+        """Report the cases holding ``admission``'s slots and those waiting in its line, read when scraped."""
+        self.inflight.set_function(lambda: admission.inflight)
         self.waiting.set_function(lambda: admission.waiting)
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
