@@ -225,6 +225,36 @@ def test_a_corrupt_header_skips_that_file_only() -> None:
     assert reason_of(study.skipped, "truncated.dcm").startswith("DICOM header could not be read")
 
 
+def test_the_headers_come_with_the_volume_one_per_slice_in_its_order() -> None:
+    hu = volume(5)
+    datasets = series_datasets(hu)
+    files = members(datasets)
+    files["s/CT002.dcm"] = files["s/CT002.dcm"][: len(files["s/CT002.dcm"]) - hu[0].nbytes // 2]
+    study = read_study(zip_members(dict(reversed(files.items()))))
+    assert [str(ds.SOPInstanceUID) for ds in study.source_headers] == study.volume.sop_instance_uids
+    assert study.volume.sop_instance_uids == [str(datasets[i].SOPInstanceUID) for i in (0, 1, 3, 4)]
+    assert all("PixelData" not in ds for ds in study.source_headers)
+
+
+def test_no_headers_for_a_seg_when_a_slice_in_the_volume_has_no_sop_instance_uid() -> None:
+    datasets = series_datasets(volume(3))
+    del datasets[1].SOPInstanceUID  # kept: it still has its SOP Class UID
+    study = read_study(zip_members(members(datasets)))
+    assert study.volume.hu.shape[0] == 3
+    assert study.source_headers == ()
+
+
+def test_a_slice_without_uid_that_does_not_decode_leaves_the_others_referenceable() -> None:
+    hu = volume(4)
+    datasets = series_datasets(hu)
+    del datasets[1].SOPInstanceUID
+    files = members(datasets)
+    files["s/CT001.dcm"] = files["s/CT001.dcm"][: len(files["s/CT001.dcm"]) - hu[0].nbytes // 2]
+    study = read_study(zip_members(files))
+    assert study.volume.hu.shape[0] == 3  # the SEG references the slices of the volume, each by its UID
+    assert [str(ds.SOPInstanceUID) for ds in study.source_headers] == study.volume.sop_instance_uids
+
+
 def test_corrupt_pixel_data_leaves_the_slice_out_and_reports_the_gap() -> None:
     hu = volume(5)
     datasets = series_datasets(hu)

@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from ich.series import (
-    PREFERRED_THICKNESS_MM,
-    SliceHeader,
-    angle_from_z_deg,
-    describe_spacing,
-    select_series,
-    slice_normal,
-)
+from ich.series import PREFERRED_THICKNESS_MM, SliceHeader, select_series
+from ich.slice_geometry import SliceSpacing, angle_from_z_deg, position_along, slice_normal, slice_spacing
 from ich_devtools.dicom_writer import series_datasets
 
 
@@ -48,13 +42,27 @@ def test_a_degenerate_orientation_is_a_value_error(orientation: list[float]) -> 
 
 
 def test_spacing_regular_irregular_and_single() -> None:
-    assert describe_spacing([0.0, 5.0, 10.0, 15.0]) == (5.0, [])
-    assert describe_spacing([0.0, 5.0, 10.05]) == (pytest.approx(5.025), [])  # within 0.1 mm
-    median, warnings = describe_spacing([0.0, 5.0, 10.0, 20.0, 25.0])
-    assert median == 5.0
-    (warning,) = warnings
+    assert slice_spacing([0.0, 5.0, 10.0, 15.0]) == SliceSpacing(5.0)
+    regular = slice_spacing([0.0, 5.0, 10.05])  # within 0.1 mm
+    assert regular.median_mm == pytest.approx(5.025) and regular.warnings == ()
+    gap = slice_spacing([0.0, 5.0, 10.0, 20.0, 25.0])
+    assert gap.median_mm == 5.0
+    (warning,) = gap.warnings
     assert "5.00 to 10.00 mm" in warning and "1 gap(s)" in warning
-    assert describe_spacing([3.0]) == (None, [])
+    assert slice_spacing([3.0]) == SliceSpacing(None)
+
+
+def test_the_spacing_falls_back_only_where_the_positions_give_none() -> None:
+    assert slice_spacing([0.0, 2.5, 5.0]).or_else(4.0) == 2.5
+    assert slice_spacing([7.0]).or_else(4.0) == 4.0
+    assert slice_spacing([]).or_else(3.0) == 3.0
+
+
+def test_a_position_along_a_tilted_normal() -> None:
+    t = math.radians(30.0)
+    normal = slice_normal([1, 0, 0, 0, math.cos(t), -math.sin(t)])
+    assert position_along([0.0, 0.0, 10.0], normal) == pytest.approx(10.0 * math.cos(t))
+    assert position_along([5.0, 0.0, 0.0], normal) == pytest.approx(0.0)
 
 
 # ------------------------------------------------------------------------------------------- sorting

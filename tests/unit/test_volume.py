@@ -69,8 +69,11 @@ def test_a_real_ct_slice_decodes_to_hu() -> None:
 def test_the_volume_keeps_order_spacing_uids_and_defaults() -> None:
     hu = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5) - 30
     datasets = series_datasets(hu, pixel_spacing_mm=(0.7, 0.8), slice_thickness_mm=2.0)
-    volume, failed = load_volume(_selection(datasets))
-    assert failed == []
+    selection = _selection(datasets)
+    decoded = load_volume(selection)
+    volume = decoded.volume
+    assert decoded.failed == []
+    assert [id(ds) for ds in decoded.headers] == [id(h.dataset) for h in selection.slices]
     np.testing.assert_array_equal(volume.hu, hu)
     assert volume.pixel_spacing_mm == pytest.approx((0.7, 0.8))
     assert volume.slice_thickness_mm == pytest.approx(2.0)
@@ -94,8 +97,12 @@ def test_a_slice_that_does_not_decode_is_left_out_and_the_spacing_rechecked() ->
     assert selection.warnings == []
     broken = selection.slices[2]
     selection.slices[2] = SliceHeader(broken.file, broken.dataset, dataset_bytes(datasets[2])[:-20])
-    volume, failed = load_volume(selection)
+    decoded = load_volume(selection)
+    volume, failed = decoded.volume, decoded.failed
     assert volume.hu.shape[0] == 4
+    kept = [id(h.dataset) for i, h in enumerate(selection.slices) if i != 2]
+    assert [id(ds) for ds in decoded.headers] == kept  # the headers of the slices in the volume, no others
+    assert [str(ds.SOPInstanceUID) for ds in decoded.headers] == volume.sop_instance_uids
     assert volume.slice_positions_mm == pytest.approx((0.0, 5.0, 15.0, 20.0))
     assert [f.file for f in failed] == [broken.file]
     assert failed[0].reason.startswith("pixel data could not be decoded (")
