@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
+from api.schemas import ModelInfo, TensorInfo
 from ich.ensemble import EnsembleOutput
 
 __all__ = ["Engine", "EngineUnavailableError", "describe_model"]
@@ -70,7 +71,7 @@ class Engine(abc.ABC):
         """Whether the engine can answer now (never raises)."""
 
     @abc.abstractmethod
-    async def models(self) -> list[dict[str, Any]]:
+    async def models(self) -> list[ModelInfo]:
         """The ensemble and the models it calls: name, version(s), platform, readiness, inputs, outputs."""
 
     @abc.abstractmethod
@@ -78,31 +79,29 @@ class Engine(abc.ABC):
         """Release sessions, threads and connections."""
 
 
-def _tensors(tensors: Any) -> list[dict[str, Any]]:
+def _tensors(tensors: Any) -> list[TensorInfo]:
     return [
-        {
-            "name": t.name,
-            "datatype": mc.DataType.Name(t.data_type).removeprefix("TYPE_"),
-            "shape": [int(d) for d in t.dims],
-        }
+        TensorInfo(
+            name=t.name,
+            datatype=mc.DataType.Name(t.data_type).removeprefix("TYPE_"),
+            shape=[int(d) for d in t.dims],
+        )
         for t in tensors
     ]
 
 
-def describe_model(
-    config: mc.ModelConfig, versions: list[str], *, ready: bool | None = None
-) -> dict[str, Any]:
+def describe_model(config: mc.ModelConfig, versions: list[str], *, ready: bool | None = None) -> ModelInfo:
     """One entry of ``GET /v1/models`` from a model's config, the same for both engines.
 
     ``shape`` excludes the batch dimension (all models are batched, up to ``max_batch_size``).
     """
-    return {
-        "name": config.name,
-        "version": versions[-1] if versions else None,
-        "versions": versions,
-        "platform": config.platform or config.backend,
-        "ready": ready,
-        "max_batch_size": int(config.max_batch_size),
-        "inputs": _tensors(config.input),
-        "outputs": _tensors(config.output),
-    }
+    return ModelInfo(
+        name=config.name,
+        version=versions[-1] if versions else None,
+        versions=versions,
+        platform=config.platform or config.backend,
+        ready=ready,
+        max_batch_size=int(config.max_batch_size),
+        inputs=_tensors(config.input),
+        outputs=_tensors(config.output),
+    )

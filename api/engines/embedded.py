@@ -12,11 +12,11 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from api.engines.base import Engine, describe_model
+from api.schemas import ModelInfo
 from ich.ensemble import EnsembleOutput, EnsembleRunner, RunControl
 
 __all__ = ["EmbeddedEngine"]
@@ -94,7 +94,7 @@ class EmbeddedEngine(Engine):
         """Ready as long as it is open: the sessions were loaded at construction."""
         return self._executor is not None
 
-    async def models(self) -> list[dict[str, Any]]:
+    async def models(self) -> list[ModelInfo]:
         """The ensemble and its step models from the repository's configs."""
         versions = self.runner.versions
         configs = [self.runner.ensemble_config, *self.runner.step_configs.values()]

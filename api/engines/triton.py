@@ -25,6 +25,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from api.engines.base import Engine, EngineUnavailableError, describe_model
+from api.schemas import ModelInfo
 from ich import repository, spec
 from ich.ensemble import EnsembleOutput, check_images, output_from_tensors
 from ich.member_maps import slices_needing_maps
@@ -261,7 +262,7 @@ class TritonEngine(Engine):
             return False
         return True
 
-    async def models(self) -> list[dict[str, Any]]:
+    async def models(self) -> list[ModelInfo]:
         """The ensemble and its step models as the server reports them.
 
         Raises:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from fastapi import APIRouter, Depends
 
 from api.auth import require_api_key
@@ -12,17 +9,9 @@ from api.decision import decision_for
 from api.deps import EngineDep, SettingsDep
 from api.engines import EngineUnavailableError
 from api.errors import service_unavailable
-from api.schemas import ERROR_RESPONSES, ModelInfo, ModelsResponse
+from api.schemas import ERROR_RESPONSES, ModelsResponse
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
-
-
-def _model_info(item: Any) -> ModelInfo:
-    if isinstance(item, ModelInfo):
-        return item
-    if isinstance(item, Mapping):
-        return ModelInfo.model_validate(dict(item))
-    return ModelInfo.model_validate(item, from_attributes=True)
 
 
 @router.get(
@@ -45,5 +34,5 @@ async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsRespons
         input_size=engine.input_size,
         threshold=decision.threshold,
         indeterminate_band=decision.band,
-        models=[_model_info(m) for m in models],
+        models=models,
     )

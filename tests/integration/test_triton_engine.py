@@ -103,20 +103,20 @@ async def test_models_lists_the_ensemble_and_its_steps(triton_server: LocalTrito
         models = await engine.models()
     finally:
         await engine.close()
-    by_name = {m["name"]: m for m in models}
+    by_name = {m.name: m for m in models}
     assert set(by_name) == {
         spec.ENSEMBLE_MODEL,
         spec.WEIGHTING_MODEL,
         spec.PROB_MAX_MODEL,
         *spec.BASE_MODELS.values(),
     }
-    assert by_name[spec.ENSEMBLE_MODEL]["platform"] == "ensemble"
-    assert by_name[spec.BASE_MODELS["sah"]]["platform"] == "python"  # the CPU rendering's runner
-    assert all(m["ready"] for m in models)
-    assert by_name[spec.BASE_MODELS["all"]]["inputs"] == [
+    assert by_name[spec.ENSEMBLE_MODEL].platform == "ensemble"
+    assert by_name[spec.BASE_MODELS["sah"]].platform == "python"  # the CPU rendering's runner
+    assert all(m.ready for m in models)
+    assert [t.model_dump() for t in by_name[spec.BASE_MODELS["all"]].inputs] == [
         {"name": spec.IMAGE, "datatype": "FP32", "shape": [4, TINY_SIZE, TINY_SIZE]}
     ]
-    assert by_name[spec.ENSEMBLE_MODEL]["versions"] == ["1"]
+    assert by_name[spec.ENSEMBLE_MODEL].versions == ["1"]
 
 
 async def test_ready_refuses_a_size_mismatch(triton_server: LocalTriton) -> None:

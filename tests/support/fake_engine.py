@@ -8,11 +8,11 @@ gives 0.49875 (indeterminate). Tests can therefore build studies with a known ex
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import numpy as np
 
 from api.engines.base import Engine, EngineUnavailableError
+from api.schemas import ModelInfo
 from ich import spec
 from ich.ensemble import EnsembleOutput
 
@@ -61,11 +61,10 @@ class FakeEngine(Engine):
     async def ready(self) -> bool:
         return not self.down
 
-    async def models(self) -> list[dict[str, Any]]:
+    async def models(self) -> list[ModelInfo]:
         if self.down:
             raise EngineUnavailableError("fake engine is down")
-        ensemble = {"name": spec.ENSEMBLE_MODEL, "version": "1", "platform": "ensemble", "ready": True}
-        return [ensemble]
+        return [ModelInfo(name=spec.ENSEMBLE_MODEL, version="1", platform="ensemble", ready=True)]
 
     async def close(self) -> None:
         self.closed = True

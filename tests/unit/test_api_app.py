@@ -192,6 +192,34 @@ def test_embedded_models_lists_the_ensemble_and_its_steps(embedded: TestClient) 
     assert embedded.get("/readyz").json()["engine"] == "embedded"
 
 
+def test_models_json_keeps_its_shape_for_every_entry(embedded: TestClient) -> None:
+    """Engines describe models with a typed ``ModelInfo``; the JSON clients read is what DESIGN.md fixes."""
+    body = embedded.get("/v1/models").json()
+    base = next(m for m in body["models"] if m["name"] == spec.BASE_MODELS["all"])
+    assert base == {
+        "name": spec.BASE_MODELS["all"],
+        "version": "1",
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "ready": True,
+        "max_batch_size": 2,
+        "inputs": [{"name": spec.IMAGE, "datatype": "FP32", "shape": [4, TINY_SIZE, TINY_SIZE]}],
+        "outputs": [{"name": spec.PROB, "datatype": "FP32", "shape": [1, TINY_SIZE, TINY_SIZE]}],
+    }
+    with TestClient(create_app(Settings(), engine=FakeEngine())) as client:
+        (entry,) = client.get("/v1/models").json()["models"]
+    assert entry == {
+        "name": spec.ENSEMBLE_MODEL,
+        "version": "1",
+        "versions": [],
+        "platform": "ensemble",
+        "ready": True,
+        "max_batch_size": None,
+        "inputs": [],
+        "outputs": [],
+    }
+
+
 def test_missing_repository_fails_at_start_up(tmp_path: Path) -> None:
     app = create_app(Settings(model_repository=tmp_path / "nothing"))
     with pytest.raises(Exception, match="nothing"), TestClient(app):

@@ -56,13 +56,13 @@ async def test_embedded_models_describe_configs(tiny_repo: Path) -> None:
         models = await engine.models()
     finally:
         await engine.close()
-    by_name = {m["name"]: m for m in models}
+    by_name = {m.name: m for m in models}
     steps = {spec.WEIGHTING_MODEL, spec.PROB_MAX_MODEL, *spec.BASE_MODELS.values()}
     assert set(by_name) == {spec.ENSEMBLE_MODEL, *steps}
     weighting = by_name[spec.WEIGHTING_MODEL]
-    assert weighting["platform"] == "onnxruntime_onnx"
-    assert weighting["versions"] == ["1"]
-    assert {o["name"]: o["shape"] for o in weighting["outputs"]} == {
+    assert weighting.platform == "onnxruntime_onnx"
+    assert weighting.versions == ["1"]
+    assert {o.name: o.shape for o in weighting.outputs} == {
         "WEIGHTS": [5],
         "FUSED": [1, SIZE, SIZE],
         "SLICE_PROB": [1],
