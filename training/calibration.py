@@ -5,7 +5,7 @@ on it): scores of training cases are overconfident, and a calibration or thresho
 too. The fitted maps are the runtime classes of :mod:`ich.calibration`, so the gateway applies exactly what
 was fitted here, without scikit-learn.
 
-Conventions (shared with :mod:`ich.metrics`):
+Conventions (shared with :mod:`training.metrics`):
 
 * A case is called positive when ``score >= threshold``.
 * Calibration quality uses ``n_bins`` equal-width bins on [0, 1], binned like scikit-learn's

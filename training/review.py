@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ich.agreement import (
+from ich.spec import INDETERMINATE_BAND
+from training.agreement import (
     CaseConsensus,
     ConsensusStatus,
     binary_scores,
@@ -42,7 +43,6 @@ from ich.agreement import (
     majority_consensus,
     validate_majority,
 )
-from ich.spec import INDETERMINATE_BAND
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ich import metrics, spec
+from ich import spec
 from ich.scoring import FEATURES, NO_LESION_SCORE
+from training import metrics
 from training.case_model import (
     DecisionTargets,
     ScoredCase,

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ich import metrics
+from training import metrics
 from training.baselines.networks import ARCHITECTURES
 from training.oof_report import _auc, _case_max, _delong, _dice, _num, _proportion
 from training.records import _read_csv

@@ -3,7 +3,9 @@
 The difficult-case study (paper section 2.3) has several experts re-read the cases the model or the original
 annotators found hard, measures every reader and the model, and settles a revised ground truth by majority
 vote. This module holds the arithmetic of that study so that it can be tested on its own; the command line
-(`ich-model review`) only reads files and writes reports. numpy only: the review must not import torch.
+(`ich-model review`) only reads files and writes reports. Fleiss' kappa is statsmodels' and the confusion
+counts scikit-learn's, behind checks that name what is wrong with the input; the review must not import
+torch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
+from sklearn.metrics import confusion_matrix
+from statsmodels.stats.inter_rater import fleiss_kappa as _statsmodels_fleiss_kappa
 
 __all__ = [
     "BinaryScores",
@@ -29,7 +33,7 @@ __all__ = [
 
 
 def fleiss_kappa(table: npt.ArrayLike) -> float:
-    """Fleiss' kappa of a subjects x categories table of rating counts.
+    """Fleiss' kappa of a subjects x categories table of rating counts (statsmodels, ``method="fleiss"``).
 
     Fleiss (1971) generalises Scott's pi to any fixed number of raters per subject; raters need not be the
     same people for every subject, only the same number. Row ``i`` counts how many raters put subject ``i``
@@ -46,28 +50,26 @@ def fleiss_kappa(table: npt.ArrayLike) -> float:
         ValueError: the table is not 2-D, is empty, has negative or non-integer counts, rows with different
             sums, or fewer than two raters per subject.
     """
+    counts = _rating_counts(table)
+    if np.count_nonzero(counts.sum(axis=0)) == 1:
+        return math.nan
+    return float(_statsmodels_fleiss_kappa(counts, method="fleiss"))
+
+
+def _rating_counts(table: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The table as float counts, checked for what Fleiss' kappa assumes."""
     counts = np.asarray(table, dtype=np.float64)
     if counts.ndim != 2 or counts.shape[0] == 0 or counts.shape[1] == 0:
         raise ValueError(f"table must be a non-empty 2-D subjects x categories array, not {counts.shape}")
     if not np.all(np.isfinite(counts)) or np.any(counts < 0) or np.any(counts != np.round(counts)):
         raise ValueError("table must hold non-negative integer counts")
     raters = counts.sum(axis=1)
-    n = raters[0]
-    if np.any(raters != n):
+    if np.any(raters != raters[0]):
         sums = sorted({int(r) for r in raters})
         raise ValueError(f"every subject needs the same number of ratings, got row sums {sums}")
-    if n < 2:
-        raise ValueError(f"Fleiss' kappa needs at least two ratings per subject, got {int(n)}")
-    subjects = counts.shape[0]
-    # Observed agreement: the share of agreeing rater pairs per subject, averaged over subjects.
-    p_subject = (np.sum(counts * counts, axis=1) - n) / (n * (n - 1))
-    p_bar = float(np.mean(p_subject))
-    # Chance agreement from the overall share of each category.
-    p_category = counts.sum(axis=0) / (subjects * n)
-    p_e = float(np.sum(p_category * p_category))
-    if math.isclose(p_e, 1.0):
-        return math.nan
-    return (p_bar - p_e) / (1.0 - p_e)
+    if raters[0] < 2:
+        raise ValueError(f"Fleiss' kappa needs at least two ratings per subject, got {int(raters[0])}")
+    return counts
 
 
 def binary_table(votes_positive: npt.ArrayLike, raters: int) -> npt.NDArray[np.int64]:
@@ -124,8 +126,8 @@ def _rate(numerator: int, denominator: int) -> float | None:
 def binary_scores(truth: npt.ArrayLike, predicted: npt.ArrayLike) -> BinaryScores:
     """Score binary calls (readers' reads or thresholded model output) against a binary truth.
 
-    Kept here rather than borrowed from ``ich/metrics.py`` because the review scores readers, whose calls
-    are labels, not probabilities, and needs the confusion counts and undefined-rate handling above.
+    The review scores readers, whose calls are labels, not probabilities; a rate with no case to count is
+    ``None`` (see :class:`BinaryScores`).
 
     Args:
         truth: 0/1 ground truth per case.
@@ -141,12 +143,8 @@ def binary_scores(truth: npt.ArrayLike, predicted: npt.ArrayLike) -> BinaryScore
     for name, arr in (("truth", t), ("predicted", p)):
         if not np.all(np.isin(arr, (0, 1))):
             raise ValueError(f"{name} must hold only 0 and 1")
-    t_pos = t == 1
-    p_pos = p == 1
-    tp = int(np.sum(t_pos & p_pos))
-    fp = int(np.sum(~t_pos & p_pos))
-    tn = int(np.sum(~t_pos & ~p_pos))
-    fn = int(np.sum(t_pos & ~p_pos))
+    counts = confusion_matrix(t, p, labels=[0, 1]) if t.size else np.zeros((2, 2), dtype=np.int64)
+    tn, fp, fn, tp = (int(v) for v in counts.ravel())
     return BinaryScores(
         accuracy=_rate(tp + tn, t.size),
         sensitivity=_rate(tp, tp + fn),
