@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -21,7 +21,7 @@ from api.admission import CaseAdmission
 from api.auth import ApiKeyVerifier, load_key_digests
 from api.decision import decision_for
 from api.deps import Engine
-from api.dicom_node import DicomNode, start_dicom_node
+from api.dicom_node import start_dicom_node
 from api.engines import create_engine
 from api.errors import RequestContextMiddleware, error_response, install_error_handlers, request_id_of
 from api.log_redaction import DICOM_LIBRARY_LOGGERS
@@ -32,7 +32,7 @@ from api.routers import cases, dicomweb, health, models, studies, study_results
 from api.routers.docs import install_offline_docs
 from api.routers.viewer import install_viewer
 from api.settings import Settings, get_settings
-from api.study_queue import JobQueue, start_job_queue
+from api.study_queue import start_job_queue
 from api.upload import UploadBudget
 from ich.dicom_node import DicomMetrics
 from ich.errors import IntakeError
@@ -110,54 +110,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     settings = settings or get_settings()
     keys = ApiKeyVerifier(load_key_digests(settings.api_keys_file)) if settings.api_keys_file else None
     metrics = GatewayMetrics()
-    job_metrics = JobMetrics(metrics.registry)
-    dicom_metrics = DicomMetrics(metrics.registry)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Every job writes DICOM (SEG, SR, key image); below WARNING these libraries log UIDs.
-        for name in DICOM_LIBRARY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
-        executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ich-work")
-        current = engine
-        jobs: JobQueue | None = None
-        dicom: DicomNode | None = None
-        try:
-            if current is None:
-                # Loading ONNX sessions takes seconds: off the loop, though nothing else runs yet.
-                current = await asyncio.get_running_loop().run_in_executor(executor, _make_engine, settings)
-            _check_input_size(settings, current)
-            await _warm_up(current, executor)
-            app.state.executor = executor
-            app.state.engine = current
-            metrics.watch_engine(current)
-            jobs = await start_job_queue(settings, current, executor, metrics, job_metrics)
-            app.state.jobs = jobs
-            dicom = await start_dicom_node(settings, jobs.store, jobs.wake, dicom_metrics)
-            app.state.dicom = dicom
-            logger.info(
-                "serving model %s with the %s engine (input %d, threshold %.2f, API keys %s)",
-                current.model_version, current.name, current.input_size, decision_for(settings).threshold,
-                "on" if keys else "off",
-            )
-            yield
-        finally:
-            app.state.dicom = None
-            if dicom is not None:  # before the queue: no study is handed to a closing store
-                await dicom.close()
-            app.state.jobs = None
-            if jobs is not None:  # before the engine: running jobs are released, not failed
-                await jobs.close()
-            app.state.engine = None
-            if engine is None and current is not None:  # only the engine made here is ours to close
-                await current.close()
-            executor.shutdown(wait=False, cancel_futures=True)
-
     app = FastAPI(
         title="ICH ensemble",
         version="0.1.0",
         description=DESCRIPTION,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, engine, keys, metrics),
         docs_url=None,  # /docs and /redoc come from install_offline_docs: no CDN
         redoc_url=None,
     )
@@ -172,16 +129,84 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     metrics.watch_admission(app.state.admission)
     app.state.upload_budget = UploadBudget(settings.max_upload_buffer_bytes, settings.retry_after_s)
+    _install_routes(app, metrics)
+    return app
+
+
+def _install_routes(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """Error handlers, the request-context middleware, the routers, the viewer and the offline docs."""
     install_error_handlers(app)
     app.add_exception_handler(IntakeError, _intake_error_handler)
     app.add_middleware(RequestContextMiddleware, on_response=metrics.observe_http)
-    app.include_router(health.router)
-    app.include_router(cases.router)
-    app.include_router(models.router)
-    app.include_router(studies.router)
-    app.include_router(study_results.router)
-    app.include_router(dicomweb.router)
+    for router in (health, cases, models, studies, study_results, dicomweb):
+        app.include_router(router.router)
     install_error_schema(app)
     install_viewer(app)
     install_offline_docs(app)
-    return app
+
+
+def _lifespan(
+    settings: Settings, engine: Engine | None, keys: ApiKeyVerifier | None, metrics: GatewayMetrics
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The gateway's lifespan: the thread pool, the engine, the job queue and the DICOM node, in that order.
+
+    They are closed in the opposite order, each once it has started: the DICOM node before the queue (no
+    study is handed to a closing store), the queue before the engine (running jobs are released, not
+    failed), and only an engine made here (one passed in belongs to the caller).
+    """
+    job_metrics = JobMetrics(metrics.registry)
+    dicom_metrics = DicomMetrics(metrics.registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Every job writes DICOM (SEG, SR, key image); below WARNING these libraries log UIDs.
+        for name in DICOM_LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        async with AsyncExitStack() as stack:
+            executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ich-work")
+            stack.callback(executor.shutdown, wait=False, cancel_futures=True)
+            current = await _open_engine(settings, engine, executor, stack)
+            app.state.executor = executor
+            _serve(app, stack, "engine", current)
+            metrics.watch_engine(current)
+            jobs = await start_job_queue(settings, current, executor, metrics, job_metrics)
+            stack.push_async_callback(jobs.close)
+            _serve(app, stack, "jobs", jobs)
+            dicom = await start_dicom_node(settings, jobs.store, jobs.wake, dicom_metrics)
+            stack.push_async_callback(dicom.close)
+            _serve(app, stack, "dicom", dicom)
+            _log_serving(settings, current, keys)
+            yield
+
+    return lifespan
+
+
+def _serve(app: FastAPI, stack: AsyncExitStack, name: str, service: object) -> None:
+    """``service`` in ``app.state`` under ``name`` until the stack unwinds (taken away before it closes)."""
+    setattr(app.state, name, service)
+    stack.callback(setattr, app.state, name, None)
+
+
+async def _open_engine(
+    settings: Settings, engine: Engine | None, executor: ThreadPoolExecutor, stack: AsyncExitStack
+) -> Engine:
+    """The caller's engine, else one made from the settings and closed with the stack; checked, warmed up."""
+    current = engine
+    if current is None:
+        # Loading ONNX sessions takes seconds: off the loop, though nothing else runs yet.
+        current = await asyncio.get_running_loop().run_in_executor(executor, _make_engine, settings)
+        stack.push_async_callback(current.close)
+    _check_input_size(settings, current)
+    await _warm_up(current, executor)
+    return current
+
+
+def _log_serving(settings: Settings, engine: Engine, keys: ApiKeyVerifier | None) -> None:
+    logger.info(
+        "serving model %s with the %s engine (input %d, threshold %.2f, API keys %s)",
+        engine.model_version,
+        engine.name,
+        engine.input_size,
+        decision_for(settings).threshold,
+        "on" if keys else "off",
+    )
