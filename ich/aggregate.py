@@ -148,12 +148,7 @@ def aggregate(
         ValueError: shapes that do not match each other or the volume, non-finite probabilities, or
             settings out of range.
     """
-    threshold = (case_model.threshold if case_model else 0.5) if threshold is None else threshold
-    band = (case_model.band if case_model else spec.INDETERMINATE_BAND) if band is None else band
-    _check_probability("threshold", threshold)
-    low, high = (float(b) for b in band)
-    if not (0.0 <= low <= high <= 1.0):
-        raise ValueError(f"band must satisfy 0 <= low <= high <= 1, got {band!r}")
+    threshold, (low, high) = _decision(case_model, threshold, band)
     slice_prob, fused, weights, model_max = _checked(output, volume)
     n, size = int(slice_prob.shape[0]), int(fused.shape[2])
     if images.shape != (n, spec.IN_CHANNELS, size, size):
@@ -165,21 +160,6 @@ def aggregate(
     pixel_mm = model_pixel_mm(volume.pixel_spacing_mm, (height, width), size)
     scored = score_case(fused, probs, slice_prob, images, pixel_mm, voxel_volume_ml(volume, size), case_model)
     source = resize_mask_to_source(kept_map(fused, scored.mask), (height, width))
-    per_slice_ml = [
-        source_volume_ml(source[i], volume.pixel_spacing_mm, volume.slice_thickness_mm) for i in range(n)
-    ]
-    slices = [
-        SliceFinding(
-            index=i,
-            sop_instance_uid=str(volume.sop_instance_uids[i]),
-            probability=float(slice_prob[i]),
-            model_probabilities={key: float(model_max[key][i]) for key in spec.MODEL_KEYS},
-            weights={key: float(weights[i, j]) for j, key in enumerate(spec.MODEL_KEYS)},
-            hemorrhage_volume_ml=per_slice_ml[i],
-            subtypes=None if scored.subtypes is None else dict(scored.subtypes.slices[i]),
-        )
-        for i in range(n)
-    ]
     # Compare in float32, the models' precision: a probability of float32(0.7) meets a threshold of 0.7.
     f32 = np.float32
     prob = f32(scored.ich_probability)
@@ -192,7 +172,7 @@ def aggregate(
         indeterminate_band=(low, high),
         hemorrhage_volume_ml=source_volume_ml(source, volume.pixel_spacing_mm, volume.slice_thickness_mm),
         voxel_volume_ml=voxel_volume_ml(volume, size),
-        slices=slices,
+        slices=_slice_findings(volume, slice_prob, weights, model_max, source, scored),
         mask=scored.mask,
         source_mask=source,
         lesions=scored.lesions,
@@ -200,6 +180,44 @@ def aggregate(
         uncertainty=scored.uncertainty,
         subtypes=None if scored.subtypes is None else dict(scored.subtypes.case),
     )
+
+
+def _decision(
+    case_model: CaseModel | None, threshold: float | None, band: tuple[float, float] | None
+) -> tuple[float, tuple[float, float]]:
+    """The threshold and indeterminate band in force: those given, else the case model's, else the paper's."""
+    threshold = (case_model.threshold if case_model else 0.5) if threshold is None else threshold
+    band = (case_model.band if case_model else spec.INDETERMINATE_BAND) if band is None else band
+    _check_probability("threshold", threshold)
+    low, high = (float(b) for b in band)
+    if not (0.0 <= low <= high <= 1.0):
+        raise ValueError(f"band must satisfy 0 <= low <= high <= 1, got {band!r}")
+    return threshold, (low, high)
+
+
+def _slice_findings(
+    volume: VolumeGeometry,
+    slice_prob: np.ndarray,
+    weights: np.ndarray,
+    model_max: dict[str, np.ndarray],
+    source: np.ndarray,
+    scored: CaseScore,
+) -> list[SliceFinding]:
+    """One finding per slice, in the volume's order; the volume measured on the source-matrix mask."""
+    return [
+        SliceFinding(
+            index=i,
+            sop_instance_uid=str(volume.sop_instance_uids[i]),
+            probability=float(slice_prob[i]),
+            model_probabilities={key: float(model_max[key][i]) for key in spec.MODEL_KEYS},
+            weights={key: float(weights[i, j]) for j, key in enumerate(spec.MODEL_KEYS)},
+            hemorrhage_volume_ml=source_volume_ml(
+                source[i], volume.pixel_spacing_mm, volume.slice_thickness_mm
+            ),
+            subtypes=None if scored.subtypes is None else dict(scored.subtypes.slices[i]),
+        )
+        for i in range(int(slice_prob.shape[0]))
+    ]
 
 
 def _checked(
