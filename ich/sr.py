@@ -111,45 +111,30 @@ class ReportValues:
             raise ValueError(f"hemorrhage_volume_ml must be >= 0, got {self.hemorrhage_volume_ml!r}")
 
 
-def _group_content(
-    values: ReportValues, algorithm: hd.sr.AlgorithmIdentification
-) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
+def _measurements(values: ReportValues, algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+    """Volume (mL), probability, threshold, then the uncertainty and subtype probabilities that exist."""
+
+    def measured(name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcept) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=algorithm)
+
     measurements = [
-        hd.sr.Measurement(
-            name=codes.SCT.Volume,
-            value=float(values.hemorrhage_volume_ml),
-            unit=MILLILITER,
-            algorithm_id=algorithm,
-        ),
-        hd.sr.Measurement(
-            name=PROBABILITY,
-            value=float(values.ich_probability),
-            unit=codes.UCUM.NoUnits,
-            algorithm_id=algorithm,
-        ),
-        hd.sr.Measurement(
-            name=THRESHOLD, value=float(values.threshold), unit=codes.UCUM.NoUnits, algorithm_id=algorithm
-        ),
+        measured(codes.SCT.Volume, values.hemorrhage_volume_ml, MILLILITER),
+        measured(PROBABILITY, values.ich_probability, codes.UCUM.NoUnits),
+        measured(THRESHOLD, values.threshold, codes.UCUM.NoUnits),
     ]
     if values.uncertainty is not None:
-        measurements.append(
-            hd.sr.Measurement(
-                name=UNCERTAINTY,
-                value=float(values.uncertainty),
-                unit=codes.UCUM.NoUnits,
-                algorithm_id=algorithm,
-            )
-        )
+        measurements.append(measured(UNCERTAINTY, values.uncertainty, codes.UCUM.NoUnits))
     # a subtype the model does not measure is left out rather than written as a number nobody measured
     for name, concept in SUBTYPE_PROBABILITY.items():
         value = (values.subtypes or {}).get(name)
         if value is not None:
-            measurements.append(
-                hd.sr.Measurement(
-                    name=concept, value=float(value), unit=codes.UCUM.NoUnits, algorithm_id=algorithm
-                )
-            )
-    evaluations = [
+            measurements.append(measured(concept, value, codes.UCUM.NoUnits))
+    return measurements
+
+
+def _evaluations(values: ReportValues) -> list[hd.sr.QualitativeEvaluation]:
+    """Hemorrhage present or absent, and whether the case is indeterminate."""
+    return [
         hd.sr.QualitativeEvaluation(
             name=HEMORRHAGE, value=codes.SCT.Present if values.ich_detected else codes.SCT.Absent
         ),
@@ -157,7 +142,78 @@ def _group_content(
             name=INDETERMINATE, value=codes.SCT.Yes if values.indeterminate else codes.SCT.No
         ),
     ]
-    return measurements, evaluations
+
+
+#: TID 1501 (no SEG) or TID 1411 (a SEG's segment).
+_Group = (
+    hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+)
+
+
+def _measurement_group(
+    values: ReportValues,
+    algorithm: hd.sr.AlgorithmIdentification,
+    tracking_uid: str,
+    segmentation: Dataset | None,
+    source_series_uid: str,
+) -> _Group:
+    """TID 1501, or TID 1411 referencing the SEG's segment 1 when there is a SEG."""
+    common = {
+        "tracking_identifier": hd.sr.TrackingIdentifier(
+            uid=tracking_uid, identifier="ICH ensemble: intracranial hemorrhage"
+        ),
+        "finding_type": HEMORRHAGE,
+        "finding_sites": [hd.sr.FindingSite(anatomic_location=codes.SCT.Brain)],
+        "algorithm_id": algorithm,
+        "measurements": _measurements(values, algorithm),
+        "qualitative_evaluations": _evaluations(values),
+    }
+    if segmentation is None:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(**common)  # type: ignore[arg-type]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        # Named explicitly: highdicom's from_segmentation expects the segment in every frame's
+        # functional groups, where a one-segment SEG keeps it in the shared ones.
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=str(segmentation.SOPClassUID),
+            sop_instance_uid=str(segmentation.SOPInstanceUID),
+            segment_number=1,
+            source_series=hd.sr.SourceSeriesForSegmentation(source_series_uid),
+        ),
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _observation_context(manufacturer: str, model_version: str) -> hd.sr.ObservationContext:
+    """The software as the observing device."""
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=_DEVICE_UID, name="ICH ensemble", manufacturer_name=manufacturer, model_name=model_version
+        ),
+    )
+    return hd.sr.ObservationContext(observer_device_context=observer)
+
+
+def _not_for_clinical_use_remark() -> hd.sr.ContainerContentItem:
+    """The document-level "Qualitative Evaluations" container holding the research-software text."""
+    remark = hd.sr.ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
+    remark.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.DCM.Comment, value=NOT_FOR_CLINICAL_USE_TEXT, relationship_type="CONTAINS"
+            )
+        ]
+    )
+    return remark
+
+
+def _check_sources(source_images: Sequence[Dataset], model_version: str) -> None:
+    if not source_images:
+        raise ValueError("source_images is empty")
+    if len({str(ds.StudyInstanceUID) for ds in source_images}) != 1:
+        raise ValueError("source images come from more than one study")
+    if not model_version:
+        raise ValueError("model_version must be a non-empty string")
 
 
 def build_measurement_report(
@@ -188,63 +244,21 @@ def build_measurement_report(
     Raises:
         ValueError: no source images, images of several studies, or an empty model version.
     """
-    if not source_images:
-        raise ValueError("source_images is empty")
-    if len({str(ds.StudyInstanceUID) for ds in source_images}) != 1:
-        raise ValueError("source images come from more than one study")
-    if not model_version:
-        raise ValueError("model_version must be a non-empty string")
-    evidence: list[Dataset] = completed_headers(source_images)
+    _check_sources(source_images, model_version)
     algorithm = hd.sr.AlgorithmIdentification(name=spec.ENSEMBLE_MODEL, version=model_version)
-    tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier="ICH ensemble: intracranial hemorrhage")
-    measurements, evaluations = _group_content(values, algorithm)
-    common = {
-        "tracking_identifier": tracking,
-        "finding_type": HEMORRHAGE,
-        "finding_sites": [hd.sr.FindingSite(anatomic_location=codes.SCT.Brain)],
-        "algorithm_id": algorithm,
-        "measurements": measurements,
-        "qualitative_evaluations": evaluations,
-    }
-    group: (
-        hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-    )
-    if segmentation is not None:
-        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            # Named explicitly: highdicom's from_segmentation expects the segment in every frame's
-            # functional groups, where a one-segment SEG keeps it in the shared ones.
-            referenced_segment=hd.sr.ReferencedSegment(
-                sop_class_uid=str(segmentation.SOPClassUID),
-                sop_instance_uid=str(segmentation.SOPInstanceUID),
-                segment_number=1,
-                source_series=hd.sr.SourceSeriesForSegmentation(str(source_images[0].SeriesInstanceUID)),
-            ),
-            **common,  # type: ignore[arg-type]
-        )
-        evidence.append(segmentation)
-    else:
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(**common)  # type: ignore[arg-type]
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=_DEVICE_UID, name="ICH ensemble", manufacturer_name=manufacturer, model_name=model_version
-        ),
+    group = _measurement_group(
+        values, algorithm, tracking_uid, segmentation, str(source_images[0].SeriesInstanceUID)
     )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=_observation_context(manufacturer, model_version),
         procedure_reported=CT_OF_HEAD,
         imaging_measurements=[group],
     )
-    remark = hd.sr.ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
-    remark.ContentSequence = hd.sr.ContentSequence(
-        [
-            hd.sr.TextContentItem(
-                name=codes.DCM.Comment, value=NOT_FOR_CLINICAL_USE_TEXT, relationship_type="CONTAINS"
-            )
-        ]
-    )
-    report[0].ContentSequence.append(remark)
-    sr = hd.sr.Comprehensive3DSR(
+    report[0].ContentSequence.append(_not_for_clinical_use_remark())
+    evidence: list[Dataset] = completed_headers(source_images)
+    if segmentation is not None:
+        evidence.append(segmentation)
+    return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
         series_instance_uid=series_instance_uid,
@@ -260,4 +274,3 @@ def build_measurement_report(
         content_qualification="RESEARCH",
         coding_schemes=[CODING_SCHEME],
     )
-    return sr
