@@ -209,6 +209,62 @@ def _register_shared_arena() -> None:
         _shared_arena_registered = True
 
 
+def _read_ensemble(root: Path) -> tuple[mc.ModelConfig, list[mc.ModelEnsembling.Step]]:
+    """The ensemble's config and its steps in run order, once every file they need is there and intact.
+
+    Raises:
+        RepositoryError: a config or ONNX file is missing (all listed), or the files differ from
+            ``SHA256SUMS``.
+    """
+    ensemble = repository.read_config(repository.config_path(root, spec.ENSEMBLE_MODEL))
+    ordered = _order_steps(ensemble)
+    names = list(dict.fromkeys(step.model_name for step in ordered))
+    problems = repository.missing_files(root, names)
+    if problems:
+        raise RepositoryError(f"model repository {root} is incomplete: " + "; ".join(problems))
+    verify_manifest(root)  # a swapped or damaged ONNX file loads and infers without complaint
+    return ensemble, ordered
+
+
+def _load_steps(
+    root: Path,
+    ordered: list[mc.ModelEnsembling.Step],
+    options: ort.SessionOptions,
+    providers: list[str | tuple[str, dict[str, str]]],
+) -> tuple[list[_Step], dict[str, mc.ModelConfig], dict[str, str]]:
+    """One session per model and version the steps call (shared by steps that call the same one), each
+    checked against its config; the steps, the models' configs and the version directory each came from.
+
+    Raises:
+        RepositoryError: a model's ONNX graph does not have the tensors its config declares.
+    """
+    sessions: dict[tuple[str, int], ort.InferenceSession] = {}
+    step_configs: dict[str, mc.ModelConfig] = {}
+    steps: list[_Step] = []
+    versions: dict[str, str] = {}
+    for step in ordered:
+        config = step_configs.get(step.model_name) or repository.read_config(
+            repository.config_path(root, step.model_name)
+        )
+        step_configs[step.model_name] = config
+        key = (step.model_name, int(step.model_version))
+        if key not in sessions:
+            path = repository.step_model_file(root, step.model_name, int(step.model_version))
+            versions[step.model_name] = path.parent.name
+            logger.info("loading %s from %s", step.model_name, path)
+            sessions[key] = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        _check_step(step, config, sessions[key])
+        steps.append(
+            _Step(
+                model_name=step.model_name,
+                session=sessions[key],
+                input_map=dict(step.input_map),
+                output_map=dict(step.output_map),
+            )
+        )
+    return steps, step_configs, versions
+
+
 def _session_options(intra_op_threads: int | None) -> ort.SessionOptions:
     _register_shared_arena()
     options = ort.SessionOptions()
@@ -301,43 +357,10 @@ class EnsembleRunner:
                 its config declares.
         """
         root = Path(root)
-        ensemble = repository.read_config(repository.config_path(root, spec.ENSEMBLE_MODEL))
-        ordered = _order_steps(ensemble)
-        names = list(dict.fromkeys(step.model_name for step in ordered))
-        problems = repository.missing_files(root, names)
-        if problems:
-            raise RepositoryError(f"model repository {root} is incomplete: " + "; ".join(problems))
-        verify_manifest(root)  # a swapped or damaged ONNX file loads and infers without complaint
-
-        options = _session_options(intra_op_threads)
-        sessions: dict[tuple[str, int], ort.InferenceSession] = {}
-        step_configs: dict[str, mc.ModelConfig] = {}
-        steps: list[_Step] = []
-        versions: dict[str, str] = {}
-        for step in ordered:
-            config = step_configs.get(step.model_name) or repository.read_config(
-                repository.config_path(root, step.model_name)
-            )
-            step_configs[step.model_name] = config
-            key = (step.model_name, int(step.model_version))
-            if key not in sessions:
-                path = repository.step_model_file(root, step.model_name, int(step.model_version))
-                versions[step.model_name] = path.parent.name
-                logger.info("loading %s from %s", step.model_name, path)
-                sessions[key] = ort.InferenceSession(
-                    str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-                )
-            session = sessions[key]
-            _check_step(step, config, session)
-            steps.append(
-                _Step(
-                    model_name=step.model_name,
-                    session=session,
-                    input_map=dict(step.input_map),
-                    output_map=dict(step.output_map),
-                )
-            )
-
+        ensemble, ordered = _read_ensemble(root)
+        steps, step_configs, versions = _load_steps(
+            root, ordered, _session_options(intra_op_threads), list(providers or ["CPUExecutionProvider"])
+        )
         input_size = repository.input_size_of(ensemble)
         batch_limits = [ensemble.max_batch_size, *(c.max_batch_size for c in step_configs.values())]
         if min(batch_limits) <= 0:
