@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -65,6 +65,12 @@ BRAIN_REGION: hd.sr.CodedConcept = hd.sr.CodedConcept(codes.SCT.Brain.value, "SC
 SEGMENT_LABEL = "Hemorrhage"
 
 _DISTRIBUTION = "ich-ensemble"
+#: Manufacturer of the SEG (the software's developer; the SR names the same).
+_MANUFACTURER = "ich-ensemble project"
+#: SeriesNumber of the SEG series: high, so viewers list it after the CT (the SR follows at 9902).
+_SERIES_NUMBER = 9901
+#: DeviceSerialNumber, required by the Enhanced General Equipment module; the software has none.
+_DEVICE_SERIAL_NUMBER = "none"
 _REQUIRED = (
     "SOPClassUID",
     "SOPInstanceUID",
@@ -156,7 +162,9 @@ def software_version() -> str:
         return "0+unknown"
 
 
-def _check_sources(source_images: Sequence[Dataset], mask_shape: tuple[int, ...]) -> None:
+def _check_sources(source_images: Sequence[Dataset], mask_shape: tuple[int, ...], model_version: str) -> None:
+    if not model_version:
+        raise ValueError("model_version must be a non-empty string")
     if len(source_images) == 0:
         raise ValueError("source_images is empty")
     n, height, width = mask_shape
@@ -222,13 +230,7 @@ def build_segmentation(
     mask: np.ndarray,
     *,
     model_version: str,
-    algorithm_name: str = spec.ENSEMBLE_MODEL,
-    manufacturer: str = "ich-ensemble project",
-    manufacturer_model_name: str = _DISTRIBUTION,
-    device_serial_number: str = "none",
-    series_number: int = 9901,
     series_description: str = "ICH ensemble hemorrhage mask",
-    algorithm_parameters: Mapping[str, str] | None = None,
     allow_empty: bool = False,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
@@ -242,14 +244,7 @@ def build_segmentation(
         mask: ``[N, H, W]`` bool lesion mask at the source matrix (``resize_mask_to_source``).
         model_version: the ensemble's version (``model_repository/VERSION``): AlgorithmVersion and one of
             the SoftwareVersions, so a finding can be traced to the weights that made it.
-        algorithm_name: AlgorithmName of the segment (the Triton ensemble's name by default).
-        manufacturer: Manufacturer of the SEG (the software's developer).
-        manufacturer_model_name: ManufacturerModelName (the software).
-        device_serial_number: DeviceSerialNumber (required by the Enhanced General Equipment module; the
-            software has none, hence a placeholder).
-        series_number: SeriesNumber of the new SEG series (high, so viewers list it after the CT).
         series_description: SeriesDescription shown in the PACS series list.
-        algorithm_parameters: extra AlgorithmParameters; the mask threshold is always recorded.
         allow_empty: encode an all-empty mask (every frame) instead of returning None.
         series_instance_uid: the SEG's series UID (default: a new one); a job's SEG takes one derived from
             the job (``ich.dicom_uids.derived_uid``), so that sending it twice does not add a series.
@@ -263,6 +258,37 @@ def build_segmentation(
         ValueError: a mask that is not ``[N, H, W]`` binary, or source images that do not match it or lack
             the attributes listed in the module docstring.
     """
+    arr = _binary_mask(mask)
+    _check_sources(source_images, arr.shape, model_version)
+    if not arr.any() and not allow_empty:
+        return None
+    seg = hd.seg.Segmentation(
+        source_images=completed_headers(source_images),
+        pixel_array=arr,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_hemorrhage_segment(model_version)],
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=_SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=1,
+        manufacturer=_MANUFACTURER,
+        manufacturer_model_name=_DISTRIBUTION,
+        # SoftwareVersions is multi-valued: pydicom takes a list (a tuple is refused for LO), while
+        # highdicom annotates the argument as str or a 1-tuple.
+        software_versions=[software_version(), model_version],  # type: ignore[arg-type]
+        device_serial_number=_DEVICE_SERIAL_NUMBER,
+        content_label="HEMORRHAGE",
+        content_qualification="RESEARCH",  # research software, not a product: not for clinical use
+        content_description="Intracranial hemorrhage, weighted U-Net ensemble",
+        # An empty mask only gets here with allow_empty; say so rather than let highdicom warn and revert.
+        omit_empty_frames=bool(arr.any()),
+    )
+    seg.SeriesDescription = series_description
+    return seg
+
+
+def _binary_mask(mask: np.ndarray) -> np.ndarray:
+    """``mask`` as ``[N, H, W]`` bool; integer 0/1 is accepted, anything else refused."""
     arr = np.asarray(mask)
     if arr.ndim != 3 or 0 in arr.shape:
         raise ValueError(f"mask must be [N, H, W], got shape {arr.shape}")
@@ -270,22 +296,19 @@ def build_segmentation(
         if not np.issubdtype(arr.dtype, np.integer) or not np.isin(arr, (0, 1)).all():
             raise ValueError(f"mask must be bool (or integer 0/1), got dtype {arr.dtype}")
         arr = arr.astype(bool)
-    if not model_version:
-        raise ValueError("model_version must be a non-empty string")
-    _check_sources(source_images, arr.shape)
-    if not arr.any() and not allow_empty:
-        return None
+    return arr
 
-    parameters = {"mask_threshold": f"{spec.MASK_THRESHOLD:g}", "resize": "bilinear map, then threshold"}
-    parameters.update(algorithm_parameters or {})
+
+def _hemorrhage_segment(model_version: str) -> hd.seg.SegmentDescription:
+    """Segment 1, "Hemorrhage" in the brain, found automatically by the ensemble of ``model_version``."""
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=algorithm_name,
+        name=spec.ENSEMBLE_MODEL,
         family=codes.cid7162.ArtificialIntelligence,
         version=model_version,
-        source=manufacturer,
-        parameters=parameters,
+        source=_MANUFACTURER,
+        parameters={"mask_threshold": f"{spec.MASK_THRESHOLD:g}", "resize": "bilinear map, then threshold"},
     )
-    segment = hd.seg.SegmentDescription(
+    return hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=SEGMENT_LABEL,
         segmented_property_category=HEMORRHAGE_CATEGORY,
@@ -295,26 +318,3 @@ def build_segmentation(
         anatomic_regions=[BRAIN_REGION],
         display_color=hd.color.CIELabColor.from_rgb(255, 0, 0),
     )
-    seg = hd.seg.Segmentation(
-        source_images=completed_headers(source_images),
-        pixel_array=arr,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment],
-        series_instance_uid=series_instance_uid or generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=1,
-        manufacturer=manufacturer,
-        manufacturer_model_name=manufacturer_model_name,
-        # SoftwareVersions is multi-valued: pydicom takes a list (a tuple is refused for LO), while
-        # highdicom annotates the argument as str or a 1-tuple.
-        software_versions=[software_version(), model_version],  # type: ignore[arg-type]
-        device_serial_number=device_serial_number,
-        content_label="HEMORRHAGE",
-        content_qualification="RESEARCH",  # research software, not a product: not for clinical use
-        content_description="Intracranial hemorrhage, weighted U-Net ensemble",
-        # An empty mask only gets here with allow_empty; say so rather than let highdicom warn and revert.
-        omit_empty_frames=bool(arr.any()),
-    )
-    seg.SeriesDescription = series_description
-    return seg
