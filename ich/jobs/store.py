@@ -203,6 +203,37 @@ def _job(row: Any, *, with_result: bool) -> Job:
     )
 
 
+def _new_job_row(
+    job_id: str,
+    data: bytes,
+    digest: str,
+    options: Sequence[str],
+    idempotency_key: str | None,
+    origin: str,
+    deliver: bool,
+    error: JobError | None,
+    now: float,
+) -> dict[str, Any]:
+    """The row of a job just submitted: queued, or failed at once with ``error``; delivery pending if so."""
+    queued = error is None
+    return {
+        "id": job_id,
+        "status": QUEUED if queued else FAILED,
+        "idempotency_key": idempotency_key,
+        "payload_sha256": digest,
+        "payload_bytes": len(data),
+        "options": ",".join(sorted(set(options))),
+        "created_at": now,
+        "available_at": now,
+        "finished_at": None if queued else now,
+        "error": None if error is None else json.dumps(error.to_dict()),
+        "attempts": 0,
+        "origin": origin,
+        "delivery_status": DELIVERY_PENDING if deliver and queued else None,
+        "delivery_available_at": now if deliver and queued else None,
+    }
+
+
 class JobStore:
     """The durable queue over one SQLAlchemy engine and one upload store.
 
@@ -259,24 +290,10 @@ class JobStore:
         self.payloads.stage(job_id, data)
         try:
             with self.engine.begin() as connection:
-                connection.execute(
-                    insert(_jobs).values(
-                        id=job_id,
-                        status=QUEUED if error is None else FAILED,
-                        idempotency_key=idempotency_key,
-                        payload_sha256=digest,
-                        payload_bytes=len(data),
-                        options=",".join(sorted(set(options))),
-                        created_at=now,
-                        available_at=now,
-                        finished_at=None if error is None else now,
-                        error=None if error is None else json.dumps(error.to_dict()),
-                        attempts=0,
-                        origin=origin,
-                        delivery_status=DELIVERY_PENDING if deliver and error is None else None,
-                        delivery_available_at=now if deliver and error is None else None,
-                    )
+                row = _new_job_row(
+                    job_id, data, digest, options, idempotency_key, origin, deliver, error, now
                 )
+                connection.execute(insert(_jobs).values(**row))
                 self.payloads.put(connection, job_id, data)
         except IntegrityError:
             self.payloads.discard(job_id)
