@@ -92,24 +92,7 @@ def build_key_image(
     Raises:
         ValueError: shapes that do not match the header's matrix, or a header without what is needed.
     """
-    missing = [
-        kw
-        for kw in (
-            "SOPClassUID",
-            "SOPInstanceUID",
-            "StudyInstanceUID",
-            "ImageOrientationPatient",
-            "PixelSpacing",
-        )
-        if source.get(kw) in (None, "")
-    ]
-    if missing:
-        raise ValueError(f"the source slice lacks attributes a key image needs: {missing}")
-    hu = np.asarray(hu_slice)
-    if hu.shape != (int(source.Rows), int(source.Columns)):
-        raise ValueError(
-            f"hu_slice is {hu.shape} but the source slice is {int(source.Rows)}x{int(source.Columns)}"
-        )
+    hu = _checked_slice(source, hu_slice)
     orientation = [float(v) for v in source.ImageOrientationPatient]
     picture = burn_in(overlay_rgb(hu, mask_slice), lines, right_marker=left_edge_marker(orientation))
     spacing = tuple(float(v) for v in source.PixelSpacing)
@@ -130,6 +113,35 @@ def build_key_image(
         series_description="ICH ensemble key image - NOT FOR CLINICAL USE",
         software_versions=[software_version(), model_version],
     )
+    _declare_derivation(image, source)
+    return image
+
+
+#: What a key image needs of its source slice's header.
+_SOURCE_ATTRIBUTES = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+)
+
+
+def _checked_slice(source: Dataset, hu_slice: np.ndarray) -> np.ndarray:
+    """The slice's HU, checked against its header (the attributes needed, the matrix)."""
+    missing = [kw for kw in _SOURCE_ATTRIBUTES if source.get(kw) in (None, "")]
+    if missing:
+        raise ValueError(f"the source slice lacks attributes a key image needs: {missing}")
+    hu = np.asarray(hu_slice)
+    if hu.shape != (int(source.Rows), int(source.Columns)):
+        raise ValueError(
+            f"hu_slice is {hu.shape} but the source slice is {int(source.Rows)}x{int(source.Columns)}"
+        )
+    return hu
+
+
+def _declare_derivation(image: hd.sc.SCImage, source: Dataset) -> None:
+    """Burned-in text declared, the source slice referenced, how the picture was made said."""
     image.BurnedInAnnotation = "YES"
     image.ImageComments = "NOT FOR CLINICAL USE: research software, most certain hemorrhage slice outlined"
     reference = Dataset()
@@ -137,4 +149,3 @@ def build_key_image(
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
     image.SourceImageSequence = DicomSequence([reference])
     image.DerivationDescription = "CT slice in the brain window, lesion mask outlined, text burned in"
-    return image
