@@ -25,6 +25,7 @@ from dicomweb_client import DICOMwebClient
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from ich.dicom_node.background import RepeatingTask
 from ich.dicom_node.metrics import DicomMetrics
 from ich.jobs import JobError, JobStore
 
@@ -214,35 +215,28 @@ class ResultsDelivery:
         self.send = send
         self.config = config
         self.metrics = metrics or DicomMetrics()
-        self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._loop = RepeatingTask("ich-results-delivery", "results delivery", self._deliver_due, self._idle)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ich-results-delivery")
+        self._loop.start()
 
     def wake(self) -> None:
         """Look for due deliveries now (a job just finished)."""
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                while await self.deliver_one():
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the store hiccupped: log, wait, go on
-                logger.error("results delivery error %s", type(exc).__name__)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_s)
+    async def _idle(self) -> None:
+        """Until :meth:`wake` or ``poll_s``, whichever comes first (a wake during a round counts)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_s)
+        self._wake.clear()
+
+    async def _deliver_due(self) -> None:
+        while await self.deliver_one():
+            pass
 
     async def deliver_one(self) -> bool:
         """Send one due delivery; False when none was due."""

@@ -257,29 +257,51 @@ def inspect_instance(
         raise InstanceRefusedError(
             Status.OUT_OF_RESOURCES, f"the instance exceeds the limit of {max_bytes} bytes"
         )
+    syntax, ds, values = _parse(data, max_bytes)
+    _check_announced(values, announced_sop_class, announced_sop_instance)
+    sop_class = values["SOPClassUID"]
+    if sop_class in DISCARDED_SOP_CLASSES:
+        return None
+    if sop_class not in STORED_SOP_CLASSES:
+        raise InstanceRefusedError(Status.SOP_CLASS_NOT_SUPPORTED, "not a CT image storage SOP class")
+    _check_pixels(ds, syntax, max_bytes)
+    return ReceivedInstance(
+        study_uid=values["StudyInstanceUID"],
+        series_uid=values["SeriesInstanceUID"],
+        sop_class_uid=sop_class,
+        sop_instance_uid=values["SOPInstanceUID"],
+        data=data,
+    )
+
+
+def _parse(data: bytes, max_bytes: int) -> tuple[str, Dataset, dict[str, str]]:
+    """The transfer syntax, the dataset and its UIDs; any failure of the parser refuses the instance."""
     try:
         syntax = _check_deflate(data, max_bytes)
         ds = pydicom.dcmread(io.BytesIO(data))
-        values = _uids(ds)
+        return syntax, ds, _uids(ds)
     except InstanceRefusedError:
         raise
     except Exception as exc:  # a third-party parser on hostile bytes: any failure refuses the instance
         raise InstanceRefusedError(
             Status.CANNOT_UNDERSTAND, f"the dataset could not be read ({type(exc).__name__})"
         ) from None
-    if announced_sop_class is not None and values["SOPClassUID"] != announced_sop_class:
+
+
+def _check_announced(values: dict[str, str], sop_class: str | None, sop_instance: str | None) -> None:
+    """The dataset carries the SOP Class and Instance UIDs the C-STORE request announced."""
+    if sop_class is not None and values["SOPClassUID"] != sop_class:
         raise InstanceRefusedError(
             Status.DATASET_MISMATCH, "the dataset's SOP Class UID is not the announced one"
         )
-    if announced_sop_instance is not None and values["SOPInstanceUID"] != announced_sop_instance:
+    if sop_instance is not None and values["SOPInstanceUID"] != sop_instance:
         raise InstanceRefusedError(
             Status.DATASET_MISMATCH, "the dataset's SOP Instance UID is not the announced one"
         )
-    sop_class = values["SOPClassUID"]
-    if sop_class in DISCARDED_SOP_CLASSES:
-        return None
-    if sop_class not in STORED_SOP_CLASSES:
-        raise InstanceRefusedError(Status.SOP_CLASS_NOT_SUPPORTED, "not a CT image storage SOP class")
+
+
+def _check_pixels(ds: Dataset, syntax: str, max_bytes: int) -> None:
+    """The declared pixel data fits ``max_bytes`` and every compressed frame declares the header's matrix."""
     try:
         declared = _declared_pixel_bytes(ds)
         if declared > max_bytes:
@@ -294,10 +316,3 @@ def inspect_instance(
         raise InstanceRefusedError(
             Status.CANNOT_UNDERSTAND, f"the image attributes could not be read ({type(exc).__name__})"
         ) from None
-    return ReceivedInstance(
-        study_uid=values["StudyInstanceUID"],
-        series_uid=values["SeriesInstanceUID"],
-        sop_class_uid=sop_class,
-        sop_instance_uid=values["SOPInstanceUID"],
-        data=data,
-    )

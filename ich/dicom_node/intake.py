@@ -10,11 +10,11 @@ is unreachable it stays and is tried again at the next tick, so nothing acknowle
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from ich.dicom_node.assembler import CompletedStudy, StudyAssembler
+from ich.dicom_node.background import RepeatingTask
 from ich.dicom_node.metrics import DicomMetrics
 from ich.jobs import IdempotencyConflictError, JobStore
 
@@ -66,30 +66,19 @@ class DicomIntake:
         self.wake = wake
         self.tick_s = tick_s
         self.metrics = metrics or DicomMetrics()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = RepeatingTask("ich-dicom-intake", "DICOM intake", self.queue_due, self._tick)
 
     def start(self) -> None:
         """Take up the spool left by a previous process, then start the loop."""
         self.assembler.recover()
-        self._task = asyncio.create_task(self._run(), name="ich-dicom-intake")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop the loop (pending studies stay in the spool for the next start)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick_s)
-            try:
-                await self.queue_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # never let one bad study stop the door
-                logger.error("DICOM intake error %s", type(exc).__name__)
+    async def _tick(self) -> None:
+        await asyncio.sleep(self.tick_s)
 
     async def queue_due(self) -> int:
         """Queue every study complete now; returns how many were queued (new jobs)."""

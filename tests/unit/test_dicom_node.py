@@ -36,6 +36,7 @@ from ich.dicom_node import (
     parse_destination,
     submit_study,
 )
+from ich.dicom_node.background import RepeatingTask
 from ich.dicom_outputs import encode
 from tests.support.pacs_study import pacs_study
 
@@ -381,3 +382,34 @@ async def test_a_delivery_is_retried_with_backoff_until_it_goes_through(tmp_path
     assert state.delivery.attempts == 2 and state.delivery.error is not None
     assert state.delivery.error.code == "destination_refused"
     store.engine.dispose()
+
+
+async def test_a_background_loop_survives_a_failing_step_and_stops_mid_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rounds: list[int] = []
+    blocked = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def step() -> None:
+        rounds.append(len(rounds))
+        if len(rounds) == 1:
+            raise KeyError("1.2.840.99999 Doe^Jane")  # a message that must not reach the log
+        if len(rounds) == 3:
+            blocked.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    loop = RepeatingTask("test-loop", "test loop", step, lambda: asyncio.sleep(0))
+    loop.start()
+    async with asyncio.timeout(5):
+        await blocked.wait()
+    await loop.stop()
+    assert rounds == [0, 1, 2] and cancelled.is_set()
+    errors = [r.getMessage() for r in caplog.records if r.name == "ich.dicom_node.background"]
+    assert errors == ["test loop error KeyError"]
+    await loop.stop()  # stopping twice is harmless
+
