@@ -14,29 +14,15 @@ checkpoint sees exactly the batches it would have seen without the interruption.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ich.preprocess import STRIPPED_WINDOW, WINDOWS
+from training.config import AugmentConfig
 
 #: Window width (HU) of each input channel, in channel order: the HU-to-channel scale of the scanner part.
 CHANNEL_WIDTHS_HU: tuple[float, ...] = (*(w for _, w in WINDOWS), STRIPPED_WINDOW[1])
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """What to randomise; zeros switch a part off."""
-
-    flip: bool = True
-    rotate_deg: float = 10.0
-    scale: float = 0.1
-    intensity: float = 0.05
-    paste: float = 0.0  # probability that a negative sample receives a pasted lesion of the selection
-    noise_hu: float = 0.0  # Gaussian noise, its SD drawn per sample from U(0, noise_hu) HU
-    sharpen: float = 0.0  # unsharp-mask amount drawn per sample from U(-sharpen / 2, sharpen); < 0 blurs
-    hu_offset: float = 0.0  # HU-scale offset drawn per sample from U(-hu_offset, hu_offset)
 
 
 def paste_lesions(

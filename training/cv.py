@@ -27,9 +27,11 @@ import torch
 
 from ich.spec import MODEL_KEYS
 from training.allocator import keep_freed_memory
+from training.config import ConfigError, load_config
 from training.networks import load_checkpoint
-from training.selections import SliceTable, step_plan
-from training.train import Cache, build_cache, load_config, predict_maps, train_steps
+from training.seeds import STEP_ORDER
+from training.selections import SliceTable
+from training.train import Cache, build_cache, predict_maps, train_steps, unconfigured_steps
 
 logger = logging.getLogger(__name__)
 
@@ -121,27 +123,31 @@ def load_folds(path: Path, table: SliceTable, k: int, seed: int) -> list[list[st
 
 def run(args: argparse.Namespace) -> int:
     """Train and predict every requested fold; finished folds are skipped."""
-    cfg = load_config(args.config)
-    rc, cv = cfg["run"], cfg.get("cv", {})
-    plan = step_plan(cfg)
-    run_dir = args.run_dir or Path("runs") / f"cv-{rc['name']}"
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        logger.error("cv: %s", err)
+        return 2
+    if missing := unconfigured_steps(cfg, list(STEP_ORDER)):
+        logger.error("cv: %s has no %s", args.config, ", ".join(f"[steps.{m}]" for m in missing))
+        return 2
+    rc = cfg.run
+    run_dir = args.run_dir or Path("runs") / f"cv-{rc.name}"
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "cv.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     try:
-        torch.set_num_threads(int(rc.get("threads", 2)))
+        torch.set_num_threads(rc.threads)
         keep_freed_memory()
         (run_dir / "config.toml").write_bytes(args.config.read_bytes())
-        cache = build_cache(args.data, int(rc["size"]), run_dir / f"cache_{int(rc['size'])}.npz")
+        cache = build_cache(args.data, rc.size, run_dir / f"cache_{rc.size}.npz")
         folds_path = run_dir / "folds.json"
         if args.folds_from is not None and not folds_path.exists():
             folds_path.write_bytes(args.folds_from.read_bytes())
-        folds = load_folds(folds_path, cache.table, int(cv.get("folds", 5)), int(rc["seed"]))
+        folds = load_folds(folds_path, cache.table, cfg.cv.folds, rc.seed)
         wanted = [int(v) for v in args.folds.split(",")] if args.folds else list(range(len(folds)))
-        device = str(rc.get("device", "cpu"))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = rc.resolved_device()
         for k in wanted:
             fold_dir = run_dir / f"fold_{k}"
             if (fold_dir / OOF_FILE).exists():
@@ -151,8 +157,8 @@ def run(args: argparse.Namespace) -> int:
             fold_dir.mkdir(parents=True, exist_ok=True)
             logger.info("cv: fold %d: %d training, %d held-out patients", k,
                         len(fold_split(folds, k)["train"]), len(folds[k]))
-            train_steps(cfg, cache, fold_split(folds, k), fold_dir, plan, list(plan), device)
-            write_oof(fold_dir / OOF_FILE, cache, folds[k], fold_dir, int(rc["eval_batch"]), device)
+            train_steps(cfg, cache, fold_split(folds, k), fold_dir, list(STEP_ORDER), device)
+            write_oof(fold_dir / OOF_FILE, cache, folds[k], fold_dir, rc.eval_batch, device)
             logger.info("cv: fold %d done in %.1f min", k, (time.time() - t0) / 60)
     finally:
         logging.getLogger().removeHandler(handler)

@@ -22,12 +22,10 @@ import logging
 import shutil
 import subprocess
 import tempfile
-import tomllib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -40,6 +38,7 @@ from ich.ensemble import EnsembleRunner
 from ich.prob_max import prob_max_model
 from ich.scoring import CASE_MODEL_FILENAME, CaseModel
 from ich.weights_manifest import write_manifest
+from training.config import ConfigError, TrainingConfig, load_config
 from training.networks import InceptionUNet
 from training.quantize import PRECISIONS, calibration_images, quantize_repository
 
@@ -331,44 +330,19 @@ def export_repository(
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def _load(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Network and raw checkpoint dict (for its extras, e.g. the input size)."""
+def _load(path: Path) -> nn.Module:
+    """The network of a checkpoint."""
     from training.networks import load_checkpoint
 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    raw = torch.load(path, map_location="cpu", weights_only=False)
-    return load_checkpoint(path), raw
+    return load_checkpoint(path)
 
 
-def _input_size_from(raw: Mapping[str, Any]) -> int | None:
-    """The training input size recorded in a checkpoint, if any (top level or inside its config)."""
-    for holder in (raw, raw.get("config") or {}, raw.get("hparams") or {}):
-        if isinstance(holder, Mapping):
-            for key in ("input_size", "size"):
-                value = holder.get(key)
-                if isinstance(value, int) and value > 0:
-                    return value
-    return None
-
-
-def _rotate_tta_from_run(run_dir: Path) -> float:
-    """``[export].rotate_tta_deg`` of ``<run>/config.toml`` (0 = no rotation test-time augmentation)."""
+def run_config(run_dir: Path) -> TrainingConfig | None:
+    """The validated ``config.toml`` that ``ich-model train`` copies into its run folder, if there is one."""
     path = run_dir / "config.toml"
-    if not path.is_file():
-        return 0.0
-    with path.open("rb") as fh:
-        return float(tomllib.load(fh).get("export", {}).get("rotate_tta_deg", 0.0))
-
-
-def _input_size_from_run(run_dir: Path) -> int | None:
-    """``[run].size`` of the ``config.toml`` that ``ich-model train`` copies into its run folder."""
-    path = run_dir / "config.toml"
-    if not path.is_file():
-        return None
-    with path.open("rb") as fh:
-        value = tomllib.load(fh).get("run", {}).get("size")
-    return value if isinstance(value, int) and value > 0 else None
+    return load_config(path) if path.is_file() else None
 
 
 #: The case model of the shipped configuration's cross-validation (``ich-model cv-report``).
@@ -412,7 +386,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input-size",
         type=int,
         default=None,
-        help="S; default: recorded in the checkpoints, else [run].size of <run>/config.toml",
+        help="S; default: [run].size of <run>/config.toml",
     )
     parser.add_argument("--version", default=None, help="model version for VERSION (default: date-gitsha)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
@@ -508,28 +482,32 @@ def _export_checkpoints(args: argparse.Namespace) -> int:
     except (FileNotFoundError, KeyError, RuntimeError) as exc:
         logger.error("cannot load checkpoints: %s", exc)
         return 1
-    rotate = args.rotate_tta_deg if args.rotate_tta_deg is not None else _rotate_tta_from_run(args.run)
+    try:
+        cfg = run_config(args.run)
+    except ConfigError as err:
+        logger.error("export: %s", err)
+        return 2
+    rotate = args.rotate_tta_deg
+    if rotate is None:
+        rotate = cfg.export.rotate_tta_deg if cfg is not None else 0.0
     for key in spec.MODEL_KEYS:
-        net = loaded[key][0]
+        net = loaded[key]
         if isinstance(net, InceptionUNet):
             net.set_rotate_tta(rotate)
     if rotate > 0:
         logger.info("base models average their maps over rotations of +-%g degrees", rotate)
-    sizes = {s for _, raw in loaded.values() if (s := _input_size_from(raw)) is not None}
-    if not sizes and (from_run := _input_size_from_run(args.run)) is not None:
-        sizes = {from_run}
     input_size = args.input_size
     if input_size is None:
-        if len(sizes) != 1:
-            logger.error("checkpoints record input sizes %s; pass --input-size", sorted(sizes) or "none")
+        if cfg is None:
+            logger.error("%s has no config.toml to read [run].size from; pass --input-size", args.run)
             return 2
-        input_size = sizes.pop()
-    elif sizes and sizes != {input_size}:
-        logger.warning("--input-size %d differs from the checkpoints' %s", input_size, sorted(sizes))
+        input_size = cfg.run.size
+    elif cfg is not None and cfg.run.size != input_size:
+        logger.warning("--input-size %d differs from [run].size %d of the run", input_size, cfg.run.size)
     try:
         report = export_repository(
-            {key: loaded[key][0] for key in spec.MODEL_KEYS},
-            loaded[WEIGHT_STEP][0],
+            {key: loaded[key] for key in spec.MODEL_KEYS},
+            loaded[WEIGHT_STEP],
             args.out,
             input_size,
             version=args.version,

@@ -19,13 +19,10 @@ against "does this slice hold hemorrhage".
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-DiceMode = Literal["batch", "per_slice", "mixed"]
-DICE_MODES: tuple[DiceMode, ...] = ("batch", "per_slice", "mixed")
+from training.config import DICE_MODES, DiceMode
 
 
 def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

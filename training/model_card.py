@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from ich import repository, spec
 from ich.scoring import CASE_MODEL_FILENAME, CaseModel
+from training.config import ConfigError, Section, TrainingConfig, load_config
 from training.records import Records
 
 logger = logging.getLogger(__name__)
@@ -254,21 +254,22 @@ def false_positive_section(records: Records, report: Mapping[str, Any], model: C
     )
 
 
-def _settings(table: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in table.items())
+def _settings(table: Section) -> str:
+    """The keys the config file sets, as written (defaults are not listed)."""
+    return ", ".join(f"{k} {v}" for k, v in table.as_written().items())
 
 
-def training_section(cfg: Mapping[str, Any], run: Path | None) -> str:
+def training_section(cfg: TrainingConfig, run: Path | None) -> str:
     """The configuration of the shipped weights and of every fold."""
-    rc = cfg["run"]
+    rc = cfg.run
     lines = [
         "## Training",
-        f"Configuration `training/configs/{rc['name']}.toml` (seed {rc['seed']}, input size {rc['size']}, "
-        f"forward passes in {rc.get('amp', 'none')}, network {_settings(cfg['network'])}), `torch==2.13.0`:",
+        f"Configuration `training/configs/{rc.name}.toml` (seed {rc.seed}, input size {rc.size}, "
+        f"forward passes in {rc.amp}, network {_settings(cfg.network)}), `torch==2.13.0`:",
     ]
     for step in spec.MODEL_KEYS:
-        lines.append(f"  - `{step}`: {_settings(cfg['steps'][step])}")
-    lines.append(f"  - `weight`: {_settings(cfg['weight'])}")
+        lines.append(f"  - `{step}`: {_settings(cfg.steps[step])}")
+    lines.append(f"  - `weight`: {_settings(cfg.weight)}")
     lines += [
         "",
         "No patient is held out for selection: every step trains its fixed number of iterations and keeps "
@@ -323,10 +324,8 @@ windows of the HU slice (stroke L40/W40, brain L40/W80, bone L500/W3000, skull-s
 across adjacent slices; each is described by its volume, slices, peak and mean probability, the share of
 base models that see it, its distance to bone, the brain area of its slice, its density and the share inside
 the skull-stripped brain. A logistic regression on these features ({case_model_info}) gives each candidate a
-probability; the case score is the highest one, Platt-calibrated into `ich_probability`. Candidates whose
-calibrated probability reaches the threshold form the reported mask (so a positive case always shows what
-made it positive); `hemorrhage_volume_ml` is that mask at the source matrix, the very voxels of the DICOM
-SEG. The paper's case score, the highest slice probability, is reported beside it as
+probability; {case_score} `hemorrhage_volume_ml` is the reported mask at the source matrix, the very voxels
+of the DICOM SEG. The paper's case score, the highest slice probability, is reported beside it as
 `max_slice_probability`. Beside the call: the probability of each subtype from the candidates' location
 and shape (`subtypes`, where measured) and the five base models' disagreement on the deciding candidate
 (`uncertainty`).
@@ -406,11 +405,25 @@ studying cases that are difficult for AI. Not for clinical use, triage, or any d
 """
 
 
+#: How each raw case score (``ich.scoring.SCORES``) makes the call and the mask, for the card's text.
+CASE_SCORES: dict[str, str] = {
+    "lesion": "the case score is the highest one, Platt-calibrated into `ich_probability`. Candidates whose "
+    "calibrated probability reaches the threshold form the reported mask (so a positive case always shows "
+    "what made it positive).",
+    "burden": "the case score is the case's burden, the candidates' volumes (mL) weighted by their "
+    "probabilities and summed, Platt-calibrated on its logarithm into `ich_probability`: many small "
+    "confident foci weigh little, a bleed weighs its volume. In a positive case the fewest largest "
+    "candidates whose burden reaches the threshold form the reported mask (so a positive case always "
+    "shows what made it positive).",
+    "max_slice": "the case score is the paper's highest slice probability, Platt-calibrated into "
+    "`ich_probability`; candidates whose opened map reaches the threshold form the reported mask.",
+}
+
+
 def render(cv: Path, repo: Path, run: Path | None = None) -> str:
     """The whole card as Markdown."""
     report = json.loads((cv / "report.json").read_text())
-    with (cv / "config.toml").open("rb") as fh:
-        cfg = tomllib.load(fh)
+    cfg = load_config(cv / "config.toml")
     folds = json.loads((cv / "folds.json").read_text())
     model = CaseModel.load(repo / CASE_MODEL_FILENAME) if (repo / CASE_MODEL_FILENAME).is_file() else None
     records = Records.read(cv)
@@ -430,9 +443,12 @@ def render(cv: Path, repo: Path, run: Path | None = None) -> str:
     return CARD.format(
         version=repository.read_version(repo) if (repo / "VERSION").is_file() else "unknown",
         cv=os.path.relpath(cv.resolve(), Path.cwd()) if cv.is_absolute() else cv.as_posix(),
-        size=cfg["run"]["size"],
+        size=cfg.run.size,
         sizes=", ".join(sizes) or "n/a",
         case_model_info=info,
+        case_score=CASE_SCORES[model.score]
+        if model is not None
+        else "the case score is the highest slice probability (no case model).",
         k=folds["k"],
         seed=folds["seed"],
         patients=report["patients"],
@@ -442,7 +458,7 @@ def render(cv: Path, repo: Path, run: Path | None = None) -> str:
         uncertainty=uncertainty_section(report),
         training=training_section(cfg, run),
         baselines=baselines_section(),
-        name=cfg["run"]["name"],
+        name=cfg.run.name,
         flagged=_f(op["normal_heads_flagged_per_10"], 1),
         n_normal=op["specificity"]["n"],
     )
@@ -465,6 +481,11 @@ def run(args: argparse.Namespace) -> int:
         logger.error("card: %s lacks %s (run ich-model cv-report first)", args.cv, ", ".join(missing))
         return 2
     out = args.out or args.repo / "MODEL_CARD.md"
-    out.write_text(render(args.cv, args.repo, args.run), encoding="utf-8")
+    try:
+        card = render(args.cv, args.repo, args.run)
+    except ConfigError as err:
+        logger.error("card: %s", err)
+        return 2
+    out.write_text(card, encoding="utf-8")
     logger.info("card: wrote %s", out)
     return 0

@@ -90,12 +90,13 @@ def run_records(run_dir: Path, data: Path, earlier: Records | None = None) -> Re
     the same folds) when they hold it: the folds of a long recipe can run in different sessions and
     checkouts, and only the records of each finished fold are kept.
     """
+    from training.config import load_config
     from training.cv import OOF_FILE
     from training.data.ct_ich import read_patient
-    from training.train import build_cache, load_config
+    from training.train import build_cache
 
     cfg = load_config(run_dir / "config.toml")
-    size, opening = int(cfg["run"]["size"]), int(cfg["weight"]["opening"])
+    size, opening = cfg.run.size, cfg.weight.opening
     cache = build_cache(data, size, run_dir / f"cache_{size}.npz")
     folds = json.loads((run_dir / "folds.json").read_text())["folds"]
     out = Records()
@@ -433,7 +434,7 @@ def _earlier_records(out: Path, run_dir: Path) -> Records | None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the records, the report, the figures and the case model."""
-    from training.train import load_config
+    from training.config import load_config
 
     if args.records_only:
         records = Records.read(args.out)
@@ -447,7 +448,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.run_dir / "config.toml")
         (args.out / "config.toml").write_bytes((args.run_dir / "config.toml").read_bytes())
         (args.out / "folds.json").write_bytes((args.run_dir / "folds.json").read_bytes())
-    targets = DecisionTargets(**cfg.get("decision", {}), opening=int(cfg["weight"]["opening"]))
+    targets = cfg.decision_targets()
     report = build_report(records, targets, args.out)
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     shipped = with_subtypes(

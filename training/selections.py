@@ -11,10 +11,9 @@ every training patient's normal slices):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -112,37 +111,3 @@ def load_or_make_split(path: Path | None, table: SliceTable, n_val: int, seed: i
         path.write_text(json.dumps(split, indent=1) + "\n")
     return split
 
-
-def step_plan(cfg: Mapping[str, Any]) -> dict[str, int]:
-    """The steps of a config in training order, each with its seed offset (added to ``[run].seed``).
-
-    The five selections and ``weight`` keep the offsets 0-5 of their fixed order whatever else the config
-    holds, so adding a step does not change their draws. Any other ``[steps.<name>]`` is an *auxiliary*
-    step: it trains before the five (so that they can ``init`` from it), is not exported, must say which
-    ``selection`` it trains on (one of the five) and may set ``seed_offset`` (default: 6, 7, ... in file
-    order). Why: the shipped ``all`` model is trained with the per-slice Dice (best Dice) while the
-    specialists start from a batch-Dice ``all``-selection model (best detection), see default.toml.
-    A step's ``init`` must name a step that trains before it.
-    """
-    steps = cfg["steps"]
-    extra = [k for k in steps if k not in SELECTIONS]
-    plan: dict[str, int] = {}
-    for j, name in enumerate(extra):
-        if name == "weight":
-            raise ValueError("config: the weight model is configured in [weight], not [steps.weight]")
-        selection = steps[name].get("selection")
-        if selection not in SELECTIONS:
-            raise ValueError(
-                f"config: auxiliary step {name!r} needs selection = one of {list(SELECTIONS)}, "
-                f"got {selection!r}"
-            )
-        plan[name] = int(steps[name].get("seed_offset", len(SELECTIONS) + 1 + j))
-    for i, name in enumerate([*SELECTIONS, "weight"]):
-        if name in steps and steps[name].get("selection", name) != name:
-            raise ValueError(f"config: step {name!r} trains on its own selection; drop its selection key")
-        plan[name] = i
-    for name in [k for k in plan if k in steps]:
-        init = steps[name].get("init")
-        if init is not None and (init not in plan or list(plan).index(init) >= list(plan).index(name)):
-            raise ValueError(f"config: step {name!r} starts from {init!r}, which does not train before it")
-    return plan

@@ -1,11 +1,12 @@
 """``ich-model train``: the five base models and the weight model, each a resumable step.
 
-Steps run in order ``all, subtype, sdh, sah, small, weight``, after any auxiliary step of the config
-(:func:`training.selections.step_plan`). The specialists and the subtype model start from the best weights
-of the step their ``init`` names (transfer learning: far fewer iterations). Each step trains a fixed number
-of iterations (seeded per iteration, so a resumed step sees the same batches), evaluates on the validation
-patients every ``eval_every`` iterations and keeps the best checkpoint by slice AUC + case AUC +
-Dice. A step may mine hard negatives (``hard_negatives``, see :class:`HardNegatives`).
+Steps run in the order of :data:`training.seeds.STEP_ORDER` (``all, subtype, sdh, sah, small, weight``),
+each configured by its table of the validated config (:mod:`training.config`). The specialists and the
+subtype model start from the best weights of the step their ``init`` names (transfer learning: far fewer
+iterations). Each step trains a fixed number of iterations (seeded per iteration, :mod:`training.seeds`, so
+a resumed step sees the same batches), evaluates on the validation patients every ``eval_every`` iterations
+and keeps the best checkpoint by slice AUC + case AUC + Dice. A step may mine hard negatives
+(``hard_negatives``, see :class:`training.config.HardNegatives`).
 Output: ``<run>/<step>/best.pt`` (see ``training.networks.load_checkpoint``), ``<run>/<step>/last.pt``
 (resume), ``<run>/<step>/done.json`` (a finished step is skipped), ``<run>/split.json``,
 ``<run>/summary.json`` and ``<run>/train.log``.
@@ -18,10 +19,9 @@ import json
 import logging
 import math
 import time
-import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +32,17 @@ from ich.preprocess import preprocess_volume, resize_channel
 from ich.scoring import candidate_mask
 from ich.spec import MODEL_KEYS
 from training.allocator import keep_freed_memory
-from training.augment import AugmentConfig, augment_batch, paste_lesions, scanner_augment
+from training.augment import augment_batch, paste_lesions, scanner_augment
+from training.config import (
+    ConfigError,
+    NetworkConfig,
+    StepConfig,
+    TrainingConfig,
+    WeightConfig,
+    load_config,
+)
 from training.data.ct_ich import read_dataset
-from training.losses import DICE_MODES, DiceMode, dice_bce_loss, dice_loss, slice_bce_loss
+from training.losses import dice_bce_loss, dice_loss, slice_bce_loss
 from training.networks import (
     InceptionUNet,
     WeightModel,
@@ -42,7 +50,8 @@ from training.networks import (
     save_checkpoint,
     slice_probability,
 )
-from training.selections import SliceTable, load_or_make_split, selection_indices, step_plan
+from training.seeds import STEP_ORDER, batch_generator, step_seed
+from training.selections import SliceTable, load_or_make_split, selection_indices
 
 logger = logging.getLogger(__name__)
 
@@ -177,38 +186,12 @@ def weight_selection_key(fig: dict[str, float], floor: float) -> tuple[bool, flo
     """
     return bool(np.nan_to_num(fig["slice_auc"]) >= floor), criterion(fig)
 
-
 # ---------------------------------------------------------------------------------------- base steps
-def _dice_mode(cfg: dict[str, Any]) -> DiceMode:
-    """A step's Dice convention (``dice = "batch" | "per_slice" | "mixed"``), checked before it starts."""
-    mode = cfg.get("dice", "batch")
-    if mode not in DICE_MODES:
-        raise ValueError(f"dice = {mode!r} in the config: expected one of {DICE_MODES}")
-    return cast(DiceMode, mode)
-
-
 def _lr(it: int, total: int, peak: float, warmup: int) -> float:
     if it < warmup:
         return peak * (it + 1) / warmup
     progress = (it - warmup) / max(1, total - warmup)
     return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-@dataclass(frozen=True)
-class HardNegatives:
-    """Hard-negative mining of one step (``hard_negatives = {...}`` in its config table).
-
-    From iteration ``start`` on, every ``every`` iterations, the current network scores every training
-    negative (max of its map) and the ``pool`` highest become the hard pool; then ``fraction`` of each
-    batch's negative half is drawn from that pool, the rest from all negatives. Why: sampled uniformly,
-    the normal slices rarely show the few structures (skull base, vault, calcifications) that set off a
-    confident false focus, and one such focus makes a normal case positive (case = max slice).
-    """
-
-    start: int = 0
-    every: int = 200
-    pool: int = 200
-    fraction: float = 0.5
 
 
 @torch.no_grad()
@@ -218,7 +201,7 @@ def hardest_negatives(
     """(the ``pool`` negatives the model scores highest, sorted; how many score above 0.5).
 
     Scores with :meth:`InceptionUNet.logits` (one pass, no test-time flip): cheaper, and the ranking is what
-    matters.
+    matters. Why mine at all: :class:`training.config.HardNegatives`.
     """
     model.eval()
     chunks = []
@@ -292,44 +275,223 @@ def negative_weights(cache: Cache, neg: np.ndarray, sampling: Sampling) -> torch
     return torch.from_numpy(np.where(edge, sampling.edge_negative_weight, 1.0))
 
 
-def _validate(
+@dataclass(frozen=True)
+class BaseStep:
+    """What one base model's step trains on and how: fixed for the whole step (:func:`prepare_base_step`)."""
+
+    name: str
+    cfg: StepConfig
+    cache: Cache
+    pos: np.ndarray  # training slices with hemorrhage of the step's selection
+    neg: np.ndarray  # training slices without
+    neg_weights: torch.Tensor | None
+    val_idx: np.ndarray  # validation slices (none: nothing is selected, the last weights are kept)
+    seed: int
+    opening: int
+    eval_batch: int
+    device: str
+    amp: bool
+    step_dir: Path
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.val_idx) > 0
+
+    def lr(self, it: int) -> float:
+        return _lr(it, self.cfg.iterations, self.cfg.lr, self.cfg.warmup)
+
+
+@dataclass
+class Progress:
+    """What a step's ``last.pt`` keeps besides the weights, plus the losses since the last checkpoint."""
+
+    iteration: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"score": -1.0})
+    history: list[dict[str, Any]] = field(default_factory=list)
+    hard: np.ndarray | None = None  # the mined hard negatives (None until the first mining)
+    losses: list[float] = field(default_factory=list)
+    t0: float = field(default_factory=time.time)
+
+
+def prepare_base_step(
     name: str,
-    model: InceptionUNet,
-    val_images: np.ndarray,
-    val_idx: np.ndarray,
+    cfg: StepConfig,
     cache: Cache,
+    split: dict[str, list[str]],
+    run_dir: Path,
+    seed: int,
     opening: int,
     eval_batch: int,
     device: str,
+    amp: bool,
+) -> BaseStep:
+    """The step's training slices (its selection; ``subtype`` trains on ``all``'s) and validation slices."""
+    step_dir = run_dir / name
+    step_dir.mkdir(parents=True, exist_ok=True)
+    pos, neg = selection_indices(cache.table, "all" if name == "subtype" else name, split["train"])
+    sampling = Sampling(cfg.negative_fraction, cfg.edge_negative_weight)
+    return BaseStep(
+        name=name,
+        cfg=cfg,
+        cache=cache,
+        pos=pos,
+        neg=neg,
+        neg_weights=negative_weights(cache, neg, sampling),
+        val_idx=np.flatnonzero(np.isin(cache.table.pids, split["val"])),
+        seed=seed,
+        opening=opening,
+        eval_batch=eval_batch,
+        device=device,
+        amp=amp,
+        step_dir=step_dir,
+    )
+
+
+def build_base_model(
+    step: BaseStep, network: NetworkConfig, run_dir: Path
+) -> tuple[InceptionUNet, torch.optim.Optimizer]:
+    """The seeded network (from the ``init`` step's best weights if it names one) and its optimiser."""
+    torch.manual_seed(step.seed)
+    model = InceptionUNet(**network.model_dump())
+    if step.cfg.init:
+        model.load_state_dict(load_checkpoint(run_dir / step.cfg.init / "best.pt").state_dict())
+    # channels_last: oneDNN's convolutions run about 10% faster in this layout; the values are unchanged.
+    model.to(step.device)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
+    return model, torch.optim.Adam(model.parameters(), lr=step.cfg.lr)
+
+
+def resume_base_step(step: BaseStep, model: InceptionUNet, opt: torch.optim.Optimizer) -> Progress:
+    """The progress of ``last.pt`` (weights and optimiser restored into ``model`` and ``opt``), or a start."""
+    last = step.step_dir / "last.pt"
+    if not last.exists():
+        return Progress()
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["state_dict"])
+    opt.load_state_dict(ck["optimizer"])
+    logger.info("step %s: resumed at iteration %d", step.name, ck["iteration"])
+    return Progress(ck["iteration"], ck["best"], ck["history"], ck.get("hard_negatives"))
+
+
+def save_base_progress(
+    step: BaseStep, model: InceptionUNet, opt: torch.optim.Optimizer, progress: Progress
+) -> None:
+    """``last.pt``: what :func:`resume_base_step` reads back."""
+    state = {
+        "state_dict": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "iteration": progress.iteration,
+        "best": progress.best,
+        "history": progress.history,
+        "hard_negatives": progress.hard,
+    }
+    torch.save(state, step.step_dir / "last.pt")
+
+
+def pretrain_subtype_classifier(step: BaseStep, model: InceptionUNet) -> None:
+    """``cls_iterations`` of the encoder as a 5-label subtype classifier, before segmentation starts."""
+    copt = torch.optim.Adam(
+        list(model.stem.parameters()) + list(model.down.parameters()) + list(model.cls_head.parameters()),
+        lr=step.cfg.lr,
+    )
+    subs = torch.from_numpy(step.cache.table.subtypes.astype(np.float32))
+    model.train()
+    for it in range(step.cfg.cls_iterations):
+        gen = batch_generator(step.seed, it, "classify")
+        x, _, idx = _batch(step.cache, step.pos, step.neg, step.cfg.batch, gen)
+        logits = model.classify(x.to(step.device))
+        loss = F.binary_cross_entropy_with_logits(logits, subs[idx].to(step.device))
+        copt.zero_grad()
+        loss.backward()
+        copt.step()
+        if (it + 1) % 25 == 0:
+            logger.info("step %s: subtype classifier it %d loss %.4f", step.name, it + 1, float(loss))
+
+
+def mine_if_due(step: BaseStep, model: InceptionUNet, it: int, progress: Progress) -> None:
+    """Refresh the hard-negative pool at the iterations ``hard_negatives`` asks for."""
+    mining = step.cfg.hard_negatives
+    if mining is None or it < mining.start or (it - mining.start) % mining.every:
+        return
+    images, neg = step.cache.images, step.neg
+    hard, n_false = hardest_negatives(model, images, neg, mining.pool, step.eval_batch, step.device)
+    progress.hard = hard
+    logger.info("step %s it %d: mined %d hard negatives; %d of %d negatives score above 0.5",
+                step.name, it, len(hard), n_false, len(neg))
+    model.train()
+
+
+def sample_batch(
+    step: BaseStep, it: int, hard: np.ndarray | None, donors: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Iteration ``it``'s augmented batch (images, masks), drawn from its own seeded generator."""
+    cfg, gen = step.cfg, batch_generator(step.seed, it)
+    hard_fraction = cfg.hard_negatives.fraction if cfg.hard_negatives else 0.0
+    x, y, _ = _batch(
+        step.cache, step.pos, step.neg, cfg.batch, gen, hard, hard_fraction, cfg.negative_fraction,
+        step.neg_weights,
+    )
+    x, y = paste_lesions(x, y, donors[0], donors[1], cfg.augment.paste, gen)
+    x, y = augment_batch(x, y, cfg.augment, gen)
+    return scanner_augment(x, cfg.augment, gen), y
+
+
+def optimisation_step(
+    step: BaseStep,
+    model: InceptionUNet,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
     it: int,
-    iters: int,
-    schedule: tuple[float, int],
-    losses: list[float],
-    t0: float,
-    history: list[dict[str, Any]],
-    best: dict[str, Any],
-    step_dir: Path,
-) -> dict[str, Any]:
-    """Score the current model on the validation patients, log it, keep it as ``best.pt`` if it is best."""
-    maps = predict_maps(model, val_images, eval_batch, device)
-    fig = evaluate_maps(maps, cache, val_idx, opening)
-    rate = (time.time() - t0) / max(1, len(losses))  # training + this evaluation, per iteration
-    history.append({"iteration": it + 1, "loss": float(np.mean(losses)), **fig})
+) -> float:
+    """One Adam step on Dice + BCE (+ the slice term) at the scheduled learning rate; returns the loss."""
+    cfg = step.cfg
+    for g in opt.param_groups:
+        g["lr"] = step.lr(it)
+    with torch.autocast(device_type=step.device.split(":")[0], dtype=torch.bfloat16, enabled=step.amp):
+        logits = model.logits(x.to(step.device, memory_format=torch.channels_last))
+    y = y.to(step.device)
+    loss = dice_bce_loss(logits.float(), y, cfg.bce_weight, cfg.dice)
+    if cfg.slice_bce > 0:
+        loss = loss + cfg.slice_bce * slice_bce_loss(logits.float(), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def validate(step: BaseStep, model: InceptionUNet, it: int, progress: Progress) -> None:
+    """Score the model on the validation patients, log it, keep it as ``best.pt`` if it is the best yet."""
+    cache = step.cache
+    maps = predict_maps(model, cache.images[step.val_idx], step.eval_batch, step.device)
+    fig = evaluate_maps(maps, cache, step.val_idx, step.opening)
+    rate = (time.time() - progress.t0) / max(1, len(progress.losses))  # training + evaluation, per iteration
+    progress.history.append({"iteration": it + 1, "loss": float(np.mean(progress.losses)), **fig})
     logger.info(
         "step %s it %d/%d loss %.4f lr %.2e | val slice AUC %.3f case AUC %.3f Dice %.3f | %.2f s/it",
-        name, it + 1, iters, np.mean(losses), _lr(it, iters, *schedule), fig["slice_auc"], fig["case_auc"],
-        fig["dice"], rate,
+        step.name, it + 1, step.cfg.iterations, np.mean(progress.losses), step.lr(it), fig["slice_auc"],
+        fig["case_auc"], fig["dice"], rate,
     )
-    if criterion(fig) > best["score"]:
-        best = {"score": criterion(fig), "iteration": it + 1, **fig}
-        save_checkpoint(step_dir / "best.pt", "unet", model, step=name, iteration=it + 1, val=fig)
-    return best
+    if criterion(fig) > progress.best["score"]:
+        progress.best = {"score": criterion(fig), "iteration": it + 1, **fig}
+        save_checkpoint(step.step_dir / "best.pt", "unet", model, step=step.name, iteration=it + 1, val=fig)
+
+
+def log_without_validation(step: BaseStep, model: InceptionUNet, it: int, progress: Progress) -> None:
+    """Log the loss; at the last iteration the model is the step's ``best.pt`` (nothing is selected)."""
+    iters = step.cfg.iterations
+    progress.history.append({"iteration": it + 1, "loss": float(np.mean(progress.losses))})
+    logger.info("step %s it %d/%d loss %.4f lr %.2e | %.2f s/it", step.name, it + 1, iters,
+                np.mean(progress.losses), step.lr(it), (time.time() - progress.t0) / len(progress.losses))
+    if it + 1 == iters:
+        progress.best = {"score": float("nan"), "iteration": iters}
+        save_checkpoint(step.step_dir / "best.pt", "unet", model, step=step.name, iteration=iters, val={})
 
 
 def train_unet_step(
     name: str,
-    cfg: dict[str, Any],
-    net_cfg: dict[str, Any],
+    cfg: StepConfig,
+    network: NetworkConfig,
     cache: Cache,
     split: dict[str, list[str]],
     run_dir: Path,
@@ -346,132 +508,140 @@ def train_unet_step(
     runs the forward pass in bfloat16 (CPU autocast; the loss and the weights stay float32): about 1.6x
     faster on CPUs with AVX-512 BF16, and evaluation, export and serving stay float32.
     """
-    step_dir = run_dir / name
-    step_dir.mkdir(parents=True, exist_ok=True)
-    selection = str(cfg.get("selection", name))
-    pos, neg = selection_indices(cache.table, "all" if selection == "subtype" else selection, split["train"])
-    val_idx = np.flatnonzero(np.isin(cache.table.pids, split["val"]))
-    val_images = cache.images[val_idx]
-    aug = AugmentConfig(**cfg.get("augment", {}))
-    iters, peak, warmup, batch = (
-        int(cfg["iterations"]),
-        float(cfg["lr"]),
-        int(cfg["warmup"]),
-        int(cfg["batch"]),
+    step = prepare_base_step(name, cfg, cache, split, run_dir, seed, opening, eval_batch, device, amp)
+    logger.info("step %s: %d positive / %d negative training slices, %d iterations",
+                name, len(step.pos), len(step.neg), cfg.iterations)
+    model, opt = build_base_model(step, network, run_dir)
+    progress = resume_base_step(step, model, opt)
+    if progress.iteration == 0 and cfg.cls_iterations > 0:
+        pretrain_subtype_classifier(step, model)
+    donors = step.pos if cfg.augment.paste > 0 else np.zeros(0, dtype=int)
+    donor_maps = (
+        torch.from_numpy(cache.images[donors].astype(np.float32)),
+        torch.from_numpy(cache.masks[donors].astype(np.float32)),
     )
-    eval_every = int(cfg["eval_every"])
-    sampling = Sampling(
-        float(cfg.get("negative_fraction", 0.5)), float(cfg.get("edge_negative_weight", 1.0))
-    )
-    neg_weights = negative_weights(cache, neg, sampling)
-    has_val = len(val_idx) > 0
-    mining = HardNegatives(**cfg["hard_negatives"]) if "hard_negatives" in cfg else None
-    bce_weight, dice_mode = float(cfg.get("bce_weight", 1.0)), _dice_mode(cfg)
-    slice_weight = float(cfg.get("slice_bce", 0.0))
-    logger.info(
-        "step %s: %d positive / %d negative training slices, %d iterations", name, len(pos), len(neg), iters
-    )
-
-    torch.manual_seed(seed)
-    model = InceptionUNet(**net_cfg)
-    init = cfg.get("init")
-    if init:
-        model.load_state_dict(load_checkpoint(run_dir / init / "best.pt").state_dict())
-    # channels_last: oneDNN's convolutions run about 10% faster in this layout; the values are unchanged.
-    model.to(device)
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
-    opt = torch.optim.Adam(model.parameters(), lr=peak)
-    start, best, history = 0, {"score": -1.0}, []
-    hard: np.ndarray | None = None
-    last = step_dir / "last.pt"
-    if last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        start, best, history = ck["iteration"], ck["best"], ck["history"]
-        hard = ck.get("hard_negatives")
-        logger.info("step %s: resumed at iteration %d", name, start)
-
-    cls_iters = int(cfg.get("cls_iterations", 0))
-    if start == 0 and cls_iters > 0:
-        # Subtype pre-training: the encoder learns the five subtype labels before segmentation.
-        copt = torch.optim.Adam(
-            list(model.stem.parameters()) + list(model.down.parameters()) + list(model.cls_head.parameters()),
-            lr=peak,
-        )
-        subs = torch.from_numpy(cache.table.subtypes.astype(np.float32))
+    progress.t0 = time.time()
+    for it in range(progress.iteration, cfg.iterations):
         model.train()
-        for it in range(cls_iters):
-            gen = torch.Generator().manual_seed(seed * 7919 + 100_000 + it)
-            x, _, idx = _batch(cache, pos, neg, batch, gen)
-            loss = F.binary_cross_entropy_with_logits(model.classify(x.to(device)), subs[idx].to(device))
-            copt.zero_grad()
-            loss.backward()
-            copt.step()
-            if (it + 1) % 25 == 0:
-                logger.info("step %s: subtype classifier it %d loss %.4f", name, it + 1, float(loss))
-
-    donors = pos if aug.paste > 0 else np.zeros(0, dtype=int)
-    donor_img = torch.from_numpy(cache.images[donors].astype(np.float32))
-    donor_msk = torch.from_numpy(cache.masks[donors].astype(np.float32))
-    t0, losses = time.time(), []
-    for it in range(start, iters):
-        model.train()
-        if mining is not None and it >= mining.start and (it - mining.start) % mining.every == 0:
-            hard, n_false = hardest_negatives(model, cache.images, neg, mining.pool, eval_batch, device)
-            logger.info("step %s it %d: mined %d hard negatives; %d of %d negatives score above 0.5",
-                        name, it, len(hard), n_false, len(neg))
-            model.train()
-        gen = torch.Generator().manual_seed(seed * 7919 + it)
-        x, y, _ = _batch(
-            cache, pos, neg, batch, gen, hard, mining.fraction if mining else 0.0,
-            sampling.negative_fraction, neg_weights,
-        )
-        x, y = paste_lesions(x, y, donor_img, donor_msk, aug.paste, gen)
-        x, y = augment_batch(x, y, aug, gen)
-        x = scanner_augment(x, aug, gen)
-        for g in opt.param_groups:
-            g["lr"] = _lr(it, iters, peak, warmup)
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-            logits = model.logits(x.to(device, memory_format=torch.channels_last))
-        loss = dice_bce_loss(logits.float(), y.to(device), bce_weight, dice_mode)
-        if slice_weight > 0:
-            loss = loss + slice_weight * slice_bce_loss(logits.float(), y.to(device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if (it + 1) % eval_every == 0 or it + 1 == iters:
-            if has_val:
-                best = _validate(name, model, val_images, val_idx, cache, opening, eval_batch, device,
-                                 it, iters, (peak, warmup), losses, t0, history, best, step_dir)
-            else:
-                history.append({"iteration": it + 1, "loss": float(np.mean(losses))})
-                logger.info("step %s it %d/%d loss %.4f lr %.2e | %.2f s/it", name, it + 1, iters,
-                            np.mean(losses), _lr(it, iters, peak, warmup), (time.time() - t0) / len(losses))
-                if it + 1 == iters:
-                    best = {"score": float("nan"), "iteration": iters}
-                    save_checkpoint(step_dir / "best.pt", "unet", model, step=name, iteration=iters, val={})
-            t0, losses = time.time(), []
-            torch.save(
-                {
-                    "state_dict": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "iteration": it + 1,
-                    "best": best,
-                    "history": history,
-                    "hard_negatives": hard,
-                },
-                last,
-            )
-    result = {"step": name, "best": best, "history": history}
-    (step_dir / "done.json").write_text(json.dumps(result, indent=1) + "\n")
+        mine_if_due(step, model, it, progress)
+        x, y = sample_batch(step, it, progress.hard, donor_maps)
+        progress.losses.append(optimisation_step(step, model, opt, x, y, it))
+        if (it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations:
+            (validate if step.has_val else log_without_validation)(step, model, it, progress)
+            progress.iteration, progress.t0, progress.losses = it + 1, time.time(), []
+            save_base_progress(step, model, opt, progress)
+    result = {"step": name, "best": progress.best, "history": progress.history}
+    (step.step_dir / "done.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
 # --------------------------------------------------------------------------------------- weight step
+@dataclass(frozen=True)
+class WeightData:
+    """The weight model's slices and the frozen base models' maps of them ([N, 5, S, S], MODEL_KEYS order)."""
+
+    train_idx: np.ndarray  # every training slice with hemorrhage, and a seeded subsample of the others
+    val_idx: np.ndarray
+    train_maps: np.ndarray
+    val_maps: np.ndarray
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.val_idx) > 0
+
+
+def weight_training_rows(
+    cache: Cache, split: dict[str, list[str]], seed: int, negatives_per_positive: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of the weight model."""
+    pos, neg = selection_indices(cache.table, "all", split["train"])
+    rng = np.random.default_rng(seed)
+    neg_sub = np.sort(rng.choice(neg, size=min(len(neg), negatives_per_positive * len(pos)), replace=False))
+    return np.concatenate([pos, neg_sub]), np.flatnonzero(np.isin(cache.table.pids, split["val"]))
+
+
+def weight_data(
+    cfg: WeightConfig, cache: Cache, split: dict[str, list[str]], run_dir: Path, seed: int,
+    eval_batch: int, device: str,
+) -> WeightData:
+    """The rows and the base models' maps, predicted once and kept in ``<run>/weight/maps.npz``."""
+    train_idx, val_idx = weight_training_rows(cache, split, seed, cfg.negatives_per_positive)
+    maps_path = run_dir / "weight" / "maps.npz"
+    if maps_path.exists():
+        z = np.load(maps_path)
+        return WeightData(train_idx, val_idx, z["train"], z["val"])
+    tr, va = [], []
+    for key in MODEL_KEYS:
+        base = load_checkpoint(run_dir / key / "best.pt").to(device)
+        tr.append(predict_maps(base, cache.images[train_idx], eval_batch, device))
+        va.append(predict_maps(base, cache.images[val_idx], eval_batch, device))
+    tr_maps, va_maps = np.concatenate(tr, axis=1), np.concatenate(va, axis=1)
+    np.savez(maps_path, train=tr_maps, val=va_maps)
+    return WeightData(train_idx, val_idx, tr_maps, va_maps)
+
+
+def _log_figures(what: str, fig: dict[str, float]) -> None:
+    logger.info("weight: %s val slice AUC %.3f case AUC %.3f Dice %.3f",
+                what, fig["slice_auc"], fig["case_auc"], fig["dice"])
+
+
+def member_figures(
+    data: WeightData, cache: Cache, opening: int
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Validation figures of each base model and of their plain mean (empty without validation patients)."""
+    if not data.has_val:
+        return {}, {}
+    va = data.val_maps
+    per_model = {
+        key: evaluate_maps(va[:, i : i + 1], cache, data.val_idx, opening) for i, key in enumerate(MODEL_KEYS)
+    }
+    mean_fig = evaluate_maps(va.mean(axis=1, keepdims=True), cache, data.val_idx, opening)
+    for key, fig in per_model.items():
+        _log_figures(f"base {key}", fig)
+    _log_figures("plain mean", mean_fig)
+    return per_model, mean_fig
+
+
+def _members(maps: torch.Tensor) -> list[torch.Tensor]:
+    return [maps[:, i : i + 1] for i in range(len(MODEL_KEYS))]
+
+
+def weight_iteration(
+    model: WeightModel, opt: torch.optim.Optimizer, cfg: WeightConfig, tensors: dict[str, torch.Tensor],
+    seed: int, it: int,
+) -> torch.Tensor:
+    """One Adam step on a seeded batch: Dice of the fused map + ``slice_bce`` x BCE of the slice score."""
+    model.train()
+    gen = batch_generator(seed, it, "weight")
+    b = torch.randint(len(tensors["maps"]), (cfg.batch,), generator=gen)
+    _, fused, sp = model(*_members(tensors["maps"][b]))
+    loss = dice_loss(fused, tensors["masks"][b], cfg.dice) + cfg.slice_bce * F.binary_cross_entropy(
+        sp.clamp(1e-6, 1 - 1e-6), tensors["labels"][b]
+    )
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def validate_weight_model(
+    model: WeightModel, data: WeightData, cache: Cache, loss: torch.Tensor, it: int
+) -> dict[str, float]:
+    """Validation figures of the fused map, logged with the mean weight of each base model."""
+    model.eval()
+    with torch.no_grad():
+        w, fused, sp = model(*_members(torch.from_numpy(data.val_maps.astype(np.float32))))
+    fig = val_figures(sp[:, 0].numpy(), candidate_mask(fused[:, 0].numpy()), cache, data.val_idx)
+    logger.info(
+        "weight it %d loss %.4f | val slice AUC %.3f case AUC %.3f Dice %.3f | mean weights %s",
+        it + 1, float(loss), fig["slice_auc"], fig["case_auc"], fig["dice"],
+        np.round(w.mean(0).numpy(), 3).tolist(),
+    )
+    return fig
+
+
 def train_weight_step(
-    cfg: dict[str, Any],
+    cfg: WeightConfig,
     cache: Cache,
     split: dict[str, list[str]],
     run_dir: Path,
@@ -482,161 +652,83 @@ def train_weight_step(
     """Train the WeightModel on cached maps of the frozen base models (training patients only)."""
     step_dir = run_dir / "weight"
     step_dir.mkdir(parents=True, exist_ok=True)
-    opening, dice_mode = int(cfg["opening"]), _dice_mode(cfg)  # a bad value fails before the maps
-    pos, neg = selection_indices(cache.table, "all", split["train"])
-    rng = np.random.default_rng(seed)
-    neg_sub = np.sort(
-        rng.choice(neg, size=min(len(neg), int(cfg["negatives_per_positive"]) * len(pos)), replace=False)
-    )
-    train_idx = np.concatenate([pos, neg_sub])
-    val_idx = np.flatnonzero(np.isin(cache.table.pids, split["val"]))
-    has_val = len(val_idx) > 0  # without validation patients the last iteration is kept (no selection)
-    maps_path = step_dir / "maps.npz"
-    if maps_path.exists():
-        z = np.load(maps_path)
-        tr_maps, va_maps = z["train"], z["val"]
-    else:
-        tr, va = [], []
-        for key in MODEL_KEYS:
-            base = load_checkpoint(run_dir / key / "best.pt").to(device)
-            tr.append(predict_maps(base, cache.images[train_idx], eval_batch, device))
-            va.append(predict_maps(base, cache.images[val_idx], eval_batch, device))
-        tr_maps, va_maps = np.concatenate(tr, axis=1), np.concatenate(va, axis=1)
-        np.savez(maps_path, train=tr_maps, val=va_maps)
-    per_model = {
-        key: evaluate_maps(va_maps[:, i : i + 1], cache, val_idx, opening)
-        for i, key in enumerate(MODEL_KEYS)
-        if has_val
-    }
-    mean_fig = evaluate_maps(va_maps.mean(axis=1, keepdims=True), cache, val_idx, opening) if has_val else {}
-    for key, fig in per_model.items():
-        logger.info(
-            "weight: base %s val slice AUC %.3f case AUC %.3f Dice %.3f",
-            key,
-            fig["slice_auc"],
-            fig["case_auc"],
-            fig["dice"],
-        )
-    if has_val:
-        logger.info(
-            "weight: plain mean val slice AUC %.3f case AUC %.3f Dice %.3f",
-            mean_fig["slice_auc"],
-            mean_fig["case_auc"],
-            mean_fig["dice"],
-        )
-
+    data = weight_data(cfg, cache, split, run_dir, seed, eval_batch, device)
+    per_model, mean_fig = member_figures(data, cache, cfg.opening)
     torch.manual_seed(seed)
-    model = WeightModel(hidden=int(cfg["hidden"]), opening=opening)
-    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
-    iters, batch = int(cfg["iterations"]), int(cfg["batch"])
-    y_slice = torch.from_numpy(cache.table.positive[train_idx].astype(np.float32))[:, None]
-    masks = torch.from_numpy(cache.masks[train_idx].astype(np.float32))
-    tmaps = torch.from_numpy(tr_maps.astype(np.float32))
-    va_t = torch.from_numpy(va_maps.astype(np.float32))
-
-    def run_val() -> tuple[dict[str, float], np.ndarray]:
-        model.eval()
-        with torch.no_grad():
-            w, fused, sp = model(*[va_t[:, i : i + 1] for i in range(len(MODEL_KEYS))])
-        fig = val_figures(sp[:, 0].numpy(), candidate_mask(fused[:, 0].numpy()), cache, val_idx)
-        return fig, w.mean(0).numpy()
-
+    model = WeightModel(hidden=cfg.hidden, opening=cfg.opening)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    tensors = {
+        "labels": torch.from_numpy(cache.table.positive[data.train_idx].astype(np.float32))[:, None],
+        "masks": torch.from_numpy(cache.masks[data.train_idx].astype(np.float32)),
+        "maps": torch.from_numpy(data.train_maps.astype(np.float32)),
+    }
     # The ensemble must detect at least as well as its best member (slice AUC), see weight_selection_key.
     floor = max((float(np.nan_to_num(fig["slice_auc"])) for fig in per_model.values()), default=0.0)
     best: dict[str, Any] = {"score": -1.0}
-    history = []
-    for it in range(iters):
-        model.train()
-        gen = torch.Generator().manual_seed(seed * 7919 + 200_000 + it)
-        b = torch.randint(len(train_idx), (batch,), generator=gen)
-        _, fused, sp = model(*[tmaps[b, i : i + 1] for i in range(len(MODEL_KEYS))])
-        loss = dice_loss(fused, masks[b], dice_mode) + float(cfg["slice_bce"]) * F.binary_cross_entropy(
-            sp.clamp(1e-6, 1 - 1e-6), y_slice[b]
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if has_val and ((it + 1) % int(cfg["eval_every"]) == 0 or it == 0):
-            fig, mean_w = run_val()
+    history, best_pt = [], step_dir / "best.pt"
+    for it in range(cfg.iterations):
+        loss = weight_iteration(model, opt, cfg, tensors, seed, it)
+        if data.has_val and ((it + 1) % cfg.eval_every == 0 or it == 0):
+            fig = validate_weight_model(model, data, cache, loss, it)
             history.append({"iteration": it + 1, "loss": float(loss), **fig})
-            logger.info(
-                "weight it %d loss %.4f | val slice AUC %.3f case AUC %.3f Dice %.3f | mean weights %s",
-                it + 1,
-                float(loss),
-                fig["slice_auc"],
-                fig["case_auc"],
-                fig["dice"],
-                np.round(mean_w, 3).tolist(),
-            )
             first = "iteration" not in best
             if first or weight_selection_key(fig, floor) > weight_selection_key(best, floor):
                 best = {"score": criterion(fig), "iteration": it + 1, **fig}
-                save_checkpoint(
-                    step_dir / "best.pt", "weight", model, step="weight", iteration=it + 1, val=fig
-                )
-    if not has_val:
-        best = {"score": float("nan"), "iteration": iters}
-        save_checkpoint(step_dir / "best.pt", "weight", model, step="weight", iteration=iters, val={})
-    result = {
-        "step": "weight",
-        "best": best,
-        "history": history,
-        "base_models": per_model,
-        "plain_mean": mean_fig,
-    }
+                save_checkpoint(best_pt, "weight", model, step="weight", iteration=it + 1, val=fig)
+    if not data.has_val:
+        best = {"score": float("nan"), "iteration": cfg.iterations}
+        save_checkpoint(best_pt, "weight", model, step="weight", iteration=cfg.iterations, val={})
+    result = {"step": "weight", "best": best, "history": history}
+    result |= {"base_models": per_model, "plain_mean": mean_fig}
     (step_dir / "done.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
 # ------------------------------------------------------------------------------------------------ run
-def load_config(path: Path) -> dict[str, Any]:
-    """Read a TOML training config."""
-    with path.open("rb") as fh:
-        return tomllib.load(fh)
+def unconfigured_steps(cfg: TrainingConfig, wanted: list[str]) -> list[str]:
+    """The base steps among ``wanted`` that the config has no ``[steps.<name>]`` table for."""
+    return [name for name in wanted if name != "weight" and name not in cfg.steps]
 
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) every step of the config; finished steps are skipped."""
-    cfg = load_config(args.config)
     try:
-        plan = step_plan(cfg)
-    except ValueError as err:
+        cfg = load_config(args.config)
+    except ConfigError as err:
         logger.error("train: %s", err)
         return 2
-    if args.steps and sorted(set(args.steps.split(",")) - set(plan)):
-        logger.error("train: --steps %s: this config's steps are %s", args.steps, ", ".join(plan))
+    wanted = args.steps.split(",") if args.steps else list(STEP_ORDER)
+    if sorted(set(wanted) - set(STEP_ORDER)):
+        logger.error("train: --steps %s: the steps are %s", args.steps, ", ".join(STEP_ORDER))
         return 2
-    rc = cfg["run"]
-    run_dir = args.run_dir or Path("runs") / rc["name"]
+    if missing := unconfigured_steps(cfg, wanted):
+        tables = ", ".join(f"[steps.{m}]" for m in missing)
+        logger.error("train: %s has no %s (asked for by --steps)", args.config, tables)
+        return 2
+    run_dir = args.run_dir or Path("runs") / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     try:
-        return _run(args, cfg, run_dir, plan)
+        return _run(args, cfg, run_dir, wanted)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
 
 
 def train_steps(
-    cfg: dict[str, Any],
+    cfg: TrainingConfig,
     cache: Cache,
     split: dict[str, list[str]],
     run_dir: Path,
-    plan: dict[str, int],
     wanted: list[str],
     device: str,
 ) -> dict[str, Any]:
-    """Run (or resume) the ``wanted`` steps of ``plan`` on ``split``; finished steps are read back."""
-    rc = cfg["run"]
-    seed = int(rc["seed"])
-    opening = int(rc.get("select_opening", cfg["weight"]["opening"]))
-    amp = str(rc.get("amp", "none"))
-    if amp not in ("none", "bf16"):
-        raise ValueError(f"[run] amp = {amp!r}: expected 'none' or 'bf16'")
+    """Run (or resume) the ``wanted`` steps, in :data:`STEP_ORDER`; finished steps are read back."""
+    rc = cfg.run
     results: dict[str, Any] = {}
-    for name, offset in plan.items():
+    for name in STEP_ORDER:
         done = run_dir / name / "done.json"
         if name not in wanted:
             if done.exists():  # keep finished steps in the summary
@@ -646,54 +738,40 @@ def train_steps(
             logger.info("step %s already done, skipped", name)
             results[name] = json.loads(done.read_text())
             continue
-        t0 = time.time()
+        t0, seed = time.time(), step_seed(rc.seed, name)
         if name == "weight":
-            results[name] = train_weight_step(
-                cfg["weight"], cache, split, run_dir, seed + offset, int(rc["eval_batch"]), device
-            )
+            results[name] = train_weight_step(cfg.weight, cache, split, run_dir, seed, rc.eval_batch, device)
         else:
             results[name] = train_unet_step(
-                name,
-                cfg["steps"][name],
-                cfg["network"],
-                cache,
-                split,
-                run_dir,
-                seed + offset,
-                opening,
-                int(rc["eval_batch"]),
-                device,
-                amp == "bf16",
+                name, cfg.steps[name], cfg.network, cache, split, run_dir, seed, cfg.select_opening,
+                rc.eval_batch, device, rc.amp == "bf16",
             )
         logger.info("step %s finished in %.1f min", name, (time.time() - t0) / 60)
     return results
 
 
-def _run(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path, plan: dict[str, int]) -> int:
-    """The body of :func:`run`, with the run's log file attached."""
-    rc = cfg["run"]
-    torch.set_num_threads(int(rc.get("threads", 2)))
-    keep_freed_memory()  # about 20% faster CPU steps, same numbers (see training.allocator)
-    seed, size = int(rc["seed"]), int(rc["size"])
-    device = str(rc.get("device", "cpu"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    logger.info(
-        "train: config %s, run dir %s, size %d, seed %d, device %s", args.config, run_dir, size, seed, device
-    )
-    wanted = args.steps.split(",") if args.steps else list(plan)
-    (run_dir / "config.toml").write_bytes(args.config.read_bytes())
+def patients_split(cfg: TrainingConfig, table: SliceTable) -> dict[str, list[str]]:
+    """Training and validation patients: every patient trains when ``val_patients`` is 0."""
+    rc = cfg.run
+    if rc.val_patients == 0:  # nothing is selected on patients
+        return {"val": [], "train": sorted(set(table.pids.tolist()))}
+    return load_or_make_split(rc.split_path, table, rc.val_patients, rc.seed)
 
-    cache = build_cache(args.data, size, run_dir / f"cache_{size}.npz")
-    split_file = Path(rc["split_file"]) if rc.get("split_file") else None
-    if int(rc.get("val_patients", 0)) == 0:  # every patient trains; nothing is selected on patients
-        split = {"val": [], "train": sorted(set(cache.table.pids.tolist()))}
-    else:
-        split = load_or_make_split(split_file, cache.table, int(rc["val_patients"]), seed)
+
+def _run(args: argparse.Namespace, cfg: TrainingConfig, run_dir: Path, wanted: list[str]) -> int:
+    """The body of :func:`run`, with the run's log file attached."""
+    rc = cfg.run
+    torch.set_num_threads(rc.threads)
+    keep_freed_memory()  # about 20% faster CPU steps, same numbers (see training.allocator)
+    device = rc.resolved_device()
+    logger.info("train: config %s, run dir %s, size %d, seed %d, device %s",
+                args.config, run_dir, rc.size, rc.seed, device)
+    (run_dir / "config.toml").write_bytes(args.config.read_bytes())
+    cache = build_cache(args.data, rc.size, run_dir / f"cache_{rc.size}.npz")
+    split = patients_split(cfg, cache.table)
     (run_dir / "split.json").write_text(json.dumps(split, indent=1) + "\n")
     logger.info("split: %d training, %d validation patients", len(split["train"]), len(split["val"]))
-
-    results = train_steps(cfg, cache, split, run_dir, plan, wanted, device)
+    results = train_steps(cfg, cache, split, run_dir, wanted, device)
     summary = {k: {"best": v["best"]} for k, v in results.items()}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     logger.info("train: done; summary in %s", run_dir / "summary.json")

@@ -22,13 +22,21 @@ from training.baselines import report as baseline_report  # noqa: E402
 from training.baselines.networks import ARCHITECTURES, build_classifier  # noqa: E402
 from training.baselines.train import (  # noqa: E402
     Unit,
+    is_done,
     saliency_loss,
     slice_id,
     train_step,
     train_unit,
     unit_loss,
+    unit_settings,
 )
 from training.cli import main  # noqa: E402
+from training.config import (  # noqa: E402
+    BaselinesConfig,
+    BaselinesTrain,
+    ConfigError,
+    load_baselines_config,
+)
 from training.losses import dice_loss  # noqa: E402
 from training.model_card import baselines_section  # noqa: E402
 from training.records import Records, _read_csv  # noqa: E402
@@ -167,7 +175,7 @@ def test_the_strong_loss_is_bce_plus_the_weighted_saliency_term_on_kept_slices()
     cam = torch.randn(2, 1, 16, 16)
     logit, labels = cam.mean(dim=(2, 3))[:, 0], torch.tensor([1.0, 0.0])
     keep = torch.tensor([True, False])
-    train = {"seg_weight": 0.5, "dice": "batch"}
+    train = BaselinesTrain(iterations=1, batch=2, lr=1e-3, warmup=0, seg_weight=0.5, dice="batch")
     weak, weak_parts = unit_loss(logit, cam, labels, mask, keep, "weak", train)
     strong, parts = unit_loss(logit, cam, labels, mask, keep, "strong", train)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, labels)
@@ -205,15 +213,16 @@ def test_each_architecture_learns_a_batch_in_both_modes(architecture: str, mode:
     keep = torch.ones(len(idx), dtype=torch.bool)
     model = _tiny(architecture)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = [train_step(model, opt, x, masks, labels, keep, mode, {"dice": "batch"}) for _ in range(6)]
+    train = BaselinesTrain(iterations=6, batch=8, lr=3e-3, warmup=0)
+    losses = [train_step(model, opt, x, masks, labels, keep, mode, train) for _ in range(6)]
     assert losses[-1]["loss"] < losses[0]["loss"]
     assert ("seg" in losses[0]) == (mode == "strong")
 
 
-def _config(cfg_text: str, **train: Any) -> dict[str, Any]:
+def _config(cfg_text: str, **train: Any) -> BaselinesConfig:
     cfg = tomllib.loads(cfg_text)
     cfg["train"].update(train)
-    return cfg
+    return BaselinesConfig.model_validate(cfg)
 
 
 def test_a_stopped_unit_resumes_where_it_stopped(cache: Any, tmp_path: Path) -> None:
@@ -484,7 +493,27 @@ def test_the_weak_csv_mode_trains_on_the_csv_labels(tiny_run: dict[str, Any], tm
 
 def test_the_committed_configs_name_every_architecture_and_both_modes() -> None:
     for name in ("baselines.toml", "baselines-gpu.toml"):
-        cfg = tomllib.loads((ROOT / "training" / "configs" / name).read_text())
-        assert cfg["architectures"] == list(ARCHITECTURES) and cfg["modes"][:2] == ["weak", "strong"]
-        assert all(cfg["network"][a]["width"] == 1.0 for a in ARCHITECTURES)  # the published networks
-        assert cfg["run"]["size"] % 32 == 0 and cfg["train"]["iterations"] > 0
+        cfg = load_baselines_config(ROOT / "training" / "configs" / name)
+        assert cfg.architectures == list(ARCHITECTURES) and cfg.modes[:2] == ["weak", "strong"]
+        assert all(cfg.network[a].width == 1.0 for a in ARCHITECTURES)  # the published networks
+        assert cfg.run.size % 32 == 0 and cfg.train.iterations > 0
+
+
+def test_the_committed_records_match_their_config_so_none_is_refused() -> None:
+    """``unit_settings`` of the typed config equals what each committed unit record was made with."""
+    out = ROOT / "training" / "baselines" / "cpu"
+    cfg = load_baselines_config(ROOT / "training" / "configs" / "baselines.toml")
+    records = sorted(out.glob("*/*/fold_*.json"))
+    assert records  # the committed comparison has units
+    for path in records:
+        made = json.loads(path.read_text())
+        unit = Unit(**made["unit"])
+        assert unit_settings(cfg, unit, made["settings"]["labels"]) == made["settings"], path
+        assert is_done(unit, out, made["settings"])
+
+
+def test_an_unknown_key_in_a_baselines_config_is_refused_with_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text(CONFIG.replace("seg_weight = 1.0", "seg_wieght = 1.0"))
+    with pytest.raises(ConfigError, match=r"typo.toml: \[train\] seg_wieght: unknown key"):
+        load_baselines_config(path)

@@ -18,6 +18,8 @@ from ich.weights_manifest import read_manifest, verify_manifest  # noqa: E402
 from training import export  # noqa: E402
 from training.networks import InceptionUNet, WeightModel, save_checkpoint  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[2]
+
 SIZE = 32
 
 
@@ -122,24 +124,30 @@ def test_cli_exports_from_checkpoints(tmp_path: Path) -> None:
     unets, weight = _tiny_set(2)
     run_dir = tmp_path / "run"
     for key, net in unets.items():
-        save_checkpoint(run_dir / key / "best.pt", "unet", net, input_size=SIZE)
-    save_checkpoint(run_dir / "weight" / "best.pt", "weight", weight, input_size=SIZE)
+        save_checkpoint(run_dir / key / "best.pt", "unet", net)
+    save_checkpoint(run_dir / "weight" / "best.pt", "weight", weight)
     from training.cli import main
 
     out = tmp_path / "repo"
-    assert main(["export", "--run", str(run_dir), "--out", str(out), "--version", "cli-1"]) == 0
+    # without the run's config.toml the input size must be given
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo0")]) == 2
+    assert not (tmp_path / "repo0").exists()
+    args = ["export", "--run", str(run_dir), "--out", str(out), "--version", "cli-1"]
+    assert main([*args, "--input-size", str(SIZE)]) == 0
     assert repository.missing_files(out) == []
     assert repository.read_version(out) == "cli-1"
-    # without a recorded size, [run].size of the run's config.toml is used, as `ich-model train` writes it
-    for key, net in unets.items():
-        save_checkpoint(run_dir / key / "best.pt", "unet", net)
-    save_checkpoint(run_dir / "weight" / "best.pt", "weight", weight)
-    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo3")]) == 2
-    (run_dir / "config.toml").write_text(f"[run]\nname = 'x'\nsize = {SIZE}\n")
+    # [run].size of the run's config.toml, the copy `ich-model train` writes, is the input size
+    smoke = (ROOT / "training" / "configs" / "smoke.toml").read_text()
+    assert "size = 64\n" in smoke
+    (run_dir / "config.toml").write_text(smoke.replace("size = 64\n", f"size = {SIZE}\n"))
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo3")]) == 0
     assert repository.input_size_of(repository.read_config(tmp_path / "repo3" / spec.ENSEMBLE_MODEL)) == SIZE
+    # a config that does not validate is refused, naming the key
+    (run_dir / "config.toml").write_text(smoke + "\n[export]\nrotate_tta = 8.0\n")
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo6")]) == 2
+    assert not (tmp_path / "repo6").exists()
     # [export].rotate_tta_deg of the run's config adds the rotations to every base model; a flag overrides
-    config = f"[run]\nname = 'x'\nsize = {SIZE}\n[export]\nrotate_tta_deg = 8.0\n"
+    config = smoke.replace("size = 64\n", f"size = {SIZE}\n") + "\n[export]\nrotate_tta_deg = 8.0\n"
     (run_dir / "config.toml").write_text(config)
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo4")]) == 0
     no_rotation = ["--rotate-tta-deg", "0"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from training.losses import (
     dice_bce_loss,
@@ -14,7 +15,6 @@ from training.losses import (
     slice_logits,
     soft_dice_loss,
 )
-from training.train import _dice_mode
 
 
 def _two_lesions() -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +52,6 @@ def test_mixed_counts_the_negative_slice_at_half_weight() -> None:
     assert float(dice_loss(prob3, target3, "mixed")) == pytest.approx(0.5 * 0.25 + 0.5 * (1 - 7 / 16))
     # Without the negative slice it lies between the two conventions: 0.5 * 0.25 + 0.5 * 0.125.
     assert float(dice_loss(prob, target, "mixed")) == pytest.approx(0.1875)
-    assert _dice_mode({"dice": "mixed"}) == "mixed"
 
 
 def test_per_slice_without_positive_slices_is_the_batch_loss() -> None:
@@ -78,23 +77,18 @@ def test_dice_modes_and_their_gradient() -> None:
         dice_loss(prob, target, "sample")
 
 
-def test_config_dice_mode_is_checked_before_training() -> None:
-    assert _dice_mode({}) == "batch"
-    assert _dice_mode({"dice": "per_slice"}) == "per_slice"
-    with pytest.raises(ValueError, match="expected one of"):
-        _dice_mode({"dice": "per-slice"})
+def test_a_bad_dice_mode_is_refused_when_the_config_is_read() -> None:
+    from training.config import StepConfig, WeightConfig
 
-
-def test_weight_step_refuses_a_bad_dice_mode_before_predicting_maps(tmp_path) -> None:
-    from typing import Any, cast
-
-    from training.train import train_weight_step
-
-    # No cache and no base models: reaching the map prediction would fail with another error.
-    with pytest.raises(ValueError, match="expected one of"):
-        train_weight_step(
-            {"opening": 3, "dice": "dice"}, cast(Any, None), {"train": [], "val": []}, tmp_path, 0, 4
-        )
+    step = {"iterations": 1, "lr": 1e-3, "warmup": 0, "batch": 2, "eval_every": 1}
+    assert StepConfig.model_validate(step).dice == "batch"
+    assert StepConfig.model_validate({**step, "dice": "per_slice"}).dice == "per_slice"
+    with pytest.raises(ValidationError, match="per_slice"):
+        StepConfig.model_validate({**step, "dice": "per-slice"})
+    weight = {"hidden": 4, "opening": 3, "iterations": 1, "batch": 2, "lr": 1e-3, "eval_every": 1}
+    weight |= {"negatives_per_positive": 1, "slice_bce": 0.5}
+    with pytest.raises(ValidationError, match="mixed"):
+        WeightConfig.model_validate({**weight, "dice": "dice"})
 
 
 def test_slice_logit_is_the_mean_of_the_top_k_pixels() -> None:

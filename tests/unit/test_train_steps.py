@@ -1,4 +1,4 @@
-"""Training step order and seeds (``training.selections.step_plan``); an auxiliary step end to end."""
+"""The steps of a training config: the committed recipes, what the validation refuses, checkpoint order."""
 
 from __future__ import annotations
 
@@ -7,82 +7,67 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.support.train_run import tiny_config, train_args
 from training.cli import main
-from training.networks import load_checkpoint
-from training.selections import step_plan
+from training.config import ConfigError, load_config, parse_config
 from training.train import criterion, weight_selection_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cfg(**steps: dict) -> dict:
-    return {"steps": steps}
-
-
-def test_five_selections_and_weight_keep_their_seeds_beside_an_auxiliary_step() -> None:
-    plain = step_plan(_cfg(all={}, sdh={"init": "all"}))
-    assert plain == {"all": 0, "subtype": 1, "sdh": 2, "sah": 3, "small": 4, "weight": 5}
-    aux = step_plan(_cfg(transfer={"selection": "all", "seed_offset": 0}, all={}, sdh={"init": "transfer"}))
-    assert list(aux) == ["transfer", "all", "subtype", "sdh", "sah", "small", "weight"]
-    assert aux["transfer"] == 0 and {k: v for k, v in aux.items() if k != "transfer"} == plain
-
-
-def test_auxiliary_steps_default_to_fresh_seed_offsets_in_file_order() -> None:
-    plan = step_plan(_cfg(a={"selection": "all"}, b={"selection": "sdh"}, all={}))
-    assert list(plan)[:2] == ["a", "b"] and (plan["a"], plan["b"]) == (6, 7)
-
-
-@pytest.mark.parametrize(
-    ("steps", "message"),
-    [
-        ({"transfer": {}, "all": {}}, "needs selection"),
-        ({"transfer": {"selection": "ivh"}, "all": {}}, "needs selection"),
-        ({"all": {"selection": "sdh"}}, "its own selection"),
-        ({"all": {"init": "sdh"}, "sdh": {}}, "does not train before it"),
-        ({"all": {"init": "nowhere"}}, "does not train before it"),
-        ({"weight": {"selection": "all"}, "all": {}}, "[weight]"),
-    ],
-)
-def test_bad_step_configs_are_refused(steps: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        step_plan({"steps": steps})
-
-
 def test_committed_default_config_fine_tunes_from_the_mixed_dice_all_model() -> None:
-    with (ROOT / "training" / "configs" / "default.toml").open("rb") as fh:
-        cfg = tomllib.load(fh)
-    # no auxiliary step: the five and the weight model in order, with their fixed seed offsets
-    assert step_plan(cfg) == {"all": 0, "subtype": 1, "sdh": 2, "sah": 3, "small": 4, "weight": 5}
-    steps = cfg["steps"]
+    cfg = load_config(ROOT / "training" / "configs" / "default.toml")
+    steps = cfg.steps
     fine_tunes = ("subtype", "sdh", "sah", "small")
-    assert all(steps[k]["init"] == "all" for k in fine_tunes) and "init" not in steps["all"]
-    assert steps["all"]["dice"] == "mixed"
-    assert all(steps[k]["dice"] == "per_slice" for k in fine_tunes) and cfg["weight"]["dice"] == "per_slice"
+    assert list(steps) == ["all", *fine_tunes]
+    assert all(steps[k].init == "all" for k in fine_tunes) and steps["all"].init is None
+    assert steps["all"].dice == "mixed"
+    assert all(steps[k].dice == "per_slice" for k in fine_tunes) and cfg.weight.dice == "per_slice"
 
 
 def test_committed_configs_select_nothing_on_patients() -> None:
     # Honest figures: no validation patients (so no checkpoint is chosen on anyone) and a CV protocol.
     for name in ("default", "gpu"):
-        with (ROOT / "training" / "configs" / f"{name}.toml").open("rb") as fh:
-            cfg = tomllib.load(fh)
-        assert cfg["run"]["val_patients"] == 0 and "split_file" not in cfg["run"], name
-        assert cfg["cv"]["folds"] >= 2 and cfg["decision"]["score"] in ("select", "lesion", "max_slice"), name
+        cfg = load_config(ROOT / "training" / "configs" / f"{name}.toml")
+        assert cfg.run.val_patients == 0 and cfg.run.split_path is None, name
+        assert cfg.cv.folds >= 2 and cfg.decision.score in ("select", "lesion", "max_slice"), name
+
+
+_STEP = {"iterations": 1, "lr": 1e-3, "warmup": 0, "batch": 2, "eval_every": 1}
+
+
+def _with_steps(**steps: dict) -> dict:
+    with (ROOT / "training" / "configs" / "smoke.toml").open("rb") as fh:
+        cfg = tomllib.load(fh)
+    cfg["steps"] = {name: {**_STEP, **table} for name, table in steps.items()}
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ({"transfer": {}, "all": {}}, "unknown step 'transfer'"),
+        ({"weight": {}, "all": {}}, "[weight], not [steps.weight]"),
+        ({"all": {"selection": "sdh"}}, "[steps.all] selection: unknown key"),
+        ({"all": {"init": "sdh"}, "sdh": {}}, "[steps.all] init = 'sdh': that step does not train before it"),
+        ({"sdh": {"init": "nowhere"}}, "init = 'nowhere': that step does not train before it"),
+        ({"small": {"init": "small"}}, "init = 'small': that step does not train before it"),
+    ],
+)
+def test_bad_step_configs_are_refused(steps: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^x\.toml: .*" + message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(_with_steps(**steps), "x.toml")
+
+
+def test_a_step_may_start_from_any_step_before_it_even_one_this_config_leaves_out() -> None:
+    # ``--steps sdh`` on a run folder whose ``all`` was trained before: init names a step, not a table
+    cfg = parse_config(_with_steps(sdh={"init": "all"}, small={"init": "sah"}))
+    assert cfg.steps["sdh"].init == "all" and cfg.steps["small"].init == "sah"
 
 
 CONFIG = tiny_config(
     """
-[steps.base]
-selection = "all"
-seed_offset = 0
-iterations = 3
-lr = 1e-3
-warmup = 1
-batch = 4
-eval_every = 3
-
 [steps.all]
 iterations = 3
 lr = 1e-3
@@ -91,7 +76,7 @@ batch = 4
 eval_every = 3
 
 [steps.sdh]
-init = "base"
+init = "all"
 iterations = 2
 lr = 3e-4
 warmup = 1
@@ -101,27 +86,22 @@ eval_every = 2
 )
 
 
-def test_auxiliary_step_trains_first_and_shares_the_draws_of_its_seed_offset(tmp_path, caplog) -> None:
-    """``base`` has ``all``'s settings and seed offset, so it must come out bit-identical to ``all``."""
-    caplog.set_level(logging.INFO)
-    args, run_dir = train_args(tmp_path, CONFIG, steps="base,all")
-    assert main(args) == 0
-    base, plain = load_checkpoint(run_dir / "base" / "best.pt"), load_checkpoint(run_dir / "all" / "best.pt")
-    for (name, a), (_, b) in zip(base.state_dict().items(), plain.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
-    log = (run_dir / "train.log").read_text()
-    assert log.index("step base finished") < log.index("step all finished")
-
-
-def test_train_cli_refuses_a_bad_plan_before_touching_the_run_dir(tmp_path, caplog) -> None:
+@pytest.mark.parametrize(
+    ("change", "steps", "message"),
+    [
+        (('init = "all"', 'init = "small"'), "all", "does not train before it"),
+        (("batch = 4\neval_every = 2", "batch = 4\neval_evry = 2"), "all", "[steps.sdh] eval_evry: unknown"),
+        (("", ""), "all,ivh", "--steps all,ivh"),
+        (("", ""), "sah", "no [steps.sah]"),
+    ],
+)
+def test_train_cli_refuses_a_bad_config_before_touching_the_run_dir(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, change: tuple[str, str], steps: str, message: str
+) -> None:
     caplog.set_level(logging.ERROR)
-    bad = CONFIG.replace('init = "base"', 'init = "small"')
-    args, run_dir = train_args(tmp_path, bad, steps="all")
+    args, run_dir = train_args(tmp_path, CONFIG.replace(*change) if change[0] else CONFIG, steps=steps)
     assert main(args) == 2
-    assert "does not train before it" in caplog.text and not run_dir.exists()
-    args, run_dir = train_args(tmp_path, CONFIG, steps="all,ivh")
-    assert main(args) == 2
-    assert "ivh" in caplog.text and not run_dir.exists()
+    assert message in caplog.text and not run_dir.exists()
 
 
 def _fig(slice_auc: float, case_auc: float, dice: float) -> dict[str, float]:

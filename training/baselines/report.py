@@ -21,6 +21,7 @@ import numpy as np
 
 from training import metrics
 from training.baselines.networks import ARCHITECTURES
+from training.config import BaselinesConfig
 from training.oof_report import _auc, _case_max, _delong, _dice, _num, _proportion
 from training.records import _read_csv
 
@@ -192,7 +193,7 @@ def _units(out: Path) -> dict[tuple[str, str], dict[int, list[dict[str, Any]]]]:
     return found
 
 
-def build_report(out: Path, ensemble_dir: Path, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_report(out: Path, ensemble_dir: Path, cfg: BaselinesConfig | None = None) -> dict[str, Any]:
     """The comparison from ``out``'s unit records and the ensemble's out-of-fold records."""
     k = len(json.loads((out / "folds.json").read_text())["folds"])
     units = _units(out)
@@ -220,11 +221,10 @@ def build_report(out: Path, ensemble_dir: Path, cfg: Mapping[str, Any] | None = 
             block = paired(_restrict(strong, common), _restrict(s, common))  # z > 0: strong higher
             block["patients"] = len({c for c, _ in common})
             strong_vs_weak[f"{arch}/{mode}"] = block
-    cfg = cfg or {}
     # weak_csv counts once it has run: it needs a CSV, which a run may not have
     ran = {mode for _, mode in units}
-    modes = [m for m in cfg.get("modes", ("weak", "strong")) if m != "weak_csv" or m in ran]
-    expected = k * len(cfg.get("architectures", ARCHITECTURES)) * len(modes)
+    modes = [m for m in (cfg.modes if cfg else ("weak", "strong")) if m != "weak_csv" or m in ran]
+    expected = k * len(cfg.architectures if cfg else ARCHITECTURES) * len(modes)
     return {
         "folds": k,
         "units_done": sum(len(v) for v in units.values()),

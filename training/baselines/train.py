@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.augment import AugmentConfig, augment_batch, scanner_augment
+from training.augment import augment_batch, scanner_augment
 from training.baselines.networks import (
     ARCHITECTURES,
     SliceClassifier,
@@ -45,18 +45,17 @@ from training.baselines.networks import (
     normalised_cam,
     saliency,
 )
-from training.losses import DiceMode, dice_loss
-from training.records import _read_csv, _write_csv
-from training.train import (
-    Cache,
-    Sampling,
-    _batch,
-    _dice_mode,
-    _lr,
-    build_cache,
-    load_config,
-    negative_weights,
+from training.config import (
+    BaselinesConfig,
+    BaselinesTrain,
+    ConfigError,
+    DiceMode,
+    load_baselines_config,
 )
+from training.losses import dice_loss
+from training.records import _read_csv, _write_csv
+from training.seeds import batch_generator, unit_seed
+from training.train import Cache, Sampling, _batch, _lr, build_cache, negative_weights
 
 logger = logging.getLogger(__name__)
 
@@ -111,21 +110,26 @@ class Unit:
         return f"{self.architecture}/{self.mode}/fold {self.fold}"
 
 
-def unit_settings(cfg: dict[str, Any], unit: Unit, labels_digest: str) -> dict[str, Any]:
-    """What defines a unit's result: a record made with other settings is refused, never mixed in."""
+def unit_settings(cfg: BaselinesConfig, unit: Unit, labels_digest: str) -> dict[str, Any]:
+    """What defines a unit's result: a record made with other settings is refused, never mixed in.
+
+    The tables as the config file writes them (defaults left out), so that records made before a default
+    was named compare equal.
+    """
+    network = cfg.network.get(unit.architecture)
     return {
-        "size": int(cfg["run"]["size"]),
-        "seed": int(cfg["run"]["seed"]),
-        "amp": str(cfg["run"].get("amp", "none")),
-        "train": cfg["train"],
-        "network": cfg.get("network", {}).get(unit.architecture, {}),
+        "size": cfg.run.size,
+        "seed": cfg.run.seed,
+        "amp": cfg.run.amp,
+        "train": cfg.train.as_written(),
+        "network": network.as_written() if network is not None else {},
         "labels": labels_digest,
     }
 
 
-def unit_seed(cfg: dict[str, Any], unit: Unit) -> int:
-    """The same for every mode of a fold and architecture, so weak and strong differ by the loss alone."""
-    return int(cfg["run"]["seed"]) + 1000 * unit.fold + ARCHITECTURES.index(unit.architecture)
+def seed_of(cfg: BaselinesConfig, unit: Unit) -> int:
+    """The unit's seed (:func:`training.seeds.unit_seed`): weak and strong share it."""
+    return unit_seed(cfg.run.seed, unit.fold, ARCHITECTURES.index(unit.architecture))
 
 
 def is_done(unit: Unit, out: Path, settings: dict[str, Any]) -> bool:
@@ -202,14 +206,14 @@ def unit_loss(
     masks: torch.Tensor,
     keep: torch.Tensor,
     mode: str,
-    train: dict[str, Any],
+    train: BaselinesTrain,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """BCE on the slice logit, plus in ``strong`` mode ``seg_weight`` x :func:`saliency_loss`."""
     bce = F.binary_cross_entropy_with_logits(logit, labels)
     if mode != "strong":
         return bce, {"bce": bce.item()}
-    seg = saliency_loss(cam, masks, keep, _dice_mode(train))
-    return bce + float(train.get("seg_weight", 1.0)) * seg, {"bce": bce.item(), "seg": seg.item()}
+    seg = saliency_loss(cam, masks, keep, train.dice)
+    return bce + train.seg_weight * seg, {"bce": bce.item(), "seg": seg.item()}
 
 
 def train_step(
@@ -220,7 +224,7 @@ def train_step(
     labels: torch.Tensor,
     keep: torch.Tensor,
     mode: str,
-    train: dict[str, Any],
+    train: BaselinesTrain,
     amp: bool = False,
 ) -> dict[str, float]:
     """One optimiser step on a batch; returns the loss and its terms."""
@@ -246,8 +250,82 @@ def _checkpoint(
     tmp.replace(path)
 
 
+@dataclass(frozen=True)
+class UnitData:
+    """The slices a unit trains on and their targets."""
+
+    pos: np.ndarray  # training slices labelled with hemorrhage
+    neg: np.ndarray  # training slices labelled without
+    neg_weights: torch.Tensor | None  # sampling weights of ``neg`` (None: uniform)
+    slice_labels: torch.Tensor  # [M] the mode's slice labels
+    has_target: torch.Tensor  # [M] the mask is a target: negatives (empty) and masks that survived the resize
+
+
+def unit_data(
+    cache: Cache, unit: Unit, train_patients: Sequence[str], labels: np.ndarray, train: BaselinesTrain
+) -> UnitData:
+    """The training slices of ``unit`` by its mode's ``labels`` (1, 0, or -1 for unlabelled)."""
+    in_train = np.isin(cache.table.pids, np.asarray(list(train_patients)))
+    pos, neg = np.flatnonzero(in_train & (labels == 1)), np.flatnonzero(in_train & (labels == 0))
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError(f"{unit}: the training patients need labelled slices with and without hemorrhage")
+    sampling = Sampling(train.negative_fraction, train.edge_negative_weight)
+    return UnitData(
+        pos=pos,
+        neg=neg,
+        neg_weights=negative_weights(cache, neg, sampling),
+        slice_labels=torch.from_numpy(labels.astype(np.float32)),
+        has_target=torch.from_numpy(~cache.table.positive | (cache.table.mask_pixels > 0)),
+    )
+
+
+def build_unit_model(
+    cfg: BaselinesConfig, unit: Unit, seed: int, device: str
+) -> tuple[SliceClassifier, torch.optim.Optimizer]:
+    """The seeded classifier of the unit's architecture (the config's width and blocks) and its optimiser."""
+    torch.manual_seed(seed)
+    net = cfg.network.get(unit.architecture)
+    model = build_classifier(
+        unit.architecture, net.width if net else 1.0, net.blocks if net else None
+    )
+    model.to(device)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
+    return model, torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+
+
+def resume_unit(
+    last: Path, model: SliceClassifier, opt: torch.optim.Optimizer, unit: Unit, device: str
+) -> tuple[int, list[Any]]:
+    """(iteration, loss curve) of ``last.pt``, restoring its weights and optimiser; (0, []) without one."""
+    if not last.exists():
+        return 0, []
+    ck = torch.load(last, map_location=device, weights_only=False)
+    model.load_state_dict(ck["state_dict"])
+    opt.load_state_dict(ck["optimizer"])
+    logger.info("baselines: %s resumed at iteration %d", unit, int(ck["iteration"]))
+    return int(ck["iteration"]), list(ck["curve"])
+
+
+def unit_batch(
+    cache: Cache, data: UnitData, train: BaselinesTrain, seed: int, it: int
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Iteration ``it``'s augmented batch (images, masks, rows), from its own seeded generator."""
+    gen = batch_generator(seed, it)
+    x, masks, idx = _batch(
+        cache, data.pos, data.neg, train.batch, gen,
+        negative_fraction=train.negative_fraction, neg_weights=data.neg_weights,
+    )
+    x, masks = augment_batch(x, masks, train.augment, gen)
+    return scanner_augment(x, train.augment, gen), masks, idx
+
+
+def curve_point(it: int, window: list[dict[str, float]]) -> dict[str, Any]:
+    """The mean of each loss term over the iterations since the last point."""
+    return {"iteration": it + 1, **{k: round(float(np.mean([w[k] for w in window])), 5) for k in window[0]}}
+
+
 def train_unit(
-    cfg: dict[str, Any],
+    cfg: BaselinesConfig,
     cache: Cache,
     unit: Unit,
     train_patients: Sequence[str],
@@ -256,91 +334,31 @@ def train_unit(
     device: str,
 ) -> tuple[SliceClassifier, dict[str, Any]]:
     """Train one unit's classifier (resuming from ``work/last.pt``); returns it and its training facts."""
-    train, rc = cfg["train"], cfg["run"]
-    iters, batch, peak, warmup = (
-        int(train["iterations"]),
-        int(train["batch"]),
-        float(train["lr"]),
-        int(train["warmup"]),
-    )
-    every = int(train.get("log_every", 50))
-    in_train = np.isin(cache.table.pids, np.asarray(list(train_patients)))
-    pos, neg = np.flatnonzero(in_train & (labels == 1)), np.flatnonzero(in_train & (labels == 0))
-    if len(pos) == 0 or len(neg) == 0:
-        raise ValueError(f"{unit}: the training patients need labelled slices with and without hemorrhage")
-    sampling = Sampling(
-        float(train.get("negative_fraction", 0.5)), float(train.get("edge_negative_weight", 1.0))
-    )
-    neg_weights = negative_weights(cache, neg, sampling)
-    # the mask is the target of a negative (empty) and of a positive whose mask survived the resize
-    has_target = torch.from_numpy(~cache.table.positive | (cache.table.mask_pixels > 0))
-    slice_labels = torch.from_numpy(labels.astype(np.float32))
-    aug = AugmentConfig(**train.get("augment", {}))
-    amp = str(rc.get("amp", "none")) == "bf16"
-    seed = unit_seed(cfg, unit)
-
-    torch.manual_seed(seed)
-    net = cfg.get("network", {}).get(unit.architecture, {})
-    model = build_classifier(unit.architecture, float(net.get("width", 1.0)), net.get("blocks"))
-    model.to(device)
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
-    opt = torch.optim.Adam(model.parameters(), lr=peak)
+    train = cfg.train
+    data = unit_data(cache, unit, train_patients, labels, train)
+    seed, amp = seed_of(cfg, unit), cfg.run.amp == "bf16"
+    model, opt = build_unit_model(cfg, unit, seed, device)
     work.mkdir(parents=True, exist_ok=True)
     last = work / "last.pt"
-    start, curve = 0, []
-    if last.exists():
-        ck = torch.load(last, map_location=device, weights_only=False)
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        start, curve = int(ck["iteration"]), list(ck["curve"])
-        logger.info("baselines: %s resumed at iteration %d", unit, start)
-    logger.info(
-        "baselines: %s: %d positive / %d negative training slices, %d iterations",
-        unit,
-        len(pos),
-        len(neg),
-        iters,
-    )
+    start, curve = resume_unit(last, model, opt, unit, device)
+    logger.info("baselines: %s: %d positive / %d negative training slices, %d iterations",
+                unit, len(data.pos), len(data.neg), train.iterations)
     t0, window = time.time(), []
-    for it in range(start, iters):
-        gen = torch.Generator().manual_seed(seed * 7919 + it)
-        x, masks, idx = _batch(
-            cache, pos, neg, batch, gen, negative_fraction=sampling.negative_fraction, neg_weights=neg_weights
-        )
-        x, masks = augment_batch(x, masks, aug, gen)
-        x = scanner_augment(x, aug, gen)
+    for it in range(start, train.iterations):
+        x, masks, idx = unit_batch(cache, data, train, seed, it)
         for group in opt.param_groups:
-            group["lr"] = _lr(it, iters, peak, warmup)
+            group["lr"] = _lr(it, train.iterations, train.lr, train.warmup)
+        labels_t, keep = data.slice_labels[idx].to(device), data.has_target[idx].to(device)
         window.append(
-            train_step(
-                model,
-                opt,
-                x.to(device),
-                masks.to(device),
-                slice_labels[idx].to(device),
-                has_target[idx].to(device),
-                unit.mode,
-                train,
-                amp,
-            )
+            train_step(model, opt, x.to(device), masks.to(device), labels_t, keep, unit.mode, train, amp)
         )
-        if (it + 1) % every == 0 or it + 1 == iters:
-            point = {
-                "iteration": it + 1,
-                **{k: round(float(np.mean([w[k] for w in window])), 5) for k in window[0]},
-            }
-            curve.append(point)
-            logger.info(
-                "baselines: %s it %d/%d loss %.4f | %.2f s/it",
-                unit,
-                it + 1,
-                iters,
-                point["loss"],
-                (time.time() - t0) / len(window),
-            )
+        if (it + 1) % train.log_every == 0 or it + 1 == train.iterations:
+            curve.append(curve_point(it, window))
+            logger.info("baselines: %s it %d/%d loss %.4f | %.2f s/it", unit, it + 1, train.iterations,
+                        curve[-1]["loss"], (time.time() - t0) / len(window))
             t0, window = time.time(), []
             _checkpoint(last, model, opt, it + 1, curve)
-    return model, {"positive_slices": len(pos), "negative_slices": len(neg), "curve": curve}
+    return model, {"positive_slices": len(data.pos), "negative_slices": len(data.neg), "curve": curve}
 
 
 # ----------------------------------------------------------------------------------------- prediction
@@ -453,15 +471,18 @@ def run(args: argparse.Namespace) -> int:
     """Train every requested unit not yet recorded, then write the comparison."""
     from training.baselines import report
 
-    cfg = load_config(args.config)
-    rc = cfg["run"]
-    out = args.out or Path("training/baselines") / str(rc["name"])
+    try:
+        cfg = load_baselines_config(args.config)
+    except ConfigError as err:
+        logger.error("baselines: %s", err)
+        return 2
+    out = args.out or Path("training/baselines") / cfg.run.name
     try:
         architectures = _pick(
-            args.architectures, [a for a in cfg["architectures"] if a in ARCHITECTURES], "architecture"
+            args.architectures, [a for a in cfg.architectures if a in ARCHITECTURES], "architecture"
         )
-        modes = _pick(args.modes, list(cfg["modes"]), "mode")
-        if [a for a in cfg["architectures"] if a not in ARCHITECTURES] or set(cfg["modes"]) - set(MODES):
+        modes = _pick(args.modes, list(cfg.modes), "mode")
+        if [a for a in cfg.architectures if a not in ARCHITECTURES] or set(cfg.modes) - set(MODES):
             raise ValueError(f"config: architectures are some of {ARCHITECTURES}, modes some of {MODES}")
         if "weak_csv" in modes and args.weak_csv is None and not args.report_only:
             if args.modes is not None:
@@ -496,25 +517,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(
-    args: argparse.Namespace, cfg: dict[str, Any], out: Path, architectures: list[str], modes: list[str]
+    args: argparse.Namespace, cfg: BaselinesConfig, out: Path, architectures: list[str], modes: list[str]
 ) -> int:
     from training.allocator import keep_freed_memory
     from training.cv import fold_split
 
-    rc = cfg["run"]
-    run_dir = args.run_dir or Path("runs") / f"baselines-{rc['name']}"
+    rc = cfg.run
+    run_dir = args.run_dir or Path("runs") / f"baselines-{rc.name}"
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "baselines.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     try:
-        torch.set_num_threads(int(rc.get("threads", 2)))
+        torch.set_num_threads(rc.threads)
         keep_freed_memory()
-        device = str(rc.get("device", "cpu"))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        size = int(rc["size"])
-        cache = build_cache(args.data, size, run_dir / f"cache_{size}.npz")
+        device = rc.resolved_device()
+        cache = build_cache(args.data, rc.size, run_dir / f"cache_{rc.size}.npz")
         try:
             folds = load_baseline_folds(out, args.folds_from, cache)
             wanted = [int(v) for v in args.folds.split(",")] if args.folds else list(range(len(folds)))
@@ -548,9 +566,7 @@ def _train(
             work.mkdir(parents=True, exist_ok=True)
             train_patients = fold_split(folds, unit.fold)["train"]
             model, facts = train_unit(cfg, cache, unit, train_patients, labels[unit.mode], work, device)
-            rows = predict_rows(
-                model, cache, folds[unit.fold], unit.fold, int(rc.get("eval_batch", 32)), device
-            )
+            rows = predict_rows(model, cache, folds[unit.fold], unit.fold, rc.eval_batch, device)
             seconds = round(time.time() - t0, 1)
             settings = unit_settings(cfg, unit, digest[unit.mode])
             write_unit(
