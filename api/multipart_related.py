@@ -8,15 +8,13 @@ Kubernetes deployment). Each part keeps its ``Content-Type``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
 from api.errors import ApiError
-from api.upload import UploadPace, paced_chunks
+from api.upload import PartCollector, UploadPace, UploadShare, read_multipart
 
 __all__ = ["Part", "read_related_parts", "related_type"]
 
@@ -43,34 +41,22 @@ def related_type(content_type: str) -> tuple[str, str | None, bytes | None]:
     )
 
 
-class _Collector:
+class _Collector(PartCollector):
+    """Keeps every part, with its media type, up to ``max_parts`` parts and ``limit`` bytes of data."""
+
     def __init__(self, limit: int, max_parts: int) -> None:
+        super().__init__()
         self.limit = limit
         self.max_parts = max_parts
         self.parts: list[Part] = []
-        self.finished = False
         self._total = 0
-        self._field = bytearray()
-        self._value = bytearray()
-        self._headers: dict[str, bytes] = {}
         self._data = bytearray()
 
     def on_part_begin(self) -> None:
         if len(self.parts) >= self.max_parts:
             raise ApiError(413, "study_too_large", f"the body holds more than {self.max_parts} parts")
-        self._headers = {}
+        super().on_part_begin()
         self._data = bytearray()
-
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._field.extend(data[start:end])
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value.extend(data[start:end])
-
-    def on_header_end(self) -> None:
-        self._headers[self._field.decode("latin-1").lower()] = bytes(self._value)
-        self._field.clear()
-        self._value.clear()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         self._total += end - start
@@ -79,12 +65,9 @@ class _Collector:
         self._data.extend(data[start:end])
 
     def on_part_end(self) -> None:
-        media, _ = parse_options_header(self._headers.get("content-type", b""))
+        media, _ = parse_options_header(self.headers.get("content-type", b""))
         self.parts.append(Part(media.decode("latin-1").strip().lower(), bytes(self._data)))
         self._data = bytearray()
-
-    def on_end(self) -> None:
-        self.finished = True
 
 
 async def read_related_parts(
@@ -93,49 +76,17 @@ async def read_related_parts(
     limit: int,
     max_parts: int,
     pace: UploadPace,
-    count: Callable[[int], None] | None = None,
+    hold: UploadShare | None = None,
 ) -> list[Part]:
     """The parts of a ``multipart/related`` request body.
 
-    ``count`` is told each chunk's size as it arrives (the gateway's upload buffer budget, which answers
-    503 ``busy`` when all uploads together would pass it).
+    ``hold`` is the request's share of the gateway's upload buffer budget, told each chunk as it arrives
+    (503 ``busy`` when all uploads together would pass it).
 
     Raises:
         ApiError: 400 without a boundary or for a malformed or incomplete body; 413 beyond ``limit`` bytes of
             part data or ``max_parts`` parts; 408 when the body comes too slowly.
     """
-    _, _, boundary = related_type(request.headers.get("content-type", ""))
-    if not boundary:
-        raise ApiError(400, "invalid_multipart", "the multipart/related content type has no boundary")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + _OVERHEAD:
-        raise ApiError(413, "upload_too_large", f"the upload exceeds the limit of {limit} bytes")
     collector = _Collector(limit, max_parts)
-    parser = MultipartParser(
-        boundary,
-        callbacks={
-            "on_part_begin": collector.on_part_begin,
-            "on_header_field": collector.on_header_field,
-            "on_header_value": collector.on_header_value,
-            "on_header_end": collector.on_header_end,
-            "on_part_data": collector.on_part_data,
-            "on_part_end": collector.on_part_end,
-            "on_end": collector.on_end,
-        },
-    )
-    received = 0
-    try:
-        async for chunk in paced_chunks(request, pace):
-            received += len(chunk)
-            if count is not None:
-                count(len(chunk))
-            if received > limit + _OVERHEAD:
-                raise ApiError(413, "upload_too_large", f"the upload exceeds the limit of {limit} bytes")
-            if chunk:
-                parser.write(chunk)
-        parser.finalize()
-    except MultipartParseError as exc:
-        raise ApiError(400, "invalid_multipart", "the multipart/related body is malformed") from exc
-    if not collector.finished:
-        raise ApiError(400, "invalid_multipart", "the multipart/related body is incomplete")
+    await read_multipart(request, collector, limit=limit, overhead=_OVERHEAD, pace=pace, hold=hold)
     return collector.parts

@@ -22,6 +22,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -29,6 +30,9 @@ from starlette.requests import ClientDisconnect, Request
 
 from api.errors import ApiError, service_unavailable
 from api.settings import Settings
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 #: Media types accepted as a raw zip body (browsers and Windows tools send the ``x-`` variants).
 ZIP_MEDIA_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "application/x-zip"})
@@ -167,7 +171,8 @@ def media_type_of(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def _check_content_length(request: Request, limit: int) -> None:
+def _check_content_length(request: Request, limit: int, overhead: int = 0) -> None:
+    """413 at once when the declared body is larger than ``limit`` bytes of content and ``overhead``."""
     declared = request.headers.get("content-length")
     if declared is None:
         return
@@ -175,26 +180,37 @@ def _check_content_length(request: Request, limit: int) -> None:
         length = int(declared)
     except ValueError as exc:
         raise ApiError(400, "bad_request", "Content-Length is not a number") from exc
-    if length > limit:
+    if length > limit + overhead:
         raise _too_large(limit)
 
 
-class _FilePartCollector:
-    """python-multipart callbacks that keep the data of the ``file`` field only."""
+class PartCollector:
+    """python-multipart's callbacks: each part's headers collected by lower-case name, the end noted.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data: bytearray | None = None
+    Subclasses keep what they need of the parts (``on_part_begin``, ``on_headers_finished``,
+    ``on_part_data``, ``on_part_end``) and may refuse a part by raising :class:`ApiError`.
+    """
+
+    def __init__(self) -> None:
         self.finished = False
+        self.headers: dict[str, bytes] = {}
         self._field = bytearray()
         self._value = bytearray()
-        self._headers: dict[str, bytes] = {}
-        self._in_file = False
-        self._seen_file = False
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
+        }
 
     def on_part_begin(self) -> None:
-        self._headers = {}
-        self._in_file = False
+        self.headers = {}
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._field.extend(data[start:end])
@@ -203,12 +219,77 @@ class _FilePartCollector:
         self._value.extend(data[start:end])
 
     def on_header_end(self) -> None:
-        self._headers[self._field.decode("latin-1").lower()] = bytes(self._value)
+        self.headers[self._field.decode("latin-1").lower()] = bytes(self._value)
         self._field.clear()
         self._value.clear()
 
     def on_headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get("content-disposition", b""))
+        """The part's headers are all in ``headers``."""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        """A piece of the part's data: ``data[start:end]``."""
+
+    def on_part_end(self) -> None:
+        """The part is complete."""
+
+    def on_end(self) -> None:
+        self.finished = True
+
+
+async def read_multipart(
+    request: Request,
+    collector: PartCollector,
+    *,
+    limit: int,
+    overhead: int,
+    pace: UploadPace,
+    hold: UploadShare | None,
+) -> None:
+    """Stream a multipart body of the request's boundary into ``collector``, within the upload's caps.
+
+    Raises:
+        ApiError: 400 without a boundary, for a malformed or incomplete body; 413 past ``limit`` bytes and
+            ``overhead`` for boundaries and part headers (declared or received); 408 and 503 as
+            :func:`paced_chunks`.
+    """
+    media_type, params = parse_options_header(request.headers.get("content-type", ""))
+    kind = media_type.decode("latin-1").strip().lower()
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "invalid_multipart", f"the {kind} content type has no boundary")
+    _check_content_length(request, limit, overhead)
+    parser = MultipartParser(boundary, callbacks=collector.callbacks())
+    received = 0
+    try:
+        async for chunk in paced_chunks(request, pace, hold):
+            received += len(chunk)
+            if received > limit + overhead:
+                raise _too_large(limit)
+            if chunk:
+                parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise ApiError(400, "invalid_multipart", f"the {kind} body is malformed") from exc
+    if not collector.finished:
+        raise ApiError(400, "invalid_multipart", f"the {kind} body is incomplete")
+
+
+class _FilePartCollector(PartCollector):
+    """Keeps the data of the ``file`` field only (the first one)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.data: bytearray | None = None
+        self._in_file = False
+        self._seen_file = False
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self._in_file = False
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self.headers.get("content-disposition", b""))
         if params.get(b"name") == FILE_FIELD.encode() and not self._seen_file:
             self._in_file = self._seen_file = True
             self.data = bytearray()
@@ -221,9 +302,6 @@ class _FilePartCollector:
 
     def on_part_end(self) -> None:
         self._in_file = False
-
-    def on_end(self) -> None:
-        self.finished = True
 
 
 async def read_zip_upload(
@@ -280,39 +358,8 @@ async def _read_raw(request: Request, limit: int, pace: UploadPace, hold: Upload
 async def _read_multipart(
     request: Request, limit: int, pace: UploadPace, hold: UploadShare | None
 ) -> bytearray:
-    _, params = parse_options_header(request.headers.get("content-type", ""))
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise ApiError(400, "invalid_multipart", "the multipart/form-data content type has no boundary")
-    body_limit = limit + _MULTIPART_OVERHEAD
-    _check_content_length(request, body_limit)
     collector = _FilePartCollector(limit)
-    parser = MultipartParser(
-        boundary,
-        callbacks={
-            "on_part_begin": collector.on_part_begin,
-            "on_header_field": collector.on_header_field,
-            "on_header_value": collector.on_header_value,
-            "on_header_end": collector.on_header_end,
-            "on_headers_finished": collector.on_headers_finished,
-            "on_part_data": collector.on_part_data,
-            "on_part_end": collector.on_part_end,
-            "on_end": collector.on_end,
-        },
-    )
-    received = 0
-    try:
-        async for chunk in paced_chunks(request, pace, hold):
-            received += len(chunk)
-            if received > body_limit:
-                raise _too_large(limit)
-            if chunk:
-                parser.write(chunk)
-        parser.finalize()
-    except MultipartParseError as exc:
-        raise ApiError(400, "invalid_multipart", "the multipart/form-data body is malformed") from exc
-    if not collector.finished:
-        raise ApiError(400, "invalid_multipart", "the multipart/form-data body is incomplete")
+    await read_multipart(request, collector, limit=limit, overhead=_MULTIPART_OVERHEAD, pace=pace, hold=hold)
     if collector.data is None:
         raise ApiError(400, "missing_file", f"the multipart form has no '{FILE_FIELD}' field")
     return collector.data

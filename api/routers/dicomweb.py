@@ -126,7 +126,7 @@ async def _stow(request: Request, settings: Settings, node: DicomNode, study: st
             limit=settings.max_upload_bytes,
             max_parts=settings.max_members,
             pace=pace_of(settings),
-            count=share.add,
+            hold=share,
         )
         if not parts:
             raise ApiError(400, "no_instances", "the body holds no DICOM instance")

@@ -78,6 +78,17 @@ DISCARDED_SOP_CLASSES: Final[frozenset[str]] = frozenset(
         uids.EncapsulatedPDFStorage,
     }
 )
+#: The JPEG and JPEG-LS syntaxes, whose frames declare their matrix in a start-of-frame marker.
+_JPEG_SYNTAXES: Final[tuple[str, ...]] = (
+    uids.JPEGLosslessSV1,
+    uids.JPEGLossless,
+    uids.JPEGBaseline8Bit,
+    uids.JPEGExtended12Bit,
+    uids.JPEGLSLossless,
+    uids.JPEGLSNearLossless,
+)
+#: The JPEG 2000 syntaxes, whose frames declare their matrix in the SIZ marker.
+_J2K_SYNTAXES: Final[tuple[str, ...]] = (uids.JPEG2000Lossless, uids.JPEG2000)
 #: What the SCP offers for every SOP class: the uncompressed syntaxes and the compressed ones the pixel
 #: decoders read (pylibjpeg: JPEG, JPEG-LS, JPEG 2000, RLE).
 ACCEPTED_TRANSFER_SYNTAXES: Final[tuple[str, ...]] = (
@@ -85,27 +96,12 @@ ACCEPTED_TRANSFER_SYNTAXES: Final[tuple[str, ...]] = (
     uids.ImplicitVRLittleEndian,
     uids.DeflatedExplicitVRLittleEndian,
     uids.ExplicitVRBigEndian,
-    uids.JPEGLosslessSV1,
-    uids.JPEGLossless,
-    uids.JPEGBaseline8Bit,
-    uids.JPEGExtended12Bit,
-    uids.JPEGLSLossless,
-    uids.JPEGLSNearLossless,
-    uids.JPEG2000Lossless,
-    uids.JPEG2000,
+    *_JPEG_SYNTAXES,
+    *_J2K_SYNTAXES,
     uids.RLELossless,
 )
-_JPEG_FAMILY: Final = frozenset(
-    {
-        uids.JPEGLosslessSV1,
-        uids.JPEGLossless,
-        uids.JPEGBaseline8Bit,
-        uids.JPEGExtended12Bit,
-        uids.JPEGLSLossless,
-        uids.JPEGLSNearLossless,
-    }
-)
-_J2K_FAMILY: Final = frozenset({uids.JPEG2000Lossless, uids.JPEG2000})
+_JPEG_FAMILY: Final = frozenset(_JPEG_SYNTAXES)
+_J2K_FAMILY: Final = frozenset(_J2K_SYNTAXES)
 _UID_KEYWORDS: Final = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 

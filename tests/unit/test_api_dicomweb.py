@@ -148,3 +148,33 @@ def test_bad_stow_requests_get_json_errors(client: TestClient) -> None:
     assert empty.status_code == 400
     bad_uid = stow(client, study.files, path="/dicomweb/studies/..%2F..%2Fetc")
     assert bad_uid.status_code in (400, 404)
+
+
+def test_stow_bodies_are_held_to_the_upload_caps(tmp_path: Path) -> None:
+    study = pacs_study(slices=3)
+    size = max(len(f) for f in study.files)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        model_repository=tmp_path / "paper-rule-repository",
+        max_members=2,
+        max_upload_bytes=3 * size - 1,
+    )
+    with TestClient(create_app(settings, engine=FakeEngine(input_size=32))) as client:
+        too_many = stow(client, study.files)
+        assert too_many.status_code == 413 and too_many.json()["code"] == "study_too_large"
+        body, content_type = stow_body(study.files[:2])
+        cut = body[:-40]
+        truncated = client.post("/dicomweb/studies", content=cut, headers={"content-type": content_type})
+        assert truncated.status_code == 400 and "incomplete" in truncated.json()["detail"]
+        declared = client.post(
+            "/dicomweb/studies",
+            content=body,
+            headers={"content-type": content_type, "content-length": str(3 * size + 2 * 1024 * 1024)},
+        )
+        assert declared.status_code == 413 and declared.json()["code"] == "upload_too_large"
+        assert client.get("/v1/studies").json()["items"] == []
+    small = settings.model_copy(update={"max_members": 10, "max_upload_bytes": size})
+    with TestClient(create_app(small, engine=FakeEngine(input_size=32))) as client:
+        too_large = stow(client, study.files[:2])
+        assert too_large.status_code == 413 and too_large.json()["code"] == "upload_too_large"
+        assert f"limit of {size} bytes" in too_large.json()["detail"]
