@@ -126,26 +126,14 @@ def series_datasets(
         ValueError: a wrong shape, a non-positive spacing, HU outside the stored range or an unsupported
             transfer syntax.
     """
-    volume = np.asarray(hu)
-    if volume.ndim == 2:
-        volume = volume[None]
-    if volume.ndim != 3 or 0 in volume.shape:
-        raise ValueError(f"expected HU of shape [N, H, W] or [H, W], got {np.asarray(hu).shape}")
-    if min(pixel_spacing_mm) <= 0 or slice_thickness_mm <= 0:
-        raise ValueError("pixel spacing and slice thickness must be positive")
+    volume = _checked_volume(hu, pixel_spacing_mm, slice_thickness_mm)
     syntax = UID(transfer_syntax)
     if syntax not in SUPPORTED_TRANSFER_SYNTAXES:
         raise ValueError(f"unsupported transfer syntax {syntax} ({syntax.name})")
     step = slice_thickness_mm if slice_spacing_mm is None else slice_spacing_mm
-    n, rows, columns = volume.shape
     stored = _stored_values(volume, signed)
     orientation, normal = _orientation(gantry_tilt_deg)
-    if origin_mm is None:
-        origin = np.array(
-            [-(columns - 1) / 2.0 * pixel_spacing_mm[1], -(rows - 1) / 2.0 * pixel_spacing_mm[0], 0.0]
-        )
-    else:
-        origin = np.asarray([float(v) for v in origin_mm], dtype=np.float64)
+    origin = _origin(volume.shape, pixel_spacing_mm, origin_mm)
 
     def new_uid(role: str) -> str:
         return str(generate_uid(entropy_srcs=[uid_seed, role]) if uid_seed is not None else generate_uid())
@@ -154,38 +142,77 @@ def series_datasets(
     series_uid = series_instance_uid or new_uid(f"series/{series_number}")
     frame_uid = new_uid(f"frame/{series_number}")
     now = acquired or datetime.now(UTC)
-
     datasets = []
-    for i in range(n):
-        position = origin + i * step * normal
+    for i in range(volume.shape[0]):
         ds = _base_dataset(study_uid, series_uid, frame_uid, new_uid(f"sop/{series_number}/{i}"), now)
         ds.Modality = modality
         ds.SeriesNumber = series_number
         ds.SeriesDescription = series_description
         ds.ImageType = list(image_type)
         ds.InstanceNumber = i + 1
-        ds.ImagePositionPatient = [round(float(v), 6) for v in position]
-        ds.ImageOrientationPatient = [round(v, 6) for v in orientation]
-        ds.SliceLocation = round(float(position[2]), 6)
-        ds.PixelSpacing = [float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1])]
-        ds.SliceThickness = float(slice_thickness_mm)
+        _set_geometry(ds, origin + i * step * normal, orientation, pixel_spacing_mm, slice_thickness_mm)
         if gantry_tilt_deg:
             ds.GantryDetectorTilt = float(gantry_tilt_deg)
-        ds.Rows, ds.Columns = rows, columns
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1 if signed else 0
-        ds.RescaleIntercept = 0 if signed else _UNSIGNED_INTERCEPT
-        ds.RescaleSlope = 1
-        ds.RescaleType = "HU"
-        ds.WindowCenter = 40
-        ds.WindowWidth = 80
+        _set_pixel_module(ds, stored[i], signed)
         _set_pixels(ds, stored[i], syntax)
         datasets.append(ds)
     return datasets
+
+
+def _checked_volume(
+    hu: np.ndarray, pixel_spacing_mm: tuple[float, float], slice_thickness_mm: float
+) -> np.ndarray:
+    """``hu`` as [N, H, W], refused when empty, of another rank, or with a non-positive spacing."""
+    volume = np.asarray(hu)
+    if volume.ndim == 2:
+        volume = volume[None]
+    if volume.ndim != 3 or 0 in volume.shape:
+        raise ValueError(f"expected HU of shape [N, H, W] or [H, W], got {np.asarray(hu).shape}")
+    if min(pixel_spacing_mm) <= 0 or slice_thickness_mm <= 0:
+        raise ValueError("pixel spacing and slice thickness must be positive")
+    return volume
+
+
+def _origin(
+    shape: tuple[int, ...], pixel_spacing_mm: tuple[float, float], origin_mm: Sequence[float] | None
+) -> np.ndarray:
+    """The first slice's position: as given, or the image centred on x = y = 0."""
+    if origin_mm is not None:
+        return np.asarray([float(v) for v in origin_mm], dtype=np.float64)
+    _, rows, columns = shape
+    return np.array(
+        [-(columns - 1) / 2.0 * pixel_spacing_mm[1], -(rows - 1) / 2.0 * pixel_spacing_mm[0], 0.0]
+    )
+
+
+def _set_geometry(
+    ds: Dataset,
+    position: np.ndarray,
+    orientation: list[float],
+    pixel_spacing_mm: tuple[float, float],
+    slice_thickness_mm: float,
+) -> None:
+    ds.ImagePositionPatient = [round(float(v), 6) for v in position]
+    ds.ImageOrientationPatient = [round(v, 6) for v in orientation]
+    ds.SliceLocation = round(float(position[2]), 6)
+    ds.PixelSpacing = [float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1])]
+    ds.SliceThickness = float(slice_thickness_mm)
+
+
+def _set_pixel_module(ds: Dataset, frame: np.ndarray, signed: bool) -> None:
+    """Image Pixel and CT Image attributes of a 16-bit monochrome frame in HU, brain window."""
+    ds.Rows, ds.Columns = frame.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1 if signed else 0
+    ds.RescaleIntercept = 0 if signed else _UNSIGNED_INTERCEPT
+    ds.RescaleSlope = 1
+    ds.RescaleType = "HU"
+    ds.WindowCenter = 40
+    ds.WindowWidth = 80
 
 
 def _base_dataset(study_uid: str, series_uid: str, frame_uid: str, sop_uid: str, now: datetime) -> Dataset:
@@ -225,7 +252,8 @@ def _set_pixels(ds: Dataset, frame: np.ndarray, syntax: UID) -> None:
     if syntax == JPEGLosslessSV1:
         _compress_jpeg_lossless(ds, frame)
         return
-    ds.compress(syntax, arr=frame)
+    # Lossless: the instance stays the same one, so its (possibly seeded) UID stays too.
+    ds.compress(syntax, arr=frame, generate_instance_uid=False)
 
 
 def _compress_jpeg_lossless(ds: Dataset, frame: np.ndarray) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from ich_devtools.dicom_writer import (
     ANONYMOUS,
@@ -103,6 +103,16 @@ def test_uid_seed_makes_the_files_reproducible() -> None:
     assert a[0].StudyInstanceUID == b[0].StudyInstanceUID != c[0].StudyInstanceUID
     assert a[0].SOPInstanceUID != a[1].SOPInstanceUID
     assert random[0].SOPInstanceUID not in {ds.SOPInstanceUID for ds in a + c}
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_uid_seed_makes_compressed_files_reproducible_too(syntax: str) -> None:
+    hu = ramp(2, rows=32, columns=32)  # JPEG 2000 needs 32 pixels a side
+    a, b = (series_datasets(hu, uid_seed="x", transfer_syntax=syntax) for _ in range(2))
+    plain = series_datasets(hu, uid_seed="x")
+    assert [ds.SOPInstanceUID for ds in a] == [ds.SOPInstanceUID for ds in b]
+    assert [ds.SOPInstanceUID for ds in a] == [ds.SOPInstanceUID for ds in plain]
+    assert all(ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID for ds in a)
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless])
