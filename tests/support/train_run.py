@@ -19,7 +19,8 @@ def train_args(tmp_path: Path, config_template: str, steps: str = "all") -> tupl
     return [*args, "--steps", steps], run_dir
 
 
-_TINY_WEIGHT = """hidden = 4
+#: the body of a tiny ``[weight]`` table
+TINY_WEIGHT = """hidden = 4
 opening = 3
 iterations = 2
 batch = 4
@@ -29,7 +30,7 @@ negatives_per_positive = 1
 slice_bce = 0.5"""
 
 
-def tiny_config(steps: str, *, seed: int = 3, network: str = "", weight: str = _TINY_WEIGHT) -> str:
+def tiny_config(steps: str, *, seed: int = 3, network: str = "", weight: str = TINY_WEIGHT) -> str:
     """A config template for :func:`train_args`: 32 px, width 4, depth 2, one validation patient.
 
     ``steps`` holds the ``[steps.*]`` tables, ``network`` extra ``[network]`` keys, ``weight`` the body of

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import torch
 
-from tests.support.train_run import tiny_config, train_args
+from tests.support.train_run import TINY_WEIGHT, tiny_config, train_args
 from training.cli import main
 from training.networks import InceptionUNet
 from training.selections import SliceTable
@@ -66,7 +66,7 @@ hard_negatives = {{ start = 1, every = 2, pool = 3, fraction = 0.5 }}
 """,
     seed=5,
     network="flip_tta = true",
-    weight="opening = 1",
+    weight=TINY_WEIGHT.replace("opening = 3", "opening = 1"),
 )
 
 
