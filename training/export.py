@@ -469,6 +469,28 @@ def run(args: argparse.Namespace) -> int:
     return _reduce_precision(args, args.out)
 
 
+def _rotation_and_size(args: argparse.Namespace) -> tuple[float, int] | None:
+    """(rotation TTA degrees, input size): the flags, else ``[export]`` and ``[run].size`` of the run's
+    config.toml; None (logged) when the config does not validate or no size is known."""
+    try:
+        cfg = run_config(args.run)
+    except ConfigError as err:
+        logger.error("export: %s", err)
+        return None
+    rotate = args.rotate_tta_deg
+    if rotate is None:
+        rotate = cfg.export.rotate_tta_deg if cfg is not None else 0.0
+    size = args.input_size
+    if size is None:
+        if cfg is None:
+            logger.error("%s has no config.toml to read [run].size from; pass --input-size", args.run)
+            return None
+        size = cfg.run.size
+    elif cfg is not None and cfg.run.size != size:
+        logger.warning("--input-size %d differs from [run].size %d of the run", size, cfg.run.size)
+    return float(rotate), int(size)
+
+
 def _export_checkpoints(args: argparse.Namespace) -> int:
     paths = {step: args.run / step / CHECKPOINT_NAME for step in (*spec.MODEL_KEYS, WEIGHT_STEP)}
     for item in args.checkpoint:
@@ -482,28 +504,16 @@ def _export_checkpoints(args: argparse.Namespace) -> int:
     except (FileNotFoundError, KeyError, RuntimeError) as exc:
         logger.error("cannot load checkpoints: %s", exc)
         return 1
-    try:
-        cfg = run_config(args.run)
-    except ConfigError as err:
-        logger.error("export: %s", err)
+    settings = _rotation_and_size(args)
+    if settings is None:
         return 2
-    rotate = args.rotate_tta_deg
-    if rotate is None:
-        rotate = cfg.export.rotate_tta_deg if cfg is not None else 0.0
+    rotate, input_size = settings
     for key in spec.MODEL_KEYS:
         net = loaded[key]
         if isinstance(net, InceptionUNet):
             net.set_rotate_tta(rotate)
     if rotate > 0:
         logger.info("base models average their maps over rotations of +-%g degrees", rotate)
-    input_size = args.input_size
-    if input_size is None:
-        if cfg is None:
-            logger.error("%s has no config.toml to read [run].size from; pass --input-size", args.run)
-            return 2
-        input_size = cfg.run.size
-    elif cfg is not None and cfg.run.size != input_size:
-        logger.warning("--input-size %d differs from [run].size %d of the run", input_size, cfg.run.size)
     try:
         report = export_repository(
             {key: loaded[key] for key in spec.MODEL_KEYS},

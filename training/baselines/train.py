@@ -516,11 +516,49 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def mode_labels(
+    args: argparse.Namespace, cache: Cache, modes: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Each mode's slice labels and what names them in a unit's settings (the weak CSV by its digest)."""
+    labels = {"weak": cache.table.positive.astype(np.int8), "strong": cache.table.positive.astype(np.int8)}
+    digest = {"weak": "ct-ich", "strong": "ct-ich"}
+    if "weak_csv" in modes:
+        labels["weak_csv"] = csv_labels(args.weak_csv, args.data, cache)
+        digest["weak_csv"] = f"{args.weak_csv.name} sha256:{file_digest(args.weak_csv)}"
+    return labels, digest
+
+
+def run_unit(
+    unit: Unit,
+    cfg: BaselinesConfig,
+    cache: Cache,
+    folds: list[list[str]],
+    labels: np.ndarray,
+    digest: str,
+    dirs: tuple[Path, Path],
+    device: str,
+) -> None:
+    """Train ``unit``, predict its fold and write its records; ``dirs`` = (run folder, records folder)."""
+    from training.cv import fold_split
+
+    run_dir, out = dirs
+    t0 = time.time()
+    work = run_dir / unit.architecture / unit.mode / f"fold_{unit.fold}"
+    work.mkdir(parents=True, exist_ok=True)
+    train_patients = fold_split(folds, unit.fold)["train"]
+    model, facts = train_unit(cfg, cache, unit, train_patients, labels, work, device)
+    rows = predict_rows(model, cache, folds[unit.fold], unit.fold, cfg.run.eval_batch, device)
+    seconds = round(time.time() - t0, 1)
+    made = {"settings": unit_settings(cfg, unit, digest), "seconds": seconds, "device": device}
+    write_unit(unit, out, rows, {**made, "train_patients": len(train_patients), **facts})
+    (work / "last.pt").unlink(missing_ok=True)
+    logger.info("baselines: %s done in %.1f min", unit, seconds / 60)
+
+
 def _train(
     args: argparse.Namespace, cfg: BaselinesConfig, out: Path, architectures: list[str], modes: list[str]
 ) -> int:
     from training.allocator import keep_freed_memory
-    from training.cv import fold_split
 
     rc = cfg.run
     run_dir = args.run_dir or Path("runs") / f"baselines-{rc.name}"
@@ -538,14 +576,7 @@ def _train(
             wanted = [int(v) for v in args.folds.split(",")] if args.folds else list(range(len(folds)))
             if any(k < 0 or k >= len(folds) for k in wanted):
                 raise ValueError(f"--folds {args.folds}: the folds are 0..{len(folds) - 1}")
-            labels = {
-                "weak": cache.table.positive.astype(np.int8),
-                "strong": cache.table.positive.astype(np.int8),
-            }
-            digest = {"weak": "ct-ich", "strong": "ct-ich"}
-            if "weak_csv" in modes:
-                labels["weak_csv"] = csv_labels(args.weak_csv, args.data, cache)
-                digest["weak_csv"] = f"{args.weak_csv.name} sha256:{file_digest(args.weak_csv)}"
+            labels, digest = mode_labels(args, cache, modes)
             units = [Unit(k, a, m) for a in architectures for k in wanted for m in modes]
             todo = [u for u in units if not is_done(u, out, unit_settings(cfg, u, digest[u.mode]))]
         except ValueError as err:
@@ -555,34 +586,10 @@ def _train(
         began = time.time()
         for unit in todo:
             if args.stop_after is not None and (time.time() - began) / 60 > args.stop_after:
-                logger.info(
-                    "baselines: --stop-after %.0f min reached; %s and later left for another run",
-                    args.stop_after,
-                    unit,
-                )
+                logger.info("baselines: --stop-after %.0f min reached; %s and later left for another run",
+                            args.stop_after, unit)
                 break
-            t0 = time.time()
-            work = run_dir / unit.architecture / unit.mode / f"fold_{unit.fold}"
-            work.mkdir(parents=True, exist_ok=True)
-            train_patients = fold_split(folds, unit.fold)["train"]
-            model, facts = train_unit(cfg, cache, unit, train_patients, labels[unit.mode], work, device)
-            rows = predict_rows(model, cache, folds[unit.fold], unit.fold, rc.eval_batch, device)
-            seconds = round(time.time() - t0, 1)
-            settings = unit_settings(cfg, unit, digest[unit.mode])
-            write_unit(
-                unit,
-                out,
-                rows,
-                {
-                    "settings": settings,
-                    "seconds": seconds,
-                    "device": device,
-                    "train_patients": len(train_patients),
-                    **facts,
-                },
-            )
-            (work / "last.pt").unlink(missing_ok=True)
-            logger.info("baselines: %s done in %.1f min", unit, seconds / 60)
+            run_unit(unit, cfg, cache, folds, labels[unit.mode], digest[unit.mode], (run_dir, out), device)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
