@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,9 +77,10 @@ _BRAIN_WINDOW_HU: float = 80.0
 _MAX_BONE_DISTANCE_MM: float = 20.0
 _STRUCTURE = np.ones((3, 3, 3), dtype=bool)
 
-#: Raw case scores a case model may calibrate: the highest lesion probability of its lesion model, or the
-#: paper's highest slice probability (SLICE_PROB); ``training.case_model`` chooses inside the training folds.
-SCORES: tuple[str, ...] = ("lesion", "max_slice")
+#: Raw case scores a case model may calibrate: the highest lesion probability of its lesion model, the
+#: paper's highest slice probability (SLICE_PROB), or the case's hemorrhage burden (:func:`burden_raw`);
+#: ``training.case_model`` chooses inside the training folds.
+SCORES: tuple[str, ...] = ("lesion", "max_slice", "burden")
 
 #: Lesion features the case model reads, in its coefficient order.
 FEATURES: tuple[str, ...] = (
@@ -418,16 +419,10 @@ def score_case(
         lesions = [
             Lesion(**{**les.__dict__, "probability": float(v)}) for les, v in zip(lesions, p, strict=True)
         ]
-        if case_model.score == "max_slice":
-            # keep is a SLICE_PROB: a lesion counts where its opened map reaches it, the pixels that made it
-            kept = [les for les in lesions if les.opened_peak >= case_model.keep]
-            raw = max(NO_LESION_SCORE, max_slice)
-        else:
-            kept = [les for les in lesions if (les.probability or 0.0) >= case_model.keep]
-            raw = float(max(NO_LESION_SCORE, p.max())) if len(p) else NO_LESION_SCORE
+        kept, raw = _kept_and_raw(case_model, lesions, max_slice)
         calibrated = float(case_model.calibration.apply(raw))
     mask = np.isin(labels, [les.label for les in kept]) if kept else np.zeros(labels.shape, dtype=bool)
-    by = "probability" if case_model is not None and case_model.score == "lesion" else "opened_peak"
+    by = _DECIDED_BY.get(case_model.score, "opened_peak") if case_model is not None else "opened_peak"
     uncertainty = case_uncertainty(lesions, by, slice_spread(probs, slice_prob))
     subtypes = (
         subtype_scores(case_model.subtypes, lesions, len(slice_prob))
@@ -435,6 +430,57 @@ def score_case(
         else None
     )
     return CaseScore(lesions, kept, mask, raw, calibrated, max_slice, voxel_ml, uncertainty, subtypes)
+
+
+#: Which lesion value decided a case, by raw score (:func:`case_uncertainty`).
+_DECIDED_BY: dict[str, str] = {"lesion": "probability", "max_slice": "opened_peak", "burden": "contribution"}
+
+
+def _kept_and_raw(
+    case_model: CaseModel, lesions: Sequence[Lesion], max_slice: float
+) -> tuple[list[Lesion], float]:
+    """The lesions that count and the raw case score, by the case model's raw score."""
+    if case_model.score == "max_slice":
+        # keep is a SLICE_PROB: a lesion counts where its opened map reaches it, the pixels that made it
+        return [les for les in lesions if les.opened_peak >= case_model.keep], max(NO_LESION_SCORE, max_slice)
+    if case_model.score == "burden":
+        contributions = [burden_contribution(les.probability or 0.0, les.volume_ml) for les in lesions]
+        return [lesions[i] for i in burden_kept(contributions, case_model.keep)], burden_raw(contributions)
+    kept = [les for les in lesions if (les.probability or 0.0) >= case_model.keep]
+    raw = max([NO_LESION_SCORE, *[les.probability or 0.0 for les in lesions]])
+    return kept, float(raw)
+
+
+def burden_contribution(probability: float, volume_ml: float) -> float:
+    """One lesion's share of the burden: its volume (mL, model grid) weighted by its lesion probability."""
+    return float(probability) * float(volume_ml)
+
+
+def burden_raw(contributions: Sequence[float]) -> float:
+    """The burden score: ``B / (1 + B)`` of the expected hemorrhage volume ``B`` (mL), floored.
+
+    Why a sum and not the highest lesion: a normal head's false foci are many small confident candidates,
+    a bleed is volume; one confident pixel no longer decides the case. ``B / (1 + B)`` keeps the score in
+    [0, 1) and makes its logit ``log B``, so Platt scaling is a logistic regression on the log burden.
+    """
+    total = float(sum(contributions))
+    return max(NO_LESION_SCORE, total / (1.0 + total))
+
+
+def burden_kept(contributions: Sequence[float], keep: float) -> list[int]:
+    """Indices of the lesions that carry a case's burden score to ``keep``, largest contribution first.
+
+    None when the whole burden stays below ``keep``; otherwise the fewest largest lesions whose burden
+    reaches it (all of them if rounding keeps the partial sums an ulp short), so that a case is positive
+    exactly when it holds a kept lesion and the mask shows the lesions that made the call.
+    """
+    if not contributions or burden_raw(contributions) < keep:
+        return []
+    order = sorted(range(len(contributions)), key=lambda i: (-contributions[i], i))
+    for n in range(1, len(order) + 1):
+        if burden_raw([contributions[i] for i in order[:n]]) >= keep:
+            return order[:n]
+    return order
 
 
 def lesion_subtype_inputs(lesion: Lesion) -> dict[str, float]:
@@ -465,16 +511,20 @@ def case_uncertainty(lesions: Sequence[Lesion], by: str, no_lesion_spread: float
     """The ensemble's disagreement on what decided the case.
 
     The deciding lesion is the candidate that set the raw case score: the highest ``probability`` (the case
-    model's lesion score, ``by="probability"``) or the highest ``opened_peak`` (the slice score and the
-    paper's rule). Its uncertainty is the spread (population standard deviation, 0 to 0.5) of the five base
-    models' peak probabilities on its pixels; without any candidate, ``no_lesion_spread``
-    (:func:`slice_spread`). Five models that all see a bleed, or all see none, agree; one that sees what
-    the others miss makes the case uncertain.
+    model's lesion score, ``by="probability"``), the highest ``opened_peak`` (the slice score and the
+    paper's rule) or the largest share of the burden (``by="contribution"``). Its uncertainty is the
+    spread (population standard deviation, 0 to 0.5) of the five base models' peak probabilities on its
+    pixels; without any candidate, ``no_lesion_spread`` (:func:`slice_spread`). Five models that all see
+    a bleed, or all see none, agree; one that sees what the others miss makes the case uncertain.
     """
     if not lesions:
         return float(no_lesion_spread)
-    key = (lambda les: les.probability or 0.0) if by == "probability" else (lambda les: les.opened_peak)
-    return float(max(lesions, key=key).model_spread)
+    keys: dict[str, Callable[[Lesion], float]] = {
+        "probability": lambda les: les.probability or 0.0,
+        "opened_peak": lambda les: les.opened_peak,
+        "contribution": lambda les: burden_contribution(les.probability or 0.0, les.volume_ml),
+    }
+    return float(max(lesions, key=keys[by]).model_spread)
 
 
 def source_volume_ml(

@@ -5,7 +5,8 @@ One fit, on the records of some cases (:func:`fit_case_model`):
 1. a logistic regression (scikit-learn, standardised features, L2 with C = 1) on their lesion candidates,
    label "overlaps the ground truth";
 2. each case's raw score = its highest lesion probability (:data:`ich.scoring.NO_LESION_SCORE` without one),
-   or the paper's highest slice probability; with ``score = "select"`` the one with the lower Brier score
+   the paper's highest slice probability, or its burden (the lesions' volumes weighted by their
+   probabilities, ``ich.scoring.burden_raw``); with ``score = "select"`` the one with the lower Brier score
    in an inner cross-fit over the fitted records' own folds (:func:`select_score`), so that inside
    :func:`cross_fit` even this choice is made on the training folds only;
 3. Platt scaling of the raw score against the case label (``training.calibration.fit_platt``): with a few
@@ -13,8 +14,9 @@ One fit, on the records of some cases (:func:`fit_case_model`):
 4. the threshold: the highest calibrated probability that keeps ``target_sensitivity`` of those cases'
    hemorrhages detected; the indeterminate band around it (``training.calibration.indeterminate_band``);
 5. ``keep``: the raw score whose calibrated value is the threshold; a lesion is kept when its probability
-   (for the slice score: the highest value of the opened fused map on it) reaches it, so that a case is
-   called positive exactly when it holds a kept lesion and the mask shows what made the call.
+   (for the slice score: the highest value of the opened fused map on it) reaches it, for the burden when
+   it is among the largest lesions that carry the case's burden to it, so that a case is called positive
+   exactly when it holds a kept lesion and the mask shows what made the call.
 
 For the reported figures the fit is cross-fitted over the cross-validation folds (:func:`cross_fit`): the
 cases of fold k are scored by a case model fitted on the other folds' out-of-fold records only, so that no
@@ -32,7 +34,15 @@ import numpy as np
 
 from ich import spec
 from ich.calibration import PlattCalibration, sigmoid
-from ich.scoring import FEATURES, NO_LESION_SCORE, SCORES, CaseModel
+from ich.scoring import (
+    FEATURES,
+    NO_LESION_SCORE,
+    SCORES,
+    CaseModel,
+    burden_contribution,
+    burden_kept,
+    burden_raw,
+)
 from training.calibration import fit_platt, indeterminate_band, threshold_for_sensitivity
 from training.records import Records
 
@@ -112,10 +122,23 @@ def _keep_for(threshold: float, platt: PlattCalibration) -> float:
     return float(np.int64(hi).view(np.float64))
 
 
+def _contributions(records: Records, lesion_p: np.ndarray) -> dict[Any, list[tuple[int, float]]]:
+    """Each case's lesions with their share of the burden (``ich.scoring.burden_contribution``)."""
+    out: dict[Any, list[tuple[int, float]]] = {row["case"]: [] for row in records.cases}
+    for row, p in zip(records.lesions, lesion_p, strict=True):
+        out.setdefault(row["case"], []).append(
+            (int(row["lesion"]), burden_contribution(float(p), float(row["volume_ml"])))
+        )
+    return out
+
+
 def _raw_scores(records: Records, kind: str, lesion_p: np.ndarray) -> dict[Any, float]:
-    """Each case's raw score of ``kind``: its highest lesion probability, or its highest SLICE_PROB."""
+    """Each case's raw score of ``kind``: its highest lesion probability, its highest SLICE_PROB, or its
+    burden (``ich.scoring.burden_raw``)."""
     if kind == "max_slice":
         return {r["case"]: max(NO_LESION_SCORE, float(r["max_slice_probability"])) for r in records.cases}
+    if kind == "burden":
+        return {c: burden_raw([v for _, v in ls]) for c, ls in _contributions(records, lesion_p).items()}
     return raw_case_scores(records, lesion_p)
 
 
@@ -127,7 +150,13 @@ def _opened_peak(row: Mapping[str, Any]) -> float:
 
 
 def _kept(records: Records, kind: str, lesion_p: np.ndarray, keep: float) -> dict[Any, set[int]]:
-    """Lesions that count, by case: lesion probability (or, for ``max_slice``, opened peak) >= ``keep``."""
+    """Lesions that count, by case: lesion probability (or, for ``max_slice``, opened peak) >= ``keep``;
+    for ``burden`` the largest lesions that carry the case's burden to ``keep`` (``burden_kept``)."""
+    if kind == "burden":
+        return {
+            c: {ls[i][0] for i in burden_kept([v for _, v in ls], keep)}
+            for c, ls in _contributions(records, lesion_p).items()
+        }
     kept: dict[Any, set[int]] = {}
     for row, v in zip(records.lesions, lesion_p, strict=True):
         value = _opened_peak(row) if kind == "max_slice" else float(v)
@@ -234,6 +263,18 @@ def uncertainties(records: Records, deciding_value: Sequence[float] | np.ndarray
     return {r["case"]: best[r["case"]][1] if r["case"] in best else _spread(r, "slice_spread") for r in cases}
 
 
+def _deciding(records: Records, kind: str, lesion_p: np.ndarray) -> list[float]:
+    """Each lesion row's value that decides its case (``ich.scoring.case_uncertainty``'s ``by``)."""
+    if kind == "lesion":
+        return [float(v) for v in lesion_p]
+    if kind == "burden":
+        return [
+            burden_contribution(float(v), float(r["volume_ml"]))
+            for r, v in zip(records.lesions, lesion_p, strict=True)
+        ]
+    return [_opened_peak(r) for r in records.lesions]
+
+
 def apply_case_model(model: CaseModel, records: Records, threshold: float | None = None) -> list[ScoredCase]:
     """Score the cases of ``records`` with ``model`` (the gateway's rule, on the recorded lesions).
 
@@ -244,8 +285,7 @@ def apply_case_model(model: CaseModel, records: Records, threshold: float | None
     p = model.lesion_probabilities(x) if len(x) else np.zeros(0)
     raw = _raw_scores(records, model.score, p)
     kept = _kept(records, model.score, p, model.keep)
-    deciding = p if model.score == "lesion" else [_opened_peak(r) for r in records.lesions]
-    spread = uncertainties(records, deciding)
+    spread = uncertainties(records, _deciding(records, model.score, p))
     out = []
     for row in records.cases:
         prob = float(model.calibration.apply(raw[row["case"]]))

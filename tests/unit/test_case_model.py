@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ich import spec
-from ich.scoring import FEATURES, NO_LESION_SCORE
+from ich.scoring import FEATURES, NO_LESION_SCORE, burden_contribution, burden_raw
 from training import metrics
 from training.case_model import (
     DecisionTargets,
@@ -105,6 +105,7 @@ def synthetic_records(seed: int = 0) -> Records:
                     for _ in range(1 if i == 1 else int(rng.integers(0, 3)))
                 ]
             for label_no, (is_ich, looks_true, per_slice) in enumerate(lesions, start=1):
+                features = _features(rng, looks_true)
                 rec.lesions.append(
                     {
                         "case": case,
@@ -113,7 +114,8 @@ def synthetic_records(seed: int = 0) -> Records:
                         "voxels": sum(v for v, _ in per_slice.values()),
                         "truth_overlap": sum(t for _, t in per_slice.values()),
                         "is_hemorrhage": int(is_ich),
-                        **_features(rng, looks_true),
+                        "volume_ml": math.expm1(max(0.0, features["log_volume_ml"])),
+                        **features,
                     }
                 )
                 for z, (voxels, inter) in per_slice.items():
@@ -340,11 +342,13 @@ def test_select_prefers_the_slice_score_when_only_it_separates_the_cases() -> No
     assert brier["max_slice"] < brier["lesion"]
 
 
-def test_select_prefers_the_lesion_score_when_the_slice_score_is_noise() -> None:
+def test_select_prefers_a_lesion_score_when_the_slice_score_is_noise() -> None:
     records = _with_slice_scores(synthetic_records(), informative=False)
     model = fit_case_model(records, DecisionTargets(score="select"))
-    assert model.score == "lesion"
-    assert model.info["selection_brier"]["lesion"] < model.info["selection_brier"]["max_slice"]
+    # the true lesions are the larger ones here, so the burden and the best lesion both separate the cases
+    assert model.score in ("lesion", "burden")
+    brier = model.info["selection_brier"]
+    assert brier[model.score] < brier["max_slice"]
 
 
 def test_a_slice_score_model_calls_a_case_positive_exactly_when_it_keeps_a_lesion() -> None:
@@ -356,11 +360,85 @@ def test_a_slice_score_model_calls_a_case_positive_exactly_when_it_keeps_a_lesio
     for s in scored:
         expected = model.calibration.apply(max(NO_LESION_SCORE, by_case[s.case]["max_slice_probability"]))
         assert s.probability == pytest.approx(expected)
-        assert s.detected == bool(s.kept_lesions) or not any(
-            r["case"] == s.case for r in records.lesions
-        )
+        assert s.detected == bool(s.kept_lesions) or not any(r["case"] == s.case for r in records.lesions)
 
 
 def test_unknown_score_is_refused() -> None:
     with pytest.raises(ValueError, match="score"):
         fit_case_model(synthetic_records(), DecisionTargets(score="mean_slice"))
+
+
+# ---------------------------------------------------------------------------------------- the burden
+
+
+def _multifocal_records(seed: int = 3) -> Records:
+    """Cases whose lesions all look alike (the same features, whatever they are), where a hemorrhage case
+    holds three to five lesions and a normal case one: only the summed volume tells them apart."""
+    rng = np.random.default_rng(seed)
+    rec = Records()
+    for fold in range(FOLDS):
+        for i in range(PER_FOLD):
+            case, label = f"f{fold}m{i:02d}", int(i % 2 == 0)
+            rec.cases.append(
+                {
+                    "case": case,
+                    "fold": fold,
+                    "label": label,
+                    "slices": SLICES,
+                    "voxel_ml": 0.01,
+                    "max_slice_probability": float(rng.uniform(0.5, 0.99)),
+                    "truth_voxels": 0,
+                }
+            )
+            for lesion in range(1, int(rng.integers(3, 6)) + 1 if label else 2):
+                volume = float(rng.uniform(0.5, 2.0))
+                features = _features(rng, True)
+                features["log_volume_ml"] = math.log1p(volume)
+                rec.lesions.append(
+                    {
+                        "case": case,
+                        "fold": fold,
+                        "lesion": lesion,
+                        "voxels": 10,
+                        "truth_overlap": 0,
+                        "is_hemorrhage": label,
+                        "volume_ml": volume,
+                        "opened_peak": 0.9,
+                        **features,
+                    }
+                )
+    return rec
+
+
+def test_select_prefers_the_burden_when_only_the_summed_volume_separates_the_cases() -> None:
+    model = fit_case_model(_multifocal_records(), DecisionTargets(score="select"))
+    assert model.score == "burden"
+    brier = model.info["selection_brier"]
+    assert brier["burden"] < min(brier["lesion"], brier["max_slice"])
+
+
+@pytest.mark.parametrize("target", [0.75, 0.9, 1.0])
+def test_a_burden_model_calls_a_case_positive_exactly_when_it_keeps_a_lesion(target: float) -> None:
+    for seed in (3, 4, 5):
+        records = _multifocal_records(seed)
+        model = fit_case_model(records, DecisionTargets(score="burden", target_sensitivity=target))
+        assert model.score == "burden"
+        x, _ = lesion_matrix(records.lesions)
+        p = model.lesion_probabilities(x)
+        contributions: dict[str, dict[int, float]] = {}
+        for row, v in zip(records.lesions, p, strict=True):
+            contributions.setdefault(row["case"], {})[row["lesion"]] = burden_contribution(
+                v, row["volume_ml"]
+            )
+        scored = apply_case_model(model, records)
+        assert _sensitivity(scored) >= target
+        for s in scored:
+            share = contributions.get(s.case, {})
+            assert s.raw == pytest.approx(burden_raw(list(share.values())))
+            assert s.probability == pytest.approx(model.calibration.apply(s.raw))
+            assert s.detected == bool(s.kept_lesions), (seed, s)
+            if s.kept_lesions:  # the largest lesions, and no fewer than reach keep
+                kept = sorted((share[k] for k in s.kept_lesions), reverse=True)
+                assert min(kept) >= max((v for k, v in share.items() if k not in s.kept_lesions), default=0.0)
+                assert burden_raw(kept) >= model.keep
+                assert len(kept) == 1 or burden_raw(kept[:-1]) < model.keep

@@ -27,6 +27,8 @@ from ich.scoring import (
     FEATURES,
     NO_LESION_SCORE,
     CaseModel,
+    burden_kept,
+    burden_raw,
     candidate_mask,
     find_lesions,
     lesion_features,
@@ -280,6 +282,38 @@ def test_no_lesion_gives_the_no_lesion_score() -> None:
     assert scored.max_slice_probability == pytest.approx(0.4)
 
 
+def test_the_burden_is_the_probability_weighted_volume_and_its_largest_lesions_carry_it() -> None:
+    shares = [0.02, 0.5, 0.1]
+    assert burden_raw(shares) == pytest.approx(0.62 / 1.62)
+    assert burden_raw([]) == NO_LESION_SCORE and burden_raw([0.0]) == NO_LESION_SCORE
+    assert burden_kept(shares, 0.5 / 1.5) == [1]  # the largest alone reaches keep
+    assert burden_kept(shares, 0.55 / 1.55) == [1, 2]
+    assert burden_kept(shares, burden_raw(shares)) == [1, 2, 0]
+    assert burden_kept(shares, 0.5) == []  # the whole burden stays below keep
+    assert burden_kept([], 0.0) == []
+
+
+def test_a_burden_case_model_sums_the_lesions_and_masks_those_that_carry_the_call() -> None:
+    fused, probs = two_lesion_case()
+    slice_prob = [0.1, 0.9, 0.7, 0.95]
+    scored = _score(fused, probs, slice_prob, hand_case_model(score="burden"))
+    central, vault = by_first_slice(scored.lesions)
+    share_c = central.probability * central.volume_ml
+    share_v = vault.probability * vault.volume_ml
+    raw = (share_c + share_v) / (1.0 + share_c + share_v)
+    assert scored.raw_score == pytest.approx(raw)
+    assert scored.ich_probability == pytest.approx(hand_calibrated(raw))
+    assert scored.uncertainty == pytest.approx(central.model_spread)  # the larger share decided
+    # keep at the central lesion's own burden: it is kept, the vault focus is not
+    keep = share_c / (1.0 + share_c)
+    kept = _score(fused, probs, slice_prob, hand_case_model(score="burden", keep=keep))
+    assert [les.label for les in kept.kept] == [central.label]
+    assert kept.mask.sum() == CENTRAL_VOXELS and not kept.mask[VAULT]
+    # keep above the whole burden: nothing is kept, nothing is masked
+    above = _score(fused, probs, slice_prob, hand_case_model(score="burden", keep=raw * 1.01))
+    assert above.kept == [] and not above.mask.any()
+
+
 def test_without_a_case_model_every_candidate_counts_and_the_slice_maximum_is_the_score() -> None:
     fused, probs = two_lesion_case()
     scored = _score(fused, probs, [0.1, 0.9, 0.7, 0.95], None)
@@ -304,8 +338,6 @@ def test_without_a_case_model_slices_whose_slice_prob_stays_low_hold_no_candidat
 
 
 # ---------------------------------------------------------------------------------------- aggregate
-
-
 
 
 #: A 64 x 96 source matrix at 0.5 mm: model pixels of 1.0 x 1.5 mm on the 32 x 32 grid, as above.
