@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from ich import metrics, spec
+from ich import spec
 from ich.scoring import CaseModel, model_pixel_mm
 from ich.subtypes import SUBTYPES
+from training import metrics
 from training.calibration import (
     brier_score,
     expected_calibration_error,

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ich import metrics
 from ich.preprocess import preprocess_volume, resize_channel
 from ich.scoring import candidate_mask
 from ich.spec import MODEL_KEYS
+from training import metrics
 from training.allocator import keep_freed_memory
 from training.augment import augment_batch, paste_lesions, scanner_augment
 from training.config import (
@@ -125,7 +125,7 @@ def val_figures(
 ) -> dict[str, float]:
     """Slice AUC, case AUC (case = max slice), Dice per patient: the evaluation's definitions.
 
-    Dice is :func:`ich.metrics.dice_summary` of :func:`ich.metrics.slice_dice_counts`, the code the
+    Dice is :func:`training.metrics.dice_summary` of :func:`training.metrics.slice_dice_counts`, the code the
     evaluation and the cross-validation report use; ``pred_masks`` is the candidate mask
     (:func:`ich.scoring.candidate_mask` of the map).
     """

@@ -21,8 +21,6 @@ SHIPPED = ("ich", "api", "training")
 DEVELOPMENT_ONLY = ("ich_devtools", "pyjpegls", "jpeg_ls", "imagecodecs")
 #: Not in the gateway image either: training/ and the ``train`` extra.
 TRAINING_ONLY = ("training", "torch", "sklearn", "statsmodels", "onnx", "matplotlib", "monai", "nibabel")
-#: Re-exports of training code kept for training's own callers; no gateway module imports them.
-TRAINING_REEXPORTS = frozenset({"ich.metrics"})
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -51,7 +49,6 @@ def test_the_gateway_imports_and_builds_its_app_without_the_tools() -> None:
     script = f"""
 import importlib, pkgutil, sys
 blocked = {DEVELOPMENT_ONLY + TRAINING_ONLY!r}
-skipped = {sorted(TRAINING_REEXPORTS)!r}
 
 class Block:
     def find_spec(self, name, path=None, target=None):
@@ -63,8 +60,8 @@ sys.meta_path.insert(0, Block())
 for top in ("ich", "api"):
     package = importlib.import_module(top)
     for info in pkgutil.walk_packages(package.__path__, top + "."):
-        if ".migrations." in info.name or info.name in skipped:
-            continue  # alembic revision scripts, loaded by alembic itself; training's re-exports
+        if ".migrations." in info.name:
+            continue  # alembic revision scripts, loaded by alembic itself
         importlib.import_module(info.name)
 from api.app import create_app
 create_app()
