@@ -9,7 +9,7 @@ beside the unstripped windows, never as a hard cut of the input, because it lose
 The shipped models were trained on the exact output of the straightforward scipy formulation
 (``binary_dilation``/``binary_erosion`` with the cross iterated, ``label``, ``sum_labels``,
 ``binary_fill_holes``). The code below computes the very same boolean masks faster; each step is an exact
-identity, not an approximation (``tests/unit/test_preprocess_reference.py`` keeps the scipy formulation
+identity, not an approximation (``tests/unit/ich/test_preprocess_reference.py`` keeps the scipy formulation
 as the reference):
 
 * iterating the cross ``k`` times is ``k`` rounds of OR/AND with the four one-pixel shifts, done on the

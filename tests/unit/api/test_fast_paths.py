@@ -30,7 +30,7 @@ from tests.support.dicom_study import study_zip
 from tests.support.tiny_repository import build_tiny_repository
 
 SIZE = 16
-SHIPPED = Path(__file__).resolve().parents[2] / "model_repository"
+SHIPPED = Path(__file__).resolve().parents[3] / "model_repository"
 
 
 @pytest.fixture()

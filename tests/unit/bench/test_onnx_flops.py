@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bench.onnx_flops import graph_flops
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _save(

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from ich_client import ICHClient, cli
 
-from tests.unit.test_client import case_payload, closed_port_url
+from tests.unit.client.test_client import case_payload, closed_port_url
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from ich_client import ICHClient, pack_study
 
-from tests.unit.test_client import case_payload
+from tests.unit.client.test_client import case_payload
 
 
 def members(data: bytes) -> dict[str, bytes]:

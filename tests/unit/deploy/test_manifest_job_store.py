@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_manifest_check import _container, _one, _render, manifest_check
+from tests.unit.deploy.test_manifest_check import _container, _one, _render, manifest_check
 
 Doc = dict[str, Any]
 

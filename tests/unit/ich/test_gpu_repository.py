@@ -15,7 +15,7 @@ from ich import repository, spec
 from ich.ensemble import EnsembleRunner
 from ich.gpu_repository import GpuOptions, main, render_gpu_repository
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = ROOT / "model_repository"
 GPU_SH = ROOT / "bench" / "gpu.sh"
 BASH = shutil.which("bash") or "/bin/bash"

@@ -551,7 +551,7 @@ def test_a_real_jpeg2000_ct_slice_is_decoded() -> None:
 
 # --------------------------------------------------------------------------------- the example study
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ct_ich_study.zip"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "ct_ich_study.zip"
 
 
 def test_the_committed_example_study_reads_as_one_clean_512_series() -> None:

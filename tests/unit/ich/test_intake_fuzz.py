@@ -26,13 +26,13 @@ from ich.errors import IntakeError
 from ich.intake import IntakeLimits, check_archive, read_study
 from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
 
-CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "intake_corpus"
+CORPUS = Path(__file__).resolve().parents[2] / "fixtures" / "intake_corpus"
 #: Small caps, so a mutation that declares huge sizes is refused fast instead of being inflated.
 LIMITS = IntakeLimits(
     max_upload_bytes=1024 * 1024, max_uncompressed_bytes=4 * 1024 * 1024, max_members=64, max_slices=16
 )
-#: Examples per generator; ``FUZZ_EXAMPLES=20000 pytest tests/unit/test_intake_fuzz.py`` for a long campaign
-#: (random rather than the fixed sequence ``make test`` replays).
+#: Examples per generator; ``FUZZ_EXAMPLES=20000 pytest tests/unit/ich/test_intake_fuzz.py`` for a long
+#: campaign (random rather than the fixed sequence ``make test`` replays).
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -146,7 +146,8 @@ def test_the_corpus_holds_the_hand_made_seeds() -> None:
 
 
 def _write_seeds() -> None:
-    """Regenerate the hand-made seeds (``python -m tests.unit.test_intake_fuzz``); found crashes are added."""
+    """Regenerate the hand-made seeds (``python -m tests.unit.ich.test_intake_fuzz``); found crashes are
+    added."""
     seed = _seed_zip()
     (CORPUS / "empty.bin").write_bytes(b"")
     (CORPUS / "truncated_central_directory.bin").write_bytes(seed[:-30])

@@ -18,7 +18,7 @@ from api.settings import Settings
 from api.study_queue import open_job_store
 from ich.jobs import JobError, JobOutcome, JobStore, WorkerConfig, WorkerPool, current_job_id
 from ich.jobs.metrics import JobMetrics
-from tests.unit.test_job_store import Clock
+from tests.unit.ich.test_job_store import Clock
 
 LEASE = 30.0
 OUTPUTS = {"seg": b"SEG-BYTES", "sr": b"SR-BYTES", "key-images": b"SC-BYTES"}

@@ -241,4 +241,4 @@ def test_the_queue_knows_no_web_framework() -> None:
         "bad = sorted(m for m in ('fastapi', 'starlette', 'uvicorn', 'api') if m in sys.modules); "
         "assert not bad, bad"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[3])

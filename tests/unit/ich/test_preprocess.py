@@ -11,7 +11,7 @@ from ich.preprocess import WINDOWS, apply_window, preprocess_volume, resize_chan
 from ich.skull import brain_mask
 from training.data.ct_ich import read_dataset
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_ich"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "ct_ich"
 
 
 @pytest.fixture(scope="module")

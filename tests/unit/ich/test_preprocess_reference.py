@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from ich import preprocess, skull
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_ich"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "ct_ich"
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 

@@ -23,7 +23,7 @@ from ich.subtypes import (
     raw_scores,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 F = len(SUBTYPE_FEATURES)
 
 

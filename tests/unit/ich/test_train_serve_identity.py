@@ -28,7 +28,7 @@ from ich_devtools.dicom_writer import series_zip
 
 ct_ich = pytest.importorskip("training.data.ct_ich")
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_ich"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "ct_ich"
 
 
 @pytest.fixture(scope="module", params=["049", "081"])

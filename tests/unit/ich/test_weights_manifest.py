@@ -22,7 +22,7 @@ from ich.weights_manifest import MANIFEST_FILENAME, read_manifest, verify_manife
 from ich_devtools.triton_local import render_cpu_repository
 from tests.support.tiny_repository import build_tiny_repository
 
-SHIPPED = Path(__file__).resolve().parents[2] / "model_repository"
+SHIPPED = Path(__file__).resolve().parents[3] / "model_repository"
 
 
 @pytest.fixture

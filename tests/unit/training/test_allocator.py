@@ -13,7 +13,7 @@ import pytest
 
 from training import allocator
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # Two training steps of a small Inception U-Net after a warm-up step; prints the minor page faults they
 # caused. Run in a fresh interpreter because the allocator setting is process-wide.

@@ -42,7 +42,7 @@ from training.model_card import baselines_section  # noqa: E402
 from training.records import Records, _read_csv  # noqa: E402
 from training.train import build_cache  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = {  # width and repeats small enough for 32 px in milliseconds
     "densenet121": (0.125, [1, 1, 1, 1]),
     "inception_resnet_v2": (0.0625, [1, 1, 1]),

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("nibabel")
 
-from tests.unit.test_dicom_masks import _write_case  # a DICOM series + NIfTI mask on disk
+from tests.unit.training.test_dicom_masks import _write_case  # a DICOM series + NIfTI mask on disk
 from training.data.cases import (
     CaseReadError,
     EvalCase,
@@ -22,7 +22,7 @@ from training.data.cases import (
 )
 from training.data.ct_ich import SUBTYPES, read_labels, read_patient
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_ich"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "ct_ich"
 LOGGER = "training.data.cases"
 
 

@@ -22,7 +22,7 @@ from training.config import (
     parse_config,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = ROOT / "training" / "configs"
 ENSEMBLE = sorted(p for p in CONFIGS.glob("*.toml") if not p.name.startswith("baselines"))
 BASELINES = sorted(CONFIGS.glob("baselines*.toml"))

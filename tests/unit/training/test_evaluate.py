@@ -27,7 +27,7 @@ from training.export import export_repository  # noqa: E402
 from training.networks import InceptionUNet, WeightModel, slice_probability  # noqa: E402
 from training.records import TABLES, Records  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_ich"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "ct_ich"
 SIZE = 32
 OPENING = 3
 #: 049 and 081 with their hemorrhage, and a normal copy of 049: both classes, so AUCs and a ROC exist.
@@ -347,7 +347,7 @@ def test_the_repository_case_model_decides(repo: Path, tmp_path: Path) -> None:
 
 def test_dicom_layout_with_masks(repo: Path, tmp_path: Path) -> None:
     pytest.importorskip("nibabel")
-    from tests.unit.test_dicom_masks import _write_case  # a DICOM series + NIfTI mask on disk
+    from tests.unit.training.test_dicom_masks import _write_case  # a DICOM series + NIfTI mask on disk
 
     root = tmp_path / "dicom_cases"
     _write_case(root, flip_k=True)

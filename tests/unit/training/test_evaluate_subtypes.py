@@ -1,6 +1,6 @@
 """``ich-model evaluate`` with a case model that carries a subtype model: the per-subtype figures, the
 uncertainty figures and the predictions' ``uncertainty`` column (the exported tiny repository of
-``tests.unit.test_evaluate`` on the CT-ICH fixture: 049 epidural, 081 subdural)."""
+``tests.unit.training.test_evaluate`` on the CT-ICH fixture: 049 epidural, 081 subdural)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 from ich.calibration import PlattCalibration
 from ich.scoring import CASE_MODEL_FILENAME, FEATURES
 from ich.subtypes import SUBTYPE_FEATURES, SUBTYPES, SubtypeFit, SubtypeModel
-from tests.unit.test_evaluate import FIXTURE, _case_model, _predictions, repo  # noqa: F401
+from tests.unit.training.test_evaluate import FIXTURE, _case_model, _predictions, repo  # noqa: F401
 from training.cli import main
 from training.records import Records, subtype_label_column
 

@@ -18,7 +18,7 @@ from ich.weights_manifest import read_manifest, verify_manifest  # noqa: E402
 from training import export  # noqa: E402
 from training.networks import InceptionUNet, WeightModel, save_checkpoint  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 SIZE = 32
 
@@ -175,7 +175,7 @@ def test_cli_exports_from_checkpoints(tmp_path: Path) -> None:
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "repo2")]) == 1
 
 
-SHIPPED = Path(__file__).resolve().parents[2] / "model_repository"
+SHIPPED = Path(__file__).resolve().parents[3] / "model_repository"
 
 
 def test_shipped_repository_is_complete_small_and_runs() -> None:

@@ -27,7 +27,7 @@ from training.model_card import MAX_ECE, TARGETS, false_positive_section, render
 from training.oof_report import build_report
 from training.records import Records
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 VERSION = "2099.01.01-cvtest"
 ONNX_BYTES = 2_500_000
 

@@ -14,14 +14,14 @@ from ich import repository
 from ich.scoring import CASE_MODEL_FILENAME
 from tests.support import cv_record
 from tests.support.subtype_record import with_subtypes
-from tests.unit.test_case_model import synthetic_records
-from tests.unit.test_subtype_model import _with_spread
+from tests.unit.training.test_case_model import synthetic_records
+from tests.unit.training.test_subtype_model import _with_spread
 from training.case_model import DecisionTargets, cross_fit, fit_case_model
 from training.model_card import render, subtype_section, uncertainty_section
 from training.oof_report import build_report
 from training.subtype_model import with_subtypes as fit_with_subtypes
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

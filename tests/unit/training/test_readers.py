@@ -23,7 +23,7 @@ from training.data.ct_ich import (
     recover_hu,
 )
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ct_ich"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "ct_ich"
 
 
 @pytest.fixture(scope="module")

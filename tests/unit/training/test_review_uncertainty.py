@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_review import _fails, _select, _write
+from tests.unit.training.test_review import _fails, _select, _write
 
 #: a and b are difficult by probability; c, d and e are called right and confidently, but the base models
 #: disagree on d and e.

@@ -15,7 +15,7 @@ import pytest
 from ich.scoring import CaseModel
 from ich.subtypes import SUBTYPES
 from tests.support.subtype_record import subtype_of_cases, with_subtypes
-from tests.unit.test_case_model import synthetic_records
+from tests.unit.training.test_case_model import synthetic_records
 from training.case_model import DecisionTargets, apply_case_model, cross_fit, fit_case_model
 from training.oof_report import build_report, subtype_figures
 from training.records import Records
@@ -210,7 +210,7 @@ def test_cv_report_ships_the_subtype_part_only_when_something_was_measured(
 
     (records if labelled else synthetic_records()).write(tmp_path)
     shutil.copyfile(
-        Path(__file__).resolve().parents[2] / "training/configs/default.toml", tmp_path / "config.toml"
+        Path(__file__).resolve().parents[3] / "training/configs/default.toml", tmp_path / "config.toml"
     )
     args = argparse.Namespace(records_only=True, out=tmp_path, run_dir=None, data=None)
     assert run(args) == 0

@@ -13,7 +13,7 @@ from training.cli import main
 from training.config import ConfigError, load_config, parse_config
 from training.train import criterion, weight_selection_key
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_committed_default_config_fine_tunes_from_the_mixed_dice_all_model() -> None:
