@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -30,6 +29,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from ich_devtools.processes import reserved_port
 
 logger = logging.getLogger("bench")
 
@@ -179,12 +180,6 @@ async def run_engine(engine: str, body: bytes, args: argparse.Namespace, triton_
     return result
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # ------------------------------------------------------------------------------------------ report
 
 
@@ -251,9 +246,9 @@ async def _main(args: argparse.Namespace) -> int:
 
             server = LocalTriton(
                 args.repository,
-                http_port=_free_port(),
-                grpc_port=_free_port(),
-                metrics_port=_free_port(),
+                http_port=reserved_port(),
+                grpc_port=reserved_port(),
+                metrics_port=reserved_port(),
                 intra_op_threads=args.triton_threads,
             )
             await asyncio.to_thread(server.start, 300.0)

@@ -1,7 +1,7 @@
 """Hardening figures of a real ich-serve on loopback: hostile clients, cancellation, memory per study size.
 
 The script starts ``python -m api.main`` (the shipped weights, embedded engine unless ``--repository``) on a
-free 127.0.0.1 port and talks only to it. Each phase prints its figures as soon as it ends:
+held 127.0.0.1 port and talks only to it. Each phase prints its figures as soon as it ends:
 
 1. ``usual``: the example study's time alone (median of two, after a warm-up).
 2. ``hostile``: the same beside ``--slow`` senders at 1 KB/s and ``--stalled`` connections that sent their
@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,8 +35,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.bench_jobs import LOOPBACK, _free_port, peak_rss_mib, wait_ready
+from bench.bench_jobs import peak_rss_mib
 from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
+from ich_devtools.local_gateway import running_gateway
+from ich_devtools.processes import LOOPBACK
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STUDY = PROJECT_ROOT / "examples" / "ct_ich_study.zip"
@@ -79,30 +78,17 @@ def synthetic_study(slices: int, matrix: int = 512) -> bytes:
     return zip_members({f"s/IM{i:04d}.dcm": dataset_bytes(ds) for i, ds in enumerate(datasets)})
 
 
-def start(repository: Path | None, data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICH_")}
-    env.update(
-        {
-            "ICH_HOST": LOOPBACK,
-            "ICH_PORT": str(port),
-            "ICH_DATA_DIR": str(data_dir),
-            "ICH_JOB_WORKERS": "0",
-            "ICH_LOG_LEVEL": "warning",
-            "ICH_UPLOAD_TIMEOUT_S": "5",
-        }
-    )
+def gateway_settings(repository: Path | None, data_dir: Path) -> dict[str, str]:
+    """The gateway's ``ICH_`` settings here: no job workers, uploads read at 5 s (hostile clients end)."""
+    settings = {
+        "ICH_DATA_DIR": str(data_dir),
+        "ICH_JOB_WORKERS": "0",
+        "ICH_LOG_LEVEL": "warning",
+        "ICH_UPLOAD_TIMEOUT_S": "5",
+    }
     if repository is not None:
-        env["ICH_MODEL_REPOSITORY"] = str(repository)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "api.main"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    return process, f"http://{LOOPBACK}:{port}"
+        settings["ICH_MODEL_REPOSITORY"] = str(repository)
+    return settings
 
 
 def _open_upload(port: int, length: int) -> socket.socket:
@@ -259,24 +245,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     study = args.study.read_bytes()
     with tempfile.TemporaryDirectory(prefix="ich-bench-hardening-") as folder:
-        log = Path(folder) / "gateway.log"
-        process, base = start(args.repository, Path(folder) / "data", log)
-        try:
-            wait_ready(process, base, log)
-            print(f"idle       RSS {rss_mib(process.pid):.0f} MiB", flush=True)
+        log, settings = Path(folder) / "gateway.log", gateway_settings(args.repository, Path(folder) / "data")
+        with running_gateway(log, settings, error=SystemExit) as gateway:
+            base, pid = gateway.url, gateway.pid
+            print(f"idle       RSS {rss_mib(pid):.0f} MiB", flush=True)
             with httpx.Client(base_url=base, timeout=600) as client:
                 phase_hostile(client, base, study, args.slow, args.stalled)
                 phase_cancel(client, base)
-                phase_sizes(client, process.pid, [int(n) for n in args.sizes.split(",") if n])
-                phase_clients(base, process.pid, study, args.clients)
+                phase_sizes(client, pid, [int(n) for n in args.sizes.split(",") if n])
+                phase_clients(base, pid, study, args.clients)
                 phase_cap(client, args.refused_slices)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
     return 0
 
 

@@ -1,6 +1,6 @@
 """Bounded load test of the durable queue: N studies from M clients, on loopback, against a real ich-serve.
 
-The script starts ``python -m api.main`` (what ``ich-serve`` runs) on a free 127.0.0.1 port with a job store
+The script starts ``python -m api.main`` (what ``ich-serve`` runs) on a held 127.0.0.1 port with a job store
 in a temporary folder (SQLite; ``--database-url`` for a PostgreSQL), and only ever talks to that process. M
 client tasks share N uploads to ``POST /v1/studies`` (each with its own ``Idempotency-Key``; a 429 is retried
 after its ``Retry-After``), then every job is polled until it is done. It prints jobs per second (from the
@@ -16,10 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,17 +28,12 @@ from typing import Any
 import httpx
 import numpy as np
 
+from ich_devtools.local_gateway import running_gateway
+
 logger = logging.getLogger("bench")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STUDY = PROJECT_ROOT / "examples" / "ct_ich_study.zip"
-LOOPBACK = "127.0.0.1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -65,50 +56,21 @@ def _seconds(iso: str | None) -> float:
     return datetime.fromisoformat(iso).timestamp() if iso else float("nan")
 
 
-def start_gateway(args: argparse.Namespace, data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """ich-serve on a free loopback port with only the given ICH_ settings."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICH_")}
-    env.update(
-        {
-            "ICH_HOST": LOOPBACK,
-            "ICH_PORT": str(port),
-            "ICH_DATA_DIR": str(data_dir),
-            "ICH_JOB_WORKERS": str(args.job_workers),
-            "ICH_MAX_QUEUED_JOBS": str(args.max_queued),
-            "ICH_LOG_LEVEL": "warning",
-        }
-    )
+def gateway_settings(args: argparse.Namespace, data_dir: Path) -> dict[str, str]:
+    """The ``ICH_`` settings of the gateway under test."""
+    settings = {
+        "ICH_DATA_DIR": str(data_dir),
+        "ICH_JOB_WORKERS": str(args.job_workers),
+        "ICH_MAX_QUEUED_JOBS": str(args.max_queued),
+        "ICH_LOG_LEVEL": "warning",
+    }
     if args.model_repository:
-        env["ICH_MODEL_REPOSITORY"] = str(args.model_repository)
+        settings["ICH_MODEL_REPOSITORY"] = str(args.model_repository)
     if args.database_url:
-        env["ICH_DATABASE_URL"] = args.database_url
+        settings["ICH_DATABASE_URL"] = args.database_url
     if args.threads:
-        env["ICH_THREADS"] = str(args.threads)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "api.main"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    return process, f"http://{LOOPBACK}:{port}"
-
-
-def wait_ready(process: subprocess.Popen[bytes], base: str, log: Path, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"ich-serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"ich-serve not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
+        settings["ICH_THREADS"] = str(args.threads)
+    return settings
 
 
 async def submit_all(base: str, body: bytes, studies: int, clients: int) -> tuple[list[str], int]:
@@ -197,22 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     body = args.study.read_bytes()
     with tempfile.TemporaryDirectory(prefix="ich-bench-jobs-") as folder:
-        log = Path(folder) / "gateway.log"
-        process, base = start_gateway(args, Path(folder) / "data", log)
-        try:
-            wait_ready(process, base, log)
+        settings = gateway_settings(args, Path(folder) / "data")
+        with running_gateway(Path(folder) / "gateway.log", settings, error=SystemExit) as gateway:
             started = time.perf_counter()
-            ids, refused = asyncio.run(submit_all(base, body, args.studies, args.clients))
-            jobs = asyncio.run(wait_all(base, ids, args.timeout))
+            ids, refused = asyncio.run(submit_all(gateway.url, body, args.studies, args.clients))
+            jobs = asyncio.run(wait_all(gateway.url, ids, args.timeout))
             wall_s = time.perf_counter() - started
-            rss = peak_rss_mib(process.pid)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            rss = peak_rss_mib(gateway.pid)
     sys.stdout.write(report(args, jobs, wall_s, refused, rss) + "\n")
     return 0 if all(job["status"] == "done" for job in jobs) else 1
 

@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -40,7 +37,9 @@ from pathlib import Path
 import httpx
 
 from bench.bench_hardening import _open_upload, _status, _trickle, rss_mib, synthetic_study
-from bench.bench_jobs import LOOPBACK, _free_port, percentile, wait_ready
+from bench.bench_jobs import percentile
+from ich_devtools.local_gateway import running_gateway
+from ich_devtools.processes import reserved_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = PROJECT_ROOT / "model_repository"
@@ -135,38 +134,10 @@ def summary(name: str, load: Load, elapsed_s: float) -> str:
 
 @contextlib.contextmanager
 def gateway(log: Path, data_dir: Path, **settings: str) -> Iterator[tuple[int, str]]:
-    """ich-serve on a free loopback port with only these ICH_ settings; yields its PID and base URL."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICH_")}
-    env.update(
-        {
-            "ICH_HOST": LOOPBACK,
-            "ICH_PORT": str(port),
-            "ICH_DATA_DIR": str(data_dir),
-            "ICH_JOB_WORKERS": "0",
-            "ICH_LOG_LEVEL": "warning",
-            **settings,
-        }
-    )
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "api.main"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://{LOOPBACK}:{port}"
-    try:
-        wait_ready(process, base, log)
-        yield process.pid, base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """ich-serve on a held loopback port with only these ICH_ settings; yields its PID and base URL."""
+    defaults = {"ICH_DATA_DIR": str(data_dir), "ICH_JOB_WORKERS": "0", "ICH_LOG_LEVEL": "warning"}
+    with running_gateway(log, {**defaults, **settings}, error=SystemExit) as server:
+        yield server.pid, server.url
 
 
 def phase_steady(pid: int, base: str, study: bytes, clients: int, seconds: float) -> None:
@@ -206,7 +177,7 @@ def phase_hostile(
 def phase_triton(args: argparse.Namespace, workdir: Path, study: bytes) -> None:
     from ich_devtools.triton_local import LocalTriton, TritonStartError
 
-    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
+    http_port, grpc_port, metrics_port = reserved_port(), reserved_port(), reserved_port()
 
     def triton(name: str) -> LocalTriton:  # the same ports each time: the gateway keeps its URL
         return LocalTriton(

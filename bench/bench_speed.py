@@ -41,10 +41,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.bench_hardening import reset_peak, start, synthetic_study
-from bench.bench_jobs import _free_port, peak_rss_mib, wait_ready
+from bench.bench_hardening import gateway_settings, reset_peak, synthetic_study
+from bench.bench_jobs import peak_rss_mib
 from bench.onnx_flops import graph_flops
 from ich import repository, spec
+from ich_devtools.local_gateway import running_gateway
+from ich_devtools.processes import reserved_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -185,7 +187,11 @@ def measure_triton(figures: Figures, root: Path, slices: int, repeats: int) -> N
         repository.read_config(repository.config_path(root, spec.ENSEMBLE_MODEL))
     )
     server = LocalTriton(
-        root, http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(), intra_op_threads=1
+        root,
+        http_port=reserved_port(),
+        grpc_port=reserved_port(),
+        metrics_port=reserved_port(),
+        intra_op_threads=1,
     )
     try:
         server.start(300.0)
@@ -268,23 +274,18 @@ def _study_figures(runs: list[tuple[float, dict[str, float]]], peak_mib: float) 
 def measure_end_to_end(figures: Figures, root: Path, sizes: Sequence[int], repeats: int) -> None:
     bodies = {n: synthetic_study(n) for n in sizes}
     with tempfile.TemporaryDirectory(prefix="ich-bench-speed-") as tmp:
-        log = Path(tmp) / "ich-serve.log"
+        log, settings = Path(tmp) / "ich-serve.log", gateway_settings(root, Path(tmp) / "data")
         started = time.perf_counter()
-        process, base = start(root, Path(tmp) / "data", log)
-        try:
-            wait_ready(process, base, log, timeout_s=300.0)
+        with running_gateway(log, settings, timeout_s=300.0, error=SystemExit) as gateway:
             ready_s = time.perf_counter() - started
-            with httpx.Client(base_url=base, timeout=900.0) as client:
+            with httpx.Client(base_url=gateway.url, timeout=900.0) as client:
                 cold = _post(client, bodies[sizes[0]])
                 figures.end_to_end = {"start_to_ready_s": ready_s, "cold_s": cold[0], "sizes": {}}
                 for n in sizes:
-                    reset_peak(process.pid)
+                    reset_peak(gateway.pid)
                     runs = [_post(client, bodies[n]) for _ in range(repeats)]
-                    figures.end_to_end["sizes"][str(n)] = _study_figures(runs, peak_rss_mib(process.pid))
+                    figures.end_to_end["sizes"][str(n)] = _study_figures(runs, peak_rss_mib(gateway.pid))
                     _say_size(n, figures.end_to_end["sizes"][str(n)])
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
     e2e = figures.end_to_end
     warm = e2e["sizes"][str(sizes[0])]["client_s"]
     e2e["cold_over_warm"] = e2e["cold_s"] / warm

@@ -26,13 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -40,6 +37,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from ich import repository
 from ich.repository import RepositoryError
 from ich.weights_manifest import verify_manifest
+from ich_devtools import processes
 
 __all__ = [
     "LocalTriton",
@@ -59,7 +57,7 @@ RUNNER_SOURCE = Path(__file__).with_name("triton_python_model.py")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class TritonStartError(RuntimeError):
+class TritonStartError(processes.ServerStartError):
     """``tritonserver`` could not be found, did not start, or did not become ready in time."""
 
 
@@ -324,7 +322,6 @@ class LocalTriton:
         self._workdir = Path(workdir) if workdir is not None else None
         self._owns_workdir = workdir is None
         self._log_to_console = log_to_console
-        self._log: IO[bytes] | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -409,15 +406,7 @@ class LocalTriton:
                 "removed %d orphaned python-backend stub(s) or region(s) of %s", swept, self.shm_prefix
             )
         logger.info("starting tritonserver: %s", " ".join(command))
-        if self.log_path is not None:
-            self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT if self._log is not None else None,
-            start_new_session=True,
-        )
+        self.process = processes.start_logged(command, self.log_path, env=env, new_session=True)
         try:
             self._wait_ready(timeout_s)
         except BaseException:
@@ -426,31 +415,24 @@ class LocalTriton:
 
     def is_ready(self) -> bool:
         """True when the server answers ``/v2/health/ready`` with 200 (all models loaded)."""
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return processes.http_answers(f"{self.http_url}/v2/health/ready")
 
     def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            code = self.process.poll()
-            if code is not None:
-                raise TritonStartError(f"tritonserver exited with status {code}:\n{self.log_tail()}")
-            if self.is_ready():
-                logger.info("tritonserver ready: gRPC %s, HTTP %s", self.grpc_url, self.http_url)
-                return
-            time.sleep(0.5)
-        raise TritonStartError(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+        assert self.process is not None
+        processes.wait_answering(
+            self.process,
+            self.is_ready,
+            name="tritonserver",
+            log=self.log_path,
+            timeout_s=timeout_s,
+            interval_s=0.5,
+            error=TritonStartError,
+        )
+        logger.info("tritonserver ready: gRPC %s, HTTP %s", self.grpc_url, self.http_url)
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server log (empty when logging to the console)."""
-        path = self.log_path
-        if path is None or not path.is_file():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return processes.log_tail(self.log_path, lines)
 
     def wait(self) -> int:
         """Block until the server exits; return its exit status."""
@@ -465,21 +447,14 @@ class LocalTriton:
         its process group (python-backend stubs) is killed and its shared-memory regions are removed.
         """
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                logger.warning("tritonserver did not stop in %.0f s; killing its process group", timeout_s)
-                process.kill()
-                process.wait()
         if process is not None:
+            if processes.stop_process(process, timeout_s=timeout_s):
+                logger.warning(
+                    "tritonserver did not stop in %.0f s; killed it and its process group", timeout_s
+                )
             self._kill_group(process.pid)
             for path in SHM_DIR.glob(f"{self.shm_prefix}*"):
                 path.unlink(missing_ok=True)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
         if self._owns_workdir and self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

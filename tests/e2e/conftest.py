@@ -1,10 +1,10 @@
 """A real headless Chromium (Debian's ``chromium``, driven by Playwright) against a real uvicorn gateway.
 
-The gateway runs in this process under uvicorn on a free loopback port, with the fake engine
-(``tests.support.fake_engine``: the fused map follows the stroke window, so which slice peaks and where the
-mask lies are known) and a SQLite job store in the test's folder. Playwright is pointed at the Debian
-binary (``executable_path``); nothing is downloaded. Every request the browser makes to another host is
-refused and counted, so a page that needed the internet fails its test.
+The gateway runs in this process under uvicorn on a held loopback port (``tests.support.threaded_gateway``),
+with the fake engine (``tests.support.fake_engine``: the fused map follows the stroke window, so which slice
+peaks and where the mask lies are known) and a SQLite job store in the test's folder. Playwright is pointed
+at the Debian binary (``executable_path``); nothing is downloaded. Every request the browser makes to
+another host is refused and counted, so a page that needed the internet fails its test.
 
 Where Chromium or Playwright is missing these tests skip and say why; ``make test`` installs both
 (``make chromium-env`` and the ``dev`` extra).
@@ -15,20 +15,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from api.app import create_app
 from api.settings import Settings
+from ich_devtools.processes import reserved_port
 from tests.support.fake_engine import FakeEngine
-from tests.support.ports import reserved_port
+from tests.support.threaded_gateway import serve_in_thread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Screenshots land here (ignored by git); ``ICH_E2E_ARTIFACTS`` chooses another folder.
@@ -43,10 +41,6 @@ def chromium_path() -> str | None:
     if configured:
         return configured
     return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    return reserved_port()
 
 
 @pytest.fixture(scope="session")
@@ -65,20 +59,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         threads=2,
     )
     app = create_app(settings, engine=FakeEngine(input_size=32))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="e2e-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serve_in_thread(app, reserved_port()) as base:
+        yield base
 
 
 @dataclass

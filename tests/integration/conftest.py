@@ -7,10 +7,7 @@ Started once (a few seconds) and shared by every ``triton``-marked test. Skipped
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +21,10 @@ import pytest
 from api.app import create_app
 from api.settings import Settings
 from ich import spec
+from ich_devtools.local_gateway import LocalGateway
+from ich_devtools.local_gateway import start_gateway as start_local_gateway
+from ich_devtools.processes import reserved_port
 from ich_devtools.triton_local import LocalTriton, TritonStartError, default_venv, find_distribution
-from tests.support.ports import reserved_port
 from tests.support.tiny_repository import build_exported_repository, build_tiny_repository
 
 #: Small enough for 2 CPU cores, large enough for the U-Net's pooling and the opening.
@@ -36,11 +35,6 @@ TINY_MAX_BATCH = 4
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: How long ``serve`` waits for the gateway's /readyz.
 START_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    """A loopback TCP port held for the servers of this test process (``tests.support.ports``)."""
-    return reserved_port()
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +60,9 @@ def running_triton(model_repository: Path, workdir: Path) -> Iterator[LocalTrito
     """``tritonserver`` on free ports, one intra-op thread a model, serving ``model_repository``."""
     server = LocalTriton(
         model_repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
+        http_port=reserved_port(),
+        grpc_port=reserved_port(),
+        metrics_port=reserved_port(),
         intra_op_threads=1,
         workdir=workdir,
     )
@@ -85,6 +79,28 @@ def triton_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactor
     require_tritonserver()
     with running_triton(tiny_repository, tmp_path_factory.mktemp("triton")) as server:
         yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The gateway's job store: SQLite in the test's folder, then a real PostgreSQL (``postgres_url``)."""
+    settings = {"ICH_DATA_DIR": str(tmp_path / "ich-data")}
+    if request.param == "postgresql":
+        settings["ICH_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    return settings
+
+
+def wait_jobs_finished(
+    client: httpx.Client, ids: list[str], timeout_s: float = 180.0
+) -> list[dict[str, Any]]:
+    """Poll the jobs until every one is ``done`` or ``failed``; their JSON. Fails the test on the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        jobs = [client.get(f"/v1/studies/{job_id}").json() for job_id in ids]
+        if all(job["status"] in ("done", "failed") for job in jobs):
+            return jobs
+        assert time.monotonic() < deadline, [job["status"] for job in jobs]
+        time.sleep(0.3)
 
 
 async def post_study(settings: Settings, body: bytes) -> dict[str, Any]:
@@ -127,50 +143,27 @@ def assert_same_numbers(triton: dict[str, Any], embedded: dict[str, Any], per_mo
 
 
 def start_gateway(log: Path, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``python -m api.main`` (the ``ich-serve`` script's function) on a free loopback port.
+    """Start ``ich-serve`` (``ich_devtools.local_gateway``) on ``ICH_PORT`` or a held loopback port.
 
-    Only the given ``ICH_`` settings reach it (the caller's environment's own ``ICH_`` variables are dropped);
-    output goes to ``log``. Returns the process and its base URL.
+    Only the given ``ICH_`` settings reach it, with INFO logging and a job store beside ``log`` unless
+    they say otherwise. Returns the process and its base URL.
     """
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICH_")}
-    env.update({"ICH_HOST": "127.0.0.1", "ICH_PORT": str(port), "ICH_LOG_LEVEL": "INFO", **settings})
-    env.setdefault("ICH_DATA_DIR", str(log.parent / "ich-data"))  # the job store: never the repository's
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "api.main"], cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    return process, f"http://127.0.0.1:{port}"
+    defaults = {"ICH_LOG_LEVEL": "INFO", "ICH_DATA_DIR": str(log.parent / "ich-data")}  # never the repo's
+    gateway = start_local_gateway(log, {**defaults, **settings})
+    return gateway.process, gateway.url
 
 
 def wait_ready(process: subprocess.Popen[bytes], base: str, log: Path, path: str = "/readyz") -> None:
-    """Poll ``path`` until it answers 200; fail the test with the log if the process dies or times out."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"ich-serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base}{path}", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"ich-serve not ready after {START_TIMEOUT_S} s:\n{log.read_text()}")
-        time.sleep(0.3)
+    """Poll ``path`` until it answers 200; fail the test with the log's tail if the process dies first."""
+    LocalGateway(process, base, log).wait_ready(path, timeout_s=START_TIMEOUT_S, error=pytest.fail.Exception)
 
 
 @contextmanager
 def serve(log: Path, **settings: str) -> Iterator[str]:
-    """The gateway on a free loopback port, ready, until the block ends (then SIGTERM, as Kubernetes)."""
+    """The gateway on a held loopback port, ready, until the block ends (then SIGTERM, as Kubernetes)."""
     process, base = start_gateway(log, **settings)
     try:
         wait_ready(process, base, log)
         yield base
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        LocalGateway(process, base, log).stop()

@@ -27,7 +27,8 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from tests.integration.conftest import free_port, serve
+from ich_devtools.processes import reserved_port
+from tests.integration.conftest import serve
 from tests.support.dicom_results import sr_numbers
 from tests.support.dicom_study import PATIENT_ID, PATIENT_NAME
 from tests.support.pacs_study import PacsStudy, pacs_study
@@ -49,7 +50,7 @@ def node(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     if shutil.which("storescu") is None or shutil.which("echoscu") is None:
         pytest.skip("dcmtk is not installed (Debian: make pacs-env; .ci/run does it)")
     folder = tmp_path_factory.mktemp("ich-serve-dicom")
-    port = free_port()
+    port = reserved_port()
     settings = {
         "ICH_MODEL_REPOSITORY": str(tiny_repository),
         "ICH_DATA_DIR": str(folder / "data"),

@@ -29,7 +29,8 @@ from ich_client import ICHClient
 
 from ich import spec
 from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
-from tests.integration.conftest import REPO_ROOT, free_port, serve, start_gateway, wait_ready
+from ich_devtools.processes import reserved_port
+from tests.integration.conftest import REPO_ROOT, serve, start_gateway, wait_ready
 from tests.support.dicom_study import study_zip
 from tests.support.tiny_repository import TinyParams, build_tiny_repository
 
@@ -242,7 +243,7 @@ def test_no_identifier_from_the_headers_reaches_the_log(tmp_path: Path) -> None:
 
 def test_the_sdk_defaults_ride_out_a_gateway_restart(tiny_repository: Path, tmp_path: Path) -> None:
     study, _ = study_zip(np.full((4, 32, 32), 30.0, np.float32))
-    port = free_port()
+    port = reserved_port()
     base = f"http://127.0.0.1:{port}"
     settings = _gateway_settings(tiny_repository, ICH_PORT=str(port))
     first, _ = start_gateway(tmp_path / "first.log", **settings)

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import serve, start_gateway, wait_ready
+from tests.integration.conftest import serve, start_gateway, wait_jobs_finished, wait_ready
 from tests.support.dicom_study import PATIENT_ID, PATIENT_NAME, study_zip
 
 pytestmark = pytest.mark.slow
@@ -39,24 +39,6 @@ def studies() -> list[bytes]:
 
 def comparable(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in PER_ANALYSIS}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    settings = {"ICH_DATA_DIR": str(tmp_path / "ich-data")}
-    if request.param == "postgresql":
-        settings["ICH_DATABASE_URL"] = request.getfixturevalue("postgres_url")
-    return settings
-
-
-def wait_all_done(client: httpx.Client, ids: list[str], timeout_s: float = 180.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        jobs = [client.get(f"/v1/studies/{job_id}").json() for job_id in ids]
-        if all(job["status"] in ("done", "failed") for job in jobs):
-            return jobs
-        assert time.monotonic() < deadline, [job["status"] for job in jobs]
-        time.sleep(0.3)
 
 
 def test_jobs_survive_a_killed_gateway(
@@ -103,7 +85,7 @@ def test_jobs_survive_a_killed_gateway(
     ):
         before = client.get("/v1/studies", params={"limit": 100}).json()["items"]
         assert sorted(job["id"] for job in before) == sorted(ids)
-        jobs = wait_all_done(client, ids)
+        jobs = wait_jobs_finished(client, ids)
         # The same upload with its key again, after the restart: still one job.
         replay = client.post(
             "/v1/studies",

@@ -15,8 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from ich_devtools.triton_local import LocalTriton
-from tests.integration.conftest import free_port, require_tritonserver, serve
+from tests.integration.conftest import require_tritonserver, running_triton, serve, wait_jobs_finished
 from tests.support.dicom_study import study_zip
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton]
@@ -24,42 +23,25 @@ pytestmark = [pytest.mark.slow, pytest.mark.triton]
 JOBS = 4
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    settings = {"ICH_DATA_DIR": str(tmp_path / "ich-data")}
-    if request.param == "postgresql":
-        settings["ICH_DATABASE_URL"] = request.getfixturevalue("postgres_url")
-    return settings
-
-
 def test_queued_jobs_wait_for_triton_and_then_finish(
     tiny_repository: Path, tmp_path: Path, store_settings: dict[str, str]
 ) -> None:
     require_tritonserver()
-    server = LocalTriton(
-        tiny_repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        intra_op_threads=1,
-        workdir=tmp_path / "triton",
-    )
-    server.start(timeout_s=180)
-    settings = {
-        "ICH_ENGINE": "triton",
-        "ICH_TRITON_URL": server.grpc_url,
-        "ICH_TRITON_TIMEOUT_S": "20",
-        "ICH_MODEL_REPOSITORY": str(tiny_repository),
-        "ICH_THREADS": "2",
-        "ICH_JOB_WORKERS": "1",
-        **store_settings,
-    }
     bodies = []
     for i in range(JOBS):
         hu = np.full((4, 64, 64), 32.0, np.float32)
         hu[1 + i % 2, 16:32, 20 + 4 * i : 36 + 4 * i] = 72.0
         bodies.append(study_zip(hu, seed=i)[0])
-    try:
+    with running_triton(tiny_repository, tmp_path / "triton") as server:
+        settings = {
+            "ICH_ENGINE": "triton",
+            "ICH_TRITON_URL": server.grpc_url,
+            "ICH_TRITON_TIMEOUT_S": "20",
+            "ICH_MODEL_REPOSITORY": str(tiny_repository),
+            "ICH_THREADS": "2",
+            "ICH_JOB_WORKERS": "1",
+            **store_settings,
+        }
         with (
             serve(tmp_path / "gateway.log", **settings) as base,
             httpx.Client(base_url=base, timeout=60) as client,
@@ -81,19 +63,11 @@ def test_queued_jobs_wait_for_triton_and_then_finish(
             assert [(j["status"], j["attempts"]) for j in waiting] == [("queued", 0)] * JOBS
 
             server.start(timeout_s=180)
-            deadline = time.monotonic() + 180
-            while True:
-                jobs = [client.get(f"/v1/studies/{job_id}").json() for job_id in ids]
-                if all(j["status"] in ("done", "failed") for j in jobs):
-                    break
-                assert time.monotonic() < deadline, [j["status"] for j in jobs]
-                time.sleep(0.3)
+            jobs = wait_jobs_finished(client, ids)
             direct = [
                 client.post("/v1/cases", content=data, headers={"content-type": "application/zip"}).json()
                 for data in bodies
             ]
-    finally:
-        server.stop()
     assert [j["status"] for j in jobs] == ["done"] * JOBS, [j["error"] for j in jobs]
     assert all(j["attempts"] == 1 for j in jobs)
     for job, answer in zip(jobs, direct, strict=True):

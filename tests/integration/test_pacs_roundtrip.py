@@ -28,9 +28,10 @@ from pydicom.sr.codedict import codes
 
 from api.app import create_app
 from api.settings import Settings
+from ich_devtools.processes import reserved_port
 from tests.support.dicom_results import sr_codes, sr_numbers
 from tests.support.fake_engine import FakeEngine
-from tests.support.orthanc import ORTHANC_AET, Orthanc, find_orthanc, free_port, running_orthanc
+from tests.support.orthanc import ORTHANC_AET, Orthanc, find_orthanc, running_orthanc
 from tests.support.pacs_study import PacsStudy, pacs_study, stow_body
 from tests.support.threaded_gateway import serve_in_thread
 
@@ -58,7 +59,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, st
     """Orthanc and, calling it back by C-STORE, the gateway it sends to (base URL)."""
     if find_orthanc() is None:
         pytest.skip("Orthanc or orthanc-dicomweb is not installed (Debian: make pacs-env; .ci/run does it)")
-    scp_port, http_port = free_port(), free_port()
+    scp_port, http_port = reserved_port(), reserved_port()
     with running_orthanc(
         ich_dicom_port=scp_port, ich_dicomweb_url=f"http://127.0.0.1:{http_port}/dicomweb/"
     ) as orthanc:
@@ -180,7 +181,7 @@ def test_results_go_back_by_stow_rs_to_a_dicomweb_destination(
     settings = gateway_settings(tmp_path / "data", results_destination=orthanc.dicomweb_url)
     app = create_app(settings, engine=FakeEngine(input_size=32))
     study = pacs_study(slices=4)
-    with serve_in_thread(app, free_port()) as base:
+    with serve_in_thread(app, reserved_port()) as base:
         body, content_type = stow_body(study.files)
         stored = httpx.post(f"{base}/dicomweb/studies", content=body, headers={"content-type": content_type})
         assert stored.status_code == 200, stored.text

@@ -13,10 +13,7 @@ Skipped only where the ``prometheus`` binary is absent (CI installs Debian's pac
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,10 +27,11 @@ import tritonclient.grpc as grpcclient
 import yaml
 
 from ich import spec
+from ich_devtools.local_gateway import running_gateway
+from ich_devtools.processes import http_answers, reserved_port, start_logged, stop_process, wait_answering
 from ich_devtools.triton_local import LocalTriton
 from tests.integration.conftest import TINY_SIZE as TRITON_SIZE
 from tests.support.dicom_study import study_zip
-from tests.support.ports import reserved_port
 from tests.support.tiny_repository import build_tiny_repository
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,24 +54,11 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    return reserved_port()
-
-
-def _wait_for(
-    what: str,
-    probe: Callable[[], Any],
-    timeout_s: float,
-    process: subprocess.Popen[bytes] | None = None,
-    log: Path | None = None,
-) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail with the process's log if it dies."""
+def _wait_for(what: str, probe: Callable[[], Any], timeout_s: float) -> Any:
+    """Poll ``probe`` until it returns something truthy; fail with the last error after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            output = log.read_text(errors="replace") if log is not None and log.is_file() else ""
-            pytest.fail(f"{what}: process exited with {process.returncode}:\n{output[-4000:]}")
         try:
             value = probe()
             if value:
@@ -84,51 +69,23 @@ def _wait_for(
     pytest.fail(f"{what}: not within {timeout_s:.0f} s (last error: {last_error!r})")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``ich-serve`` with the embedded engine on a tiny repository; yields its base URL."""
     repository = build_tiny_repository(
         tmp_path_factory.mktemp("prom_repository"), size=TINY_SIZE, max_batch_size=4
     )
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICH_")}
-    env.update(
-        ICH_ENGINE="embedded",
-        ICH_MODEL_REPOSITORY=str(repository),
-        ICH_HOST="127.0.0.1",
-        ICH_PORT=str(port),
-        ICH_WORKERS="1",
-        ICH_THREADS="2",
-        ICH_INTRA_OP_THREADS="1",
-        ICH_LOG_LEVEL="warning",
-    )
-    # Output to a file, never a pipe nobody reads: a full pipe would block the server mid-test.
+    settings = {
+        "ICH_ENGINE": "embedded",
+        "ICH_MODEL_REPOSITORY": str(repository),
+        "ICH_WORKERS": "1",
+        "ICH_THREADS": "2",
+        "ICH_INTRA_OP_THREADS": "1",
+        "ICH_LOG_LEVEL": "warning",
+    }
     log = tmp_path_factory.mktemp("prom_gateway") / "gateway.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "api.main"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(
-            "gateway /readyz",
-            lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200,
-            START_TIMEOUT_S,
-            process,
-            log,
-        )
-        yield url
-    finally:
-        _stop(process)
+    with running_gateway(log, settings, timeout_s=START_TIMEOUT_S, error=pytest.fail.Exception) as server:
+        yield server.url
 
 
 @contextmanager
@@ -143,32 +100,30 @@ def _running_prometheus(workdir: Path, job: str, target: str, rules: Path) -> It
         ],
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = reserved_port()
     log = workdir / "prometheus.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    command = [
+        PROMETHEUS,
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    process = start_logged(command, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(
-            "prometheus /-/ready",
-            lambda: httpx.get(f"{url}/-/ready", timeout=5).status_code == 200,
-            START_TIMEOUT_S,
+        wait_answering(
             process,
-            log,
+            lambda: http_answers(f"{url}/-/ready"),
+            name="prometheus",
+            log=log,
+            timeout_s=START_TIMEOUT_S,
+            interval_s=0.5,
+            error=pytest.fail.Exception,
         )
         yield url
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

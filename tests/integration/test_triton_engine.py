@@ -12,8 +12,9 @@ from api.engines.embedded import EmbeddedEngine
 from api.engines.triton import TritonEngine
 from ich import spec
 from ich.member_maps import slices_needing_maps
+from ich_devtools.processes import reserved_port
 from ich_devtools.triton_local import LocalTriton
-from tests.integration.conftest import TINY_MAX_BATCH, TINY_SIZE, assert_same_numbers, free_port, post_study
+from tests.integration.conftest import TINY_MAX_BATCH, TINY_SIZE, assert_same_numbers, post_study
 
 pytestmark = pytest.mark.triton
 
@@ -138,7 +139,7 @@ async def test_deadline_becomes_engine_unavailable(triton_server: LocalTriton) -
 
 
 async def test_server_down() -> None:
-    engine = TritonEngine(f"127.0.0.1:{free_port()}", input_size=TINY_SIZE, timeout_s=2.0)
+    engine = TritonEngine(f"127.0.0.1:{reserved_port()}", input_size=TINY_SIZE, timeout_s=2.0)
     try:
         assert not await engine.ready()
         with pytest.raises(EngineUnavailableError) as err:

@@ -17,8 +17,9 @@ import httpx
 import numpy as np
 import pytest
 
+from ich_devtools.processes import reserved_port
 from ich_devtools.triton_local import SHM_DIR, LocalTriton, _processes
-from tests.integration.conftest import free_port, require_tritonserver, serve
+from tests.integration.conftest import require_tritonserver, serve
 from tests.support.dicom_study import study_zip
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -36,7 +37,7 @@ def test_triton_killed_leaves_nothing_and_the_gateway_recovers_within_two_second
     tiny_repository: Path, tmp_path: Path
 ) -> None:
     require_tritonserver()
-    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    ports = {"http_port": reserved_port(), "grpc_port": reserved_port(), "metrics_port": reserved_port()}
     first = LocalTriton(tiny_repository, intra_op_threads=1, workdir=tmp_path / "first", **ports)
     first.start(timeout_s=180)
     study, _ = study_zip(np.full((4, 32, 32), 30.0, np.float32))

@@ -16,10 +16,8 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +25,13 @@ from typing import Any
 
 import httpx
 
-from tests.support.ports import reserved_port
+from ich_devtools.processes import http_answers, reserved_port, start_logged, stop_process, wait_answering
 
 #: Debian's plugin folder for the DICOMweb plugin.
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 START_TIMEOUT_S = 60.0
 #: Orthanc's own AE title in the tests.
 ORTHANC_AET = "ORTHANC"
-
-
-def free_port() -> int:
-    """A loopback TCP port held for the servers of this test process (``tests.support.ports``)."""
-    return reserved_port()
 
 
 def find_orthanc() -> tuple[Path, Path] | None:
@@ -68,10 +61,6 @@ class Orthanc:
 
     def rest(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60.0)
-
-    def log(self) -> str:
-        path = self.root / "orthanc.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     def upload(self, files: list[bytes]) -> str:
         """Store instances through the REST API; the Orthanc id of their study."""
@@ -147,7 +136,7 @@ def running_orthanc(*, ich_dicom_port: int, ich_dicomweb_url: str) -> Iterator[O
     uid, gid = _run_as()
     root = Path(tempfile.mkdtemp(prefix="ich-orthanc-"))
     (root / "storage").mkdir()
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = reserved_port(), reserved_port()
     config = orthanc_config(
         root,
         http_port,
@@ -160,41 +149,18 @@ def running_orthanc(*, ich_dicom_port: int, ich_dicomweb_url: str) -> Iterator[O
     if uid is not None:
         for path in (root, root / "storage", root / "orthanc.json"):
             os.chown(path, uid, gid if gid is not None else -1)
-    log = (root / "orthanc.log").open("wb")
-    process = subprocess.Popen(
-        [str(binary), str(root / "orthanc.json")],
-        user=uid,
-        group=gid,
-        cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = root / "orthanc.log"
+    process = start_logged([str(binary), str(root / "orthanc.json")], log, cwd=root, user=uid, group=gid)
     server = Orthanc(process, http_port, dicom_port, root)
     try:
-        _wait_answering(server)
+        wait_answering(
+            process,
+            lambda: http_answers(f"{server.url}/system"),
+            name="Orthanc",
+            log=log,
+            timeout_s=START_TIMEOUT_S,
+        )
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
+        stop_process(process)
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _wait_answering(server: Orthanc) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with {server.process.returncode}:\n{server.log()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/system", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Orthanc not answering after {START_TIMEOUT_S} s:\n{server.log()[-3000:]}")
-        time.sleep(0.2)

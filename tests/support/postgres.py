@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.support.ports import reserved_port
+from ich_devtools.processes import reserved_port, start_logged, stop_process, wait_answering
 
 #: Where Debian installs each major version's server binaries.
 DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -45,10 +44,6 @@ def find_postgres_bin() -> Path | None:
     if initdb and shutil.which("postgres"):
         return Path(initdb).parent
     return None
-
-
-def _free_port() -> int:
-    return reserved_port()
 
 
 @dataclass
@@ -71,10 +66,13 @@ class PostgresServer:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
-    def log(self) -> str:
-        """The server's log so far."""
-        path = self.root / "postgres.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+    def accepts(self) -> bool:
+        """True when the server takes a connection."""
+        try:
+            with psycopg.connect(self.url(), connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
 
 
 def _run_as() -> tuple[int | None, int | None, str]:
@@ -109,11 +107,12 @@ def running_postgres(bin_dir: Path) -> Iterator[PostgresServer]:
     if init.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"initdb failed: {init.stderr.decode(errors='replace')[-2000:]}")
-    port = _free_port()
-    log = (root / "postgres.log").open("wb")
+    port = reserved_port()
+    log = root / "postgres.log"
+    log.touch()
     if uid is not None:
-        os.chown(root / "postgres.log", uid, gid if gid is not None else -1)
-    process = subprocess.Popen(
+        os.chown(log, uid, gid if gid is not None else -1)
+    process = start_logged(
         [
             str(bin_dir / "postgres"),
             "-D", str(data),
@@ -126,40 +125,16 @@ def running_postgres(bin_dir: Path) -> Iterator[PostgresServer]:
             "-c", "shared_buffers=16MB",
             "-c", "max_connections=60",
         ],
-        user=uid,
-        group=gid,
+        log,
         env=env,
         cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        user=uid,
+        group=gid,
     )  # fmt: skip
     server = PostgresServer(process, port, root, user)
     try:
-        _wait_accepting(server)
+        wait_answering(process, server.accepts, name="postgres", log=log, timeout_s=START_TIMEOUT_S)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
+        stop_process(process, signal.SIGINT)  # PostgreSQL's fast shutdown
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _wait_accepting(server: PostgresServer) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"postgres exited with {server.process.returncode}:\n{server.log()[-3000:]}")
-        try:
-            with psycopg.connect(server.url(), connect_timeout=2):
-                return
-        except psycopg.OperationalError as exc:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"postgres not accepting after {START_TIMEOUT_S} s:\n{server.log()[-3000:]}"
-                ) from exc
-            time.sleep(0.2)

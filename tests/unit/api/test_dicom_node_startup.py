@@ -20,13 +20,9 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from api import main as entry
 from api.app import create_app
 from api.settings import Settings, get_settings
+from ich_devtools.processes import reserved_port
 from tests.support.fake_engine import FakeEngine
 from tests.support.pacs_study import pacs_study
-from tests.support.ports import reserved_port
-
-
-def free_port() -> int:
-    return reserved_port()
 
 
 def settings_for(tmp_path: Path, **values: Any) -> Settings:
@@ -45,7 +41,7 @@ def echo(port: int, calling: str, called: str = "ICH") -> bool:
 
 
 def test_the_lifespan_starts_the_scp_and_stops_it(tmp_path: Path) -> None:
-    port = free_port()
+    port = reserved_port()
     settings = settings_for(tmp_path, dicom_port=port, dicom_host="127.0.0.1", dicom_allowed_aes="MODALITY")
     with TestClient(create_app(settings, engine=FakeEngine())) as client:
         assert client.get("/healthz").status_code == 200
@@ -92,7 +88,7 @@ def test_ich_serve_refuses_a_dicom_port_with_several_workers(monkeypatch: pytest
     "syntax", [JPEGLSLossless, JPEG2000Lossless, RLELossless, DeflatedExplicitVRLittleEndian]
 )
 def test_compressed_studies_are_stored_and_analysed(tmp_path: Path, syntax: str) -> None:
-    port = free_port()
+    port = reserved_port()
     settings = settings_for(
         tmp_path, dicom_port=port, dicom_host="127.0.0.1", dicom_allowed_aes="*", dicom_study_quiet_s=0.2
     )

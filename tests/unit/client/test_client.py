@@ -35,7 +35,7 @@ from ich_client import (
 )
 from ich_client.retry import parse_retry_after
 
-from tests.support.ports import reserved_port
+from ich_devtools.processes import reserved_port
 
 URL = "http://ich.test"
 KEYS = ("all", "subtype", "sdh", "sah", "small")
