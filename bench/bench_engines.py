@@ -30,8 +30,6 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ich_devtools.processes import reserved_port
-
 logger = logging.getLogger("bench")
 
 STAGES = ("decode", "preprocess", "inference", "aggregate", "total")
@@ -244,13 +242,7 @@ async def _main(args: argparse.Namespace) -> int:
         if engine == "triton" and not args.triton_url and not args.url:
             from ich_devtools.triton_local import LocalTriton
 
-            server = LocalTriton(
-                args.repository,
-                http_port=reserved_port(),
-                grpc_port=reserved_port(),
-                metrics_port=reserved_port(),
-                intra_op_threads=args.triton_threads,
-            )
+            server = LocalTriton.on_reserved_ports(args.repository, intra_op_threads=args.triton_threads)
             await asyncio.to_thread(server.start, 300.0)
             try:
                 results.append(await run_engine(engine, body, args, server.grpc_url))

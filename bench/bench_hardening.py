@@ -35,25 +35,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.bench_jobs import peak_rss_mib
 from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
 from ich_devtools.local_gateway import running_gateway
-from ich_devtools.processes import LOOPBACK
+from ich_devtools.processes import LOOPBACK, resident_mib
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STUDY = PROJECT_ROOT / "examples" / "ct_ich_study.zip"
 ZIP = {"content-type": "application/zip"}
-
-
-def rss_mib(pid: int) -> float:
-    """Current resident set size (``VmRSS``) in MiB; NaN where /proc does not tell."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
 
 
 def reset_peak(pid: int) -> None:
@@ -183,10 +171,10 @@ def phase_sizes(client: httpx.Client, pid: int, sizes: Sequence[int]) -> None:
     for slices in sizes:
         body = synthetic_study(slices)
         time.sleep(1.0)  # the previous case's memory handed back (malloc_trim runs after each case)
-        idle = rss_mib(pid)
+        idle = resident_mib(pid)
         reset_peak(pid)
         status, elapsed, _ = post(client, body)
-        peaks[slices] = peak_rss_mib(pid)
+        peaks[slices] = resident_mib(pid, peak=True)
         print(
             f"size       {slices:4d} slices 512x512 ({len(body) / 2**20:.0f} MiB zip): {status} in "
             f"{elapsed:.1f} s, peak RSS {peaks[slices]:.0f} MiB (idle before {idle:.0f} MiB)",
@@ -212,11 +200,11 @@ def phase_clients(base: str, pid: int, study: bytes, clients: int) -> None:
     started = time.perf_counter()
     statuses = asyncio.run(_clients(base, study, clients))
     elapsed = time.perf_counter() - started
-    peak = peak_rss_mib(pid)
+    peak = resident_mib(pid, peak=True)
     time.sleep(2.0)
     print(
         f"clients    {clients} at once: {statuses} in {elapsed:.1f} s; peak RSS {peak:.0f} MiB, "
-        f"{rss_mib(pid):.0f} MiB idle 2 s later",
+        f"{resident_mib(pid):.0f} MiB idle 2 s later",
         flush=True,
     )
 
@@ -248,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log, settings = Path(folder) / "gateway.log", gateway_settings(args.repository, Path(folder) / "data")
         with running_gateway(log, settings, error=SystemExit) as gateway:
             base, pid = gateway.url, gateway.pid
-            print(f"idle       RSS {rss_mib(pid):.0f} MiB", flush=True)
+            print(f"idle       RSS {resident_mib(pid):.0f} MiB", flush=True)
             with httpx.Client(base_url=base, timeout=600) as client:
                 phase_hostile(client, base, study, args.slow, args.stalled)
                 phase_cancel(client, base)

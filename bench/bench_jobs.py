@@ -29,6 +29,7 @@ import httpx
 import numpy as np
 
 from ich_devtools.local_gateway import running_gateway
+from ich_devtools.processes import resident_mib
 
 logger = logging.getLogger("bench")
 
@@ -39,17 +40,6 @@ DEFAULT_STUDY = PROJECT_ROOT / "examples" / "ct_ich_study.zip"
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (linear interpolation), NaN for no values."""
     return float(np.percentile(values, q)) if values else float("nan")
-
-
-def peak_rss_mib(pid: int) -> float:
-    """Peak resident set size of a live process in MiB (``VmHWM``), NaN where /proc does not tell."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
 
 
 def _seconds(iso: str | None) -> float:
@@ -165,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ids, refused = asyncio.run(submit_all(gateway.url, body, args.studies, args.clients))
             jobs = asyncio.run(wait_all(gateway.url, ids, args.timeout))
             wall_s = time.perf_counter() - started
-            rss = peak_rss_mib(gateway.pid)
+            rss = resident_mib(gateway.pid, peak=True)
     sys.stdout.write(report(args, jobs, wall_s, refused, rss) + "\n")
     return 0 if all(job["status"] == "done" for job in jobs) else 1
 

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import httpx
 
-from bench.bench_hardening import _open_upload, _status, _trickle, rss_mib, synthetic_study
+from bench.bench_hardening import _open_upload, _status, _trickle, synthetic_study
 from bench.bench_jobs import percentile
 from ich_devtools.local_gateway import running_gateway
-from ich_devtools.processes import reserved_port
+from ich_devtools.processes import reserved_port, resident_mib
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = PROJECT_ROOT / "model_repository"
@@ -108,7 +108,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.monotonic() - self._started, rss_mib(self.pid)))
+            self.samples.append((time.monotonic() - self._started, resident_mib(self.pid)))
             self._stop.wait(1.0)
 
     def stop(self) -> str:

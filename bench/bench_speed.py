@@ -42,11 +42,10 @@ import httpx
 import numpy as np
 
 from bench.bench_hardening import gateway_settings, reset_peak, synthetic_study
-from bench.bench_jobs import peak_rss_mib
 from bench.onnx_flops import graph_flops
 from ich import repository, spec
 from ich_devtools.local_gateway import running_gateway
-from ich_devtools.processes import reserved_port
+from ich_devtools.processes import resident_mib
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -186,13 +185,7 @@ def measure_triton(figures: Figures, root: Path, slices: int, repeats: int) -> N
     input_size = repository.input_size_of(
         repository.read_config(repository.config_path(root, spec.ENSEMBLE_MODEL))
     )
-    server = LocalTriton(
-        root,
-        http_port=reserved_port(),
-        grpc_port=reserved_port(),
-        metrics_port=reserved_port(),
-        intra_op_threads=1,
-    )
+    server = LocalTriton.on_reserved_ports(root)
     try:
         server.start(300.0)
     except TritonStartError as exc:
@@ -284,7 +277,9 @@ def measure_end_to_end(figures: Figures, root: Path, sizes: Sequence[int], repea
                 for n in sizes:
                     reset_peak(gateway.pid)
                     runs = [_post(client, bodies[n]) for _ in range(repeats)]
-                    figures.end_to_end["sizes"][str(n)] = _study_figures(runs, peak_rss_mib(gateway.pid))
+                    figures.end_to_end["sizes"][str(n)] = _study_figures(
+                        runs, resident_mib(gateway.pid, peak=True)
+                    )
                     _say_size(n, figures.end_to_end["sizes"][str(n)])
     e2e = figures.end_to_end
     warm = e2e["sizes"][str(sizes[0])]["client_s"]

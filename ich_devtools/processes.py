@@ -17,6 +17,7 @@ Only the standard library: ``make triton`` runs this without the test dependenci
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ __all__ = [
     "http_answers",
     "log_tail",
     "reserved_port",
+    "resident_mib",
     "start_logged",
     "stop_process",
     "wait_answering",
@@ -72,11 +74,8 @@ def start_logged(
     ``user``/``group`` run it as another account (a server that refuses root); ``new_session`` makes it
     the leader of its own process group, so that what it spawns can be found and stopped with it.
     """
-    if log is None:
-        return subprocess.Popen(
-            list(command), env=env, cwd=cwd, user=user, group=group, start_new_session=new_session
-        )
-    with log.open("wb") as sink:  # the child keeps its own descriptor of the file
+    with log.open("wb") if log is not None else contextlib.nullcontext() as sink:
+        # The child keeps its own descriptor of the file; this one closes when the block ends.
         return subprocess.Popen(
             list(command),
             env=env,
@@ -85,7 +84,7 @@ def start_logged(
             group=group,
             start_new_session=new_session,
             stdout=sink,
-            stderr=subprocess.STDOUT,
+            stderr=None if sink is None else subprocess.STDOUT,
         )
 
 
@@ -151,3 +150,18 @@ def stop_process(
         process.wait()
         return True
     return False
+
+
+def resident_mib(pid: int, *, peak: bool = False) -> float:
+    """A live process's resident set size in MiB (``VmRSS``; ``peak``: its high-water mark, ``VmHWM``).
+
+    NaN where ``/proc`` does not tell (not Linux, or the process is gone).
+    """
+    field = "VmHWM:" if peak else "VmRSS:"
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")

@@ -324,6 +324,20 @@ class LocalTriton:
         self._log_to_console = log_to_console
         self.process: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def on_reserved_ports(
+        cls, model_repository: Path, *, intra_op_threads: int | None = 1, workdir: Path | None = None
+    ) -> LocalTriton:
+        """A server on loopback whose three ports are held for this process (``processes.reserved_port``)."""
+        return cls(
+            model_repository,
+            http_port=processes.reserved_port(),
+            grpc_port=processes.reserved_port(),
+            metrics_port=processes.reserved_port(),
+            intra_op_threads=intra_op_threads,
+            workdir=workdir,
+        )
+
     @property
     def grpc_url(self) -> str:
         """``host:port`` for ``tritonclient.grpc``."""

@@ -23,7 +23,6 @@ from api.settings import Settings
 from ich import spec
 from ich_devtools.local_gateway import LocalGateway
 from ich_devtools.local_gateway import start_gateway as start_local_gateway
-from ich_devtools.processes import reserved_port
 from ich_devtools.triton_local import LocalTriton, TritonStartError, default_venv, find_distribution
 from tests.support.tiny_repository import build_exported_repository, build_tiny_repository
 
@@ -57,15 +56,8 @@ def require_tritonserver() -> None:
 
 @contextlib.contextmanager
 def running_triton(model_repository: Path, workdir: Path) -> Iterator[LocalTriton]:
-    """``tritonserver`` on free ports, one intra-op thread a model, serving ``model_repository``."""
-    server = LocalTriton(
-        model_repository,
-        http_port=reserved_port(),
-        grpc_port=reserved_port(),
-        metrics_port=reserved_port(),
-        intra_op_threads=1,
-        workdir=workdir,
-    )
+    """``tritonserver`` on held loopback ports, one intra-op thread a model, serving ``model_repository``."""
+    server = LocalTriton.on_reserved_ports(model_repository, workdir=workdir)
     server.start(timeout_s=180)
     try:
         yield server
