@@ -14,7 +14,9 @@ gateway answers 503 with Retry-After instead of hanging or failing with a 500.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -68,6 +70,23 @@ def _reason(exc: InferenceServerException) -> str:
     if "UNAVAILABLE" in status or "CANCELLED" in status:
         return "unavailable"
     return "error"
+
+
+@contextlib.contextmanager
+def _unavailable_on_failure(url: str, *, warn: bool = False) -> Iterator[None]:
+    """Triton's answers of failure and the channel's errors as ``EngineUnavailableError`` with a reason.
+
+    ``warn`` logs Triton's own failures (an inference the server refused or timed out).
+    """
+    try:
+        yield
+    except InferenceServerException as exc:
+        reason = _reason(exc)
+        if warn:
+            logger.warning("triton inference failed (%s): %s", reason, exc.message())
+        raise EngineUnavailableError(f"Triton at {url}: {exc.message()}", reason=reason) from exc
+    except (grpc.RpcError, OSError, TimeoutError) as exc:
+        raise EngineUnavailableError(f"Triton at {url}: {exc}", reason="unavailable") from exc
 
 
 class TritonEngine(Engine):
@@ -162,14 +181,8 @@ class TritonEngine(Engine):
 
     async def _serves_compact(self, client: triton_aio.InferenceServerClient) -> bool:
         if self._compact is None:
-            try:
+            with _unavailable_on_failure(self.url):
                 await self._learn_models(client)
-            except InferenceServerException as exc:
-                raise EngineUnavailableError(
-                    f"Triton at {self.url}: {exc.message()}", reason=_reason(exc)
-                ) from exc
-            except (grpc.RpcError, OSError, TimeoutError) as exc:
-                raise EngineUnavailableError(f"Triton at {self.url}: {exc}", reason="unavailable") from exc
         return bool(self._compact)
 
     async def _learn_models(
@@ -197,14 +210,8 @@ class TritonEngine(Engine):
         image = InferInput(spec.IMAGE, list(batch.shape), "FP32")
         image.set_data_from_numpy(batch)  # binary tensor data (the gRPC raw_input_contents)
         outputs = [InferRequestedOutput(name) for name in names]
-        try:
+        with _unavailable_on_failure(self.url, warn=True):
             response = await client.infer(model, [image], outputs=outputs, client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            reason = _reason(exc)
-            logger.warning("triton inference failed (%s): %s", reason, exc.message())
-            raise EngineUnavailableError(f"Triton at {self.url}: {exc.message()}", reason=reason) from exc
-        except (grpc.RpcError, OSError, TimeoutError) as exc:
-            raise EngineUnavailableError(f"Triton at {self.url}: {exc}", reason="unavailable") from exc
         tensors: dict[str, np.ndarray] = {}
         for name in names:
             value = response.as_numpy(name)
@@ -268,7 +275,7 @@ class TritonEngine(Engine):
         Raises:
             EngineUnavailableError: the server cannot be reached.
         """
-        try:
+        with _unavailable_on_failure(self.url):
             client = self._get_client()
             ensemble = await self._ensemble_config(client)
             names = [spec.ENSEMBLE_MODEL, *repository.ensemble_step_models(ensemble)]
@@ -282,12 +289,6 @@ class TritonEngine(Engine):
                 entries.append(
                     describe_model(response.config, _versions(index, name), ready=_ready(ready, name))
                 )
-        except InferenceServerException as exc:
-            raise EngineUnavailableError(
-                f"Triton at {self.url}: {exc.message()}", reason=_reason(exc)
-            ) from exc
-        except (grpc.RpcError, OSError, TimeoutError) as exc:
-            raise EngineUnavailableError(f"Triton at {self.url}: {exc}", reason="unavailable") from exc
         return entries
 
     async def close(self) -> None:

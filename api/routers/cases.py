@@ -55,8 +55,8 @@ _REQUEST_BODY = {
 }
 
 
-def _include_options(include: str | None) -> frozenset[str]:
-    """Parse ``?include=``; unknown options are a 422 rather than silently ignored."""
+def include_options(include: str | None) -> frozenset[str]:
+    """Parse ``?include=`` (here and on ``/v1/studies``); an unknown option is a 422, never ignored."""
     options = frozenset(part.strip().lower() for part in (include or "").split(",") if part.strip())
     unknown = sorted(options - INCLUDE_OPTIONS)
     if unknown:
@@ -91,7 +91,7 @@ async def create_case(
 ) -> CaseResult:
     """Read the zip (capped and paced while streaming), wait for a slot, then analyse it there."""
     started = time.perf_counter()
-    options = _include_options(include)
+    options = include_options(include)
     with CaseOutcome(metrics, started) as outcome:
         async with admitted_case(request, settings) as data:
             result = await _analyse(request, data, engine, executor, settings, metrics, started, options)

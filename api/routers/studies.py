@@ -21,8 +21,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from api.auth import require_api_key
 from api.deps import SettingsDep
 from api.errors import ApiError, service_unavailable
-from api.pipeline import INCLUDE_OPTIONS, run_blocking
-from api.routers.cases import _REQUEST_BODY
+from api.pipeline import run_blocking
+from api.routers.cases import _REQUEST_BODY, include_options
 from api.study_queue import JobQueue
 from api.study_schemas import (
     STUDY_ERROR_RESPONSES,
@@ -77,18 +77,6 @@ async def _store(request: Request, fn: Callable[..., T], *args: Any, **kwargs: A
         ) from None
 
 
-def _options(include: str | None) -> tuple[str, ...]:
-    options = {part.strip().lower() for part in (include or "").split(",") if part.strip()}
-    unknown = sorted(options - INCLUDE_OPTIONS)
-    if unknown:
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"unknown include option(s) {', '.join(unknown)}; known: {', '.join(sorted(INCLUDE_OPTIONS))}",
-        )
-    return tuple(sorted(options))
-
-
 def _idempotency_key(request: Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
@@ -129,7 +117,7 @@ async def create_study(
     ] = None,
 ) -> JSONResponse:
     """Check and store the upload durably, then answer 202 with the job (``Idempotency-Key``: one job)."""
-    options = _options(include)
+    options = tuple(sorted(include_options(include)))
     key = _idempotency_key(request)
     store = queue.store
     known = await _store(request, store.find_by_key, key) if key is not None else None
