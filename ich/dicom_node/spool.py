@@ -19,24 +19,17 @@ The folder is created on the first instance, so a gateway that receives no DICOM
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
+
+from ich.durable_file import fsync_directory, write_durably
 
 __all__ = ["StudySpool"]
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _INSTANCE = re.compile(r"^([0-9a-f]{64})\.dcm$")
 _MARKER = re.compile(r"^\.(sender-[0-9a-f]{32}|aborted|refused-[a-z_]{1,40}|origin-[a-z]{1,16})$")
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _checked(digest: str) -> str:
@@ -61,15 +54,8 @@ class StudySpool:
         new_folder = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         if new_folder:
-            _fsync_directory(folder.parent)
-        final = folder / f"{_checked(instance)}.dcm"
-        partial = folder / f".{final.name}.partial"
-        with partial.open("wb") as sink:
-            sink.write(data)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(partial, final)
-        _fsync_directory(folder)
+            fsync_directory(folder.parent)
+        write_durably(folder / f"{_checked(instance)}.dcm", data)
 
     def set_marker(self, study: str, name: str) -> None:
         """Create the marker ``.<name>`` (see the module docstring)."""
@@ -79,7 +65,7 @@ class StudySpool:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
 
     def clear_marker(self, study: str, name: str) -> None:
         """Remove the marker ``.<name>`` if it is there."""

@@ -10,7 +10,6 @@ WAL at commit). A job's payload is deleted with the job.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Protocol
 
 from sqlalchemy import Connection, delete, insert, select
 
+from ich.durable_file import write_durably
 from ich.jobs import schema
 
 _JOB_FILE = re.compile(r"^[0-9a-f-]{36}\.zip$")
@@ -42,14 +42,6 @@ class Payloads(Protocol):
         """Remove the upload (with its job)."""
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FilePayloads:
     """Uploads as files under ``root`` (``<ICH_DATA_DIR>/studies``), written atomically and fsynced."""
 
@@ -65,14 +57,7 @@ class FilePayloads:
         return self.root / name
 
     def stage(self, job_id: str, data: bytes) -> None:
-        final = self.path_of(job_id)
-        partial = final.with_name(f".{final.name}.partial")
-        with partial.open("wb") as sink:
-            sink.write(data)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(partial, final)
-        _fsync_directory(self.root)
+        write_durably(self.path_of(job_id), data)
 
     def put(self, connection: Connection, job_id: str, data: bytes) -> None:
         del connection, job_id, data
