@@ -275,14 +275,19 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
             if not args.json:
                 # tqdm.write keeps the summary from tearing a progress bar that is still drawn.
                 tqdm.write(_summary(path, result, args.top), file=sys.stdout)
-    if args.json:
+    return _finish(results, as_json=args.json)
+
+
+def _finish(results: list[CaseResult | None], *, as_json: bool) -> int:
+    """Print ``--json`` output (one study: its result; several: a list aligned with the arguments, null
+    where a study failed; nothing for one failed study) and return the exit status."""
+    if as_json:
         payload: Any = (
             (as_dict(results[0]) if results[0] is not None else None)
             if len(results) == 1
             else [as_dict(r) if r is not None else None for r in results]
         )
         if len(results) > 1 or payload is not None:
-            # Several studies: a list aligned with the PATH arguments, null where a study failed.
             sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     return EXIT_OK if all(r is not None for r in results) else EXIT_FAILED
 
@@ -401,15 +406,7 @@ def _wait(client: ICHClient, args: argparse.Namespace) -> int:
             _write_outputs(args.out, job.id, job.result)
         if not args.json:
             tqdm.write(_summary(job_id, job.result, args.top), file=sys.stdout)
-    if args.json:
-        payload: Any = (
-            (as_dict(results[0]) if results[0] is not None else None)
-            if len(results) == 1
-            else [as_dict(r) if r is not None else None for r in results]
-        )
-        if len(results) > 1 or payload is not None:
-            sys.stdout.write(json.dumps(payload, indent=2) + "\n")
-    return EXIT_OK if all(r is not None for r in results) else EXIT_FAILED
+    return _finish(results, as_json=args.json)
 
 
 def _analyze_one(
