@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,16 +115,23 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
-@pytest.fixture
-def offline_page(browser: Any, gateway: str) -> Iterator[tuple[Any, Offline]]:
-    """A fresh page at 1280 x 900 whose requests may reach the gateway only."""
+@contextmanager
+def open_offline_page(browser: Any, gateway: str, timeout_ms: int = 20_000) -> Iterator[tuple[Any, Offline]]:
+    """A fresh page at 1280 x 900 whose requests may reach the gateway only; closed after the block."""
     context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
     offline = Offline(gateway)
     context.route("**/*", offline.handle)
     page = context.new_page()
     offline.watch(page)
-    page.set_default_timeout(20_000)
+    page.set_default_timeout(timeout_ms)
     try:
         yield page, offline
     finally:
         context.close()
+
+
+@pytest.fixture
+def offline_page(browser: Any, gateway: str) -> Iterator[tuple[Any, Offline]]:
+    """A fresh page for one test (``open_offline_page``)."""
+    with open_offline_page(browser, gateway) as opened:
+        yield opened

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from tests.e2e.conftest import Offline
+from tests.e2e.conftest import Offline, open_offline_page
 from tests.support.dicom_study import PATIENT_ID, PATIENT_NAME, study_zip
 
 N, SIZE, PEAK = 12, 256, 6
@@ -46,13 +46,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 @pytest.fixture(scope="module")
 def uploaded(browser: Any, gateway: str, study: tuple[Path, list[str]], artifacts: Path) -> str:
     """The study uploaded through the page's own form; the job id the page opened."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    offline = Offline(gateway)
-    context.route("**/*", offline.handle)
-    page = context.new_page()
-    offline.watch(page)
-    page.set_default_timeout(30_000)
-    try:
+    with open_offline_page(browser, gateway, timeout_ms=30_000) as (page, offline):
         page.goto(f"{gateway}/")
         assert "not for clinical use" in page.inner_text("#banner").lower()
         page.set_input_files("#upload-file", str(study[0]))
@@ -63,8 +57,6 @@ def uploaded(browser: Any, gateway: str, study: tuple[Path, list[str]], artifact
         page.screenshot(path=str(artifacts / "viewer-after-upload.png"), full_page=True)
         assert offline.refused == [] and offline.errors == []
         return match.group(1)
-    finally:
-        context.close()
 
 
 def _shown(page: Any, index: int) -> None:

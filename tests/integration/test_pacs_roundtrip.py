@@ -136,13 +136,18 @@ def check_results_in_orthanc(orthanc: Orthanc, study: PacsStudy, job: dict[str, 
     return found
 
 
+def orthanc_sends(orthanc: Orthanc, route: str, study_id: str) -> None:
+    """Ask Orthanc to send a stored study (``/modalities/ich/store``: C-STORE; ``.../stow``: STOW-RS)."""
+    with orthanc.rest() as client:
+        sent = client.post(route, json={"Resources": [study_id], "Synchronous": True})
+    assert sent.status_code == 200, sent.text
+
+
 def test_orthanc_sends_a_study_by_c_store_and_finds_the_results_in_it(pacs: tuple[Orthanc, str]) -> None:
     orthanc, base = pacs
     study = pacs_study(slices=6)
     study_id = orthanc.upload(study.files)
-    with orthanc.rest() as client:
-        sent = client.post("/modalities/ich/store", json={"Resources": [study_id], "Synchronous": True})
-    assert sent.status_code == 200, sent.text
+    orthanc_sends(orthanc, "/modalities/ich/store", study_id)
 
     job = job_of(base, study, delivered=True)
     assert job["status"] == "done" and job["origin"] == "dicom"
@@ -150,9 +155,7 @@ def test_orthanc_sends_a_study_by_c_store_and_finds_the_results_in_it(pacs: tupl
     first = check_results_in_orthanc(orthanc, study, job)
 
     # Sent again, now with the service's own results in it: the same job, no new series.
-    with orthanc.rest() as client:
-        again = client.post("/modalities/ich/store", json={"Resources": [study_id], "Synchronous": True})
-    assert again.status_code == 200, again.text
+    orthanc_sends(orthanc, "/modalities/ich/store", study_id)
     time.sleep(QUIET_S * 3)
     assert job_of(base, study, delivered=True)["id"] == job["id"]
     second = check_results_in_orthanc(orthanc, study, job)
@@ -164,10 +167,7 @@ def test_orthanc_sends_a_study_by_c_store_and_finds_the_results_in_it(pacs: tupl
 def test_orthanc_sends_a_study_by_stow_rs(pacs: tuple[Orthanc, str]) -> None:
     orthanc, base = pacs
     study = pacs_study(slices=5)
-    study_id = orthanc.upload(study.files)
-    with orthanc.rest() as client:
-        sent = client.post("/dicom-web/servers/ich/stow", json={"Resources": [study_id], "Synchronous": True})
-    assert sent.status_code == 200, sent.text
+    orthanc_sends(orthanc, "/dicom-web/servers/ich/stow", orthanc.upload(study.files))
     job = job_of(base, study, delivered=True)
     assert job["status"] == "done" and job["origin"] == "dicomweb"
     assert job["delivery"]["status"] == "delivered"
