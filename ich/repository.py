@@ -161,21 +161,13 @@ def weighting_model_config(
 
     The post-processing (opening) lives inside its ONNX graph so every engine applies the same one.
     """
-    _check_size(input_size, max_batch_size)
     map_dims = [1, input_size, input_size]
-    return mc.ModelConfig(
-        name=spec.WEIGHTING_MODEL,
-        platform=ONNX_PLATFORM,
-        max_batch_size=max_batch_size,
-        input=[_input(spec.WEIGHTING_INPUTS[key], map_dims) for key in spec.MODEL_KEYS],
-        output=[
-            _output(spec.WEIGHTS, [len(spec.MODEL_KEYS)]),
-            _output(spec.FUSED, map_dims),
-            _output(spec.SLICE_PROB, [1]),
-        ],
-        instance_group=[_instance_group(kind)],
-        dynamic_batching=mc.ModelDynamicBatching(),
-    )
+    outputs = [
+        _output(spec.WEIGHTS, [len(spec.MODEL_KEYS)]),
+        _output(spec.FUSED, map_dims),
+        _output(spec.SLICE_PROB, [1]),
+    ]
+    return _member_maps_model(spec.WEIGHTING_MODEL, input_size, max_batch_size, kind, outputs)
 
 
 def prob_max_model_config(
@@ -189,14 +181,22 @@ def prob_max_model_config(
     Its graph (``ich.prob_max.prob_max_model``) is two operators; it lets the ensemble answer with 20 bytes
     per slice where the five maps take 500 kB at 160 px.
     """
+    outputs = [_output(spec.PROB_MAX, [len(spec.MODEL_KEYS)])]
+    return _member_maps_model(spec.PROB_MAX_MODEL, input_size, max_batch_size, kind, outputs)
+
+
+def _member_maps_model(
+    name: str, input_size: int, max_batch_size: int, kind: KindName, outputs: list[mc.ModelOutput]
+) -> mc.ModelConfig:
+    """An ONNX step model whose inputs are the five members' maps [1, S, S] (``PROB_<KEY>``)."""
     _check_size(input_size, max_batch_size)
     map_dims = [1, input_size, input_size]
     return mc.ModelConfig(
-        name=spec.PROB_MAX_MODEL,
+        name=name,
         platform=ONNX_PLATFORM,
         max_batch_size=max_batch_size,
         input=[_input(spec.WEIGHTING_INPUTS[key], map_dims) for key in spec.MODEL_KEYS],
-        output=[_output(spec.PROB_MAX, [len(spec.MODEL_KEYS)])],
+        output=outputs,
         instance_group=[_instance_group(kind)],
         dynamic_batching=mc.ModelDynamicBatching(),
     )
