@@ -19,6 +19,14 @@ PATIENT_NAME = "Test^Synthetic"
 PATIENT_ID = "SYNTH-0001"
 
 
+def blob_volume(blob: bool = True) -> np.ndarray:
+    """Four 64 x 64 slices of 30 HU brain; with ``blob``, a 16 x 16 patch of 70 HU blood on slice 2."""
+    hu = np.full((4, 64, 64), 30.0, np.float32)
+    if blob:
+        hu[2, 24:40, 24:40] = 70.0
+    return hu
+
+
 def study_zip(
     hu: np.ndarray,
     *,

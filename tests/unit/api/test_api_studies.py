@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.engines.base import EngineUnavailableError
 from api.settings import Settings
-from tests.support.dicom_study import PATIENT_ID, PATIENT_NAME, study_zip
+from tests.support.dicom_study import PATIENT_ID, PATIENT_NAME, blob_volume, study_zip
 from tests.support.fake_engine import FakeEngine
 
 ZIP = {"content-type": "application/zip"}
@@ -51,13 +50,6 @@ def engine() -> FakeEngine:
 def client(engine: FakeEngine, tmp_path: Path) -> Iterator[TestClient]:
     with make_client(engine, tmp_path) as test_client:
         yield test_client
-
-
-def volume(blob: bool = True) -> np.ndarray:
-    hu = np.full((4, 64, 64), 30.0, np.float32)
-    if blob:
-        hu[2, 24:40, 24:40] = 70.0
-    return hu
 
 
 def wait_finished(client: TestClient, job_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
@@ -90,7 +82,7 @@ def test_a_queued_study_gets_the_result_cases_gives(
     client: TestClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    data, uids = study_zip(volume(), shuffle=True)
+    data, uids = study_zip(blob_volume(), shuffle=True)
     accepted = client.post("/v1/studies", content=data, headers=ZIP)
     assert accepted.status_code == 202, accepted.text
     body = accepted.json()
@@ -122,7 +114,7 @@ def test_a_queued_study_gets_the_result_cases_gives(
 
 
 def test_multipart_upload_and_include_options_are_kept(client: TestClient) -> None:
-    data, _ = study_zip(volume())
+    data, _ = study_zip(blob_volume())
     accepted = client.post(
         "/v1/studies?include=overlays", files={"file": ("study.zip", data, "application/zip")}
     )
@@ -136,7 +128,7 @@ def test_multipart_upload_and_include_options_are_kept(client: TestClient) -> No
 
 
 def test_the_same_idempotency_key_twice_gives_one_job(client: TestClient) -> None:
-    data, _ = study_zip(volume())
+    data, _ = study_zip(blob_volume())
     key = {"Idempotency-Key": "pacs-7f3a-0001", **ZIP}
     first = client.post("/v1/studies", content=data, headers=key)
     second = client.post("/v1/studies", content=data, headers=key)
@@ -144,7 +136,7 @@ def test_the_same_idempotency_key_twice_gives_one_job(client: TestClient) -> Non
     assert first.json()["id"] == second.json()["id"]
     assert second.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
     assert len(client.get("/v1/studies").json()["items"]) == 1
-    other, _ = study_zip(volume(blob=False))
+    other, _ = study_zip(blob_volume(blob=False))
     conflict = assert_error(
         client.post("/v1/studies", content=other, headers=key), 409, "idempotency_key_conflict"
     )
@@ -155,7 +147,7 @@ def test_the_same_idempotency_key_twice_gives_one_job(client: TestClient) -> Non
 
 
 def test_bad_uploads_get_the_cases_errors_and_store_nothing(engine: FakeEngine, tmp_path: Path) -> None:
-    data, _ = study_zip(volume())
+    data, _ = study_zip(blob_volume())
     with make_client(engine, tmp_path, max_upload_bytes=len(data) - 1) as client:
         assert_error(client.post("/v1/studies", content=b"not a zip", headers=ZIP), 400, "invalid_archive")
         assert_error(client.post("/v1/studies", content=data, headers=ZIP), 413, "upload_too_large")
@@ -198,7 +190,7 @@ def test_a_study_without_ct_fails_with_the_reasons_cases_gives(client: TestClien
 
 def test_jobs_wait_while_the_engine_is_down(client: TestClient, engine: FakeEngine) -> None:
     engine.down = True
-    data, _ = study_zip(volume())
+    data, _ = study_zip(blob_volume())
     job_id = client.post("/v1/studies", content=data, headers=ZIP).json()["id"]
     time.sleep(1.5)
     waiting = client.get(f"/v1/studies/{job_id}").json()
@@ -212,7 +204,7 @@ def test_an_engine_failing_mid_analysis_is_retried_then_the_job_fails(
     engine: FakeEngine, tmp_path: Path
 ) -> None:
     engine.error = EngineUnavailableError("triton timed out", reason="timeout")
-    data, _ = study_zip(volume())
+    data, _ = study_zip(blob_volume())
     with make_client(engine, tmp_path, job_max_attempts=3) as client:
         job_id = client.post("/v1/studies", content=data, headers=ZIP).json()["id"]
         job = wait_finished(client, job_id)
@@ -226,7 +218,7 @@ def test_an_engine_failing_mid_analysis_is_retried_then_the_job_fails(
 
 
 def test_a_full_queue_answers_429_with_retry_after(engine: FakeEngine, tmp_path: Path) -> None:
-    data, _ = study_zip(volume())
+    data, _ = study_zip(blob_volume())
     with make_client(engine, tmp_path, job_workers=0, max_queued_jobs=2, retry_after_s=7) as client:
         key = {"Idempotency-Key": "first", **ZIP}
         first = client.post("/v1/studies", content=data, headers=key)
@@ -239,7 +231,7 @@ def test_a_full_queue_answers_429_with_retry_after(engine: FakeEngine, tmp_path:
 
 
 def test_listing_pages_newest_first_and_filters_by_status(engine: FakeEngine, tmp_path: Path) -> None:
-    data, _ = study_zip(volume())
+    data, _ = study_zip(blob_volume())
     with make_client(engine, tmp_path, job_workers=0) as client:
         ids = [client.post("/v1/studies", content=data, headers=ZIP).json()["id"] for _ in range(5)]
         seen: list[str] = []
@@ -259,7 +251,7 @@ def test_listing_pages_newest_first_and_filters_by_status(engine: FakeEngine, tm
 
 
 def test_delete_removes_the_study_and_its_result(client: TestClient, tmp_path: Path) -> None:
-    data, _ = study_zip(volume())
+    data, _ = study_zip(blob_volume())
     job_id = client.post("/v1/studies", content=data, headers=ZIP).json()["id"]
     assert wait_finished(client, job_id)["status"] == "done"
     assert client.delete(f"/v1/studies/{job_id}").status_code == 204
@@ -273,7 +265,7 @@ def test_delete_removes_the_study_and_its_result(client: TestClient, tmp_path: P
 def test_studies_need_a_key_when_keys_are_configured(engine: FakeEngine, tmp_path: Path) -> None:
     keys = tmp_path / "keys.txt"
     keys.write_text(hashlib.sha256(b"secret-key").hexdigest() + "\n")
-    data, _ = study_zip(volume())
+    data, _ = study_zip(blob_volume())
     with make_client(engine, tmp_path, api_keys_file=keys) as client:
         assert_error(client.post("/v1/studies", content=data, headers=ZIP), 401, "unauthorized")
         assert_error(client.get("/v1/studies"), 401, "unauthorized")
@@ -288,7 +280,7 @@ def test_an_unreachable_database_is_503_not_500(client: TestClient) -> None:
     store = client.app.state.jobs.store  # type: ignore[attr-defined]
     working, store.engine = store.engine, create_engine("postgresql+psycopg://ich@127.0.0.1:1/ich")
     try:
-        data, _ = study_zip(volume())
+        data, _ = study_zip(blob_volume())
         for response in (
             client.post("/v1/studies", content=data, headers=ZIP),
             client.get("/v1/studies"),

@@ -29,7 +29,7 @@ from ich.sr import SUBTYPE_PROBABILITY, UNCERTAINTY, build_measurement_report
 from ich.subtypes import SUBTYPE_FEATURES, SUBTYPES, SubtypeFit, SubtypeModel
 from ich_devtools.dicom_writer import series_datasets
 from tests.support.dicom_results import sr_numbers
-from tests.support.dicom_study import study_zip
+from tests.support.dicom_study import blob_volume, study_zip
 from tests.support.fake_engine import MEMBER_FACTORS, SCALE, FakeEngine
 
 ZIP = {"content-type": "application/zip"}
@@ -62,13 +62,6 @@ def _repository(model: CaseModel | None) -> Path:
     return root
 
 
-def _volume(blob: bool = True) -> np.ndarray:
-    hu = np.full((4, 64, 64), 30.0, np.float32)
-    if blob:
-        hu[2, 24:40, 24:40] = 70.0
-    return hu
-
-
 def _post(repo: Path, hu: np.ndarray) -> dict:
     with TestClient(create_app(Settings(model_repository=repo), engine=FakeEngine(input_size=32))) as client:
         response = client.post("/v1/cases", content=study_zip(hu)[0], headers=ZIP)
@@ -77,18 +70,18 @@ def _post(repo: Path, hu: np.ndarray) -> dict:
 
 
 def test_without_a_subtype_model_subtypes_are_null_and_the_uncertainty_is_the_spread() -> None:
-    body = _post(_repository(None), _volume())
+    body = _post(_repository(None), blob_volume())
     assert body["subtypes"] is None and all(s["subtypes"] is None for s in body["slices"])
     assert body["uncertainty"] == pytest.approx(SCALE * FACTORS.std(), abs=1e-5)
     # a negative study: the spread of the five on its top slice (30 HU -> fused 0.2375 everywhere)
-    quiet = _post(_repository(None), _volume(blob=False))
+    quiet = _post(_repository(None), blob_volume(blob=False))
     assert quiet["uncertainty"] == pytest.approx(SCALE * 0.25 * FACTORS.std(), abs=1e-5)
     assert quiet["uncertainty"] < body["uncertainty"]
 
 
 def test_a_case_model_without_subtypes_gives_null_subtypes_and_the_same_decision() -> None:
-    plain = _post(_repository(_case_model(None)), _volume())
-    with_subtypes = _post(_repository(_case_model(_epidural_only())), _volume())
+    plain = _post(_repository(_case_model(None)), blob_volume())
+    with_subtypes = _post(_repository(_case_model(_epidural_only())), blob_volume())
     assert plain["subtypes"] is None
     for key in ("ich_probability", "ich_detected", "threshold", "indeterminate", "hemorrhage_volume_ml",
                 "uncertainty"):  # fmt: skip
@@ -97,7 +90,7 @@ def test_a_case_model_without_subtypes_gives_null_subtypes_and_the_same_decision
 
 
 def test_subtypes_in_the_case_and_in_each_slice() -> None:
-    body = _post(_repository(_case_model(_epidural_only())), _volume())
+    body = _post(_repository(_case_model(_epidural_only())), blob_volume())
     assert set(body["subtypes"]) == set(SUBTYPES)
     assert body["subtypes"]["epidural"] == pytest.approx(0.4, abs=1e-5)
     assert all(body["subtypes"][s] is None for s in SUBTYPES if s != "epidural")
@@ -112,10 +105,12 @@ def test_subtypes_in_the_case_and_in_each_slice() -> None:
 
 
 def test_the_sr_carries_the_measured_subtypes_and_the_uncertainty() -> None:
-    body = _post(_repository(_case_model(_epidural_only())), _volume())
+    body = _post(_repository(_case_model(_epidural_only())), blob_volume())
     values = report_values(CaseResult.model_validate(body))
     assert values.subtypes is not None and values.uncertainty == body["uncertainty"]
-    series = series_datasets(_volume(), pixel_spacing_mm=(0.5, 0.5), slice_thickness_mm=5.0, series_number=2)
+    series = series_datasets(
+        blob_volume(), pixel_spacing_mm=(0.5, 0.5), slice_thickness_mm=5.0, series_number=2
+    )
     sr = build_measurement_report(
         series, values, model_version="v-test", series_instance_uid="2.25.1", sop_instance_uid="2.25.2",
         tracking_uid="2.25.3",
