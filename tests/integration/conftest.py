@@ -24,6 +24,7 @@ from ich import spec
 from ich_devtools.local_gateway import LocalGateway
 from ich_devtools.local_gateway import start_gateway as start_local_gateway
 from ich_devtools.triton_local import LocalTriton, TritonStartError, default_venv, find_distribution
+from tests.support.asgi_gateway import asgi_client
 from tests.support.tiny_repository import build_exported_repository, build_tiny_repository
 
 #: Small enough for 2 CPU cores, large enough for the U-Net's pooling and the opening.
@@ -98,12 +99,10 @@ def wait_jobs_finished(
 async def post_study(settings: Settings, body: bytes) -> dict[str, Any]:
     """POST ``body`` (a zipped study) to an in-process gateway made from ``settings``; the 200 answer JSON."""
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=300) as client:
-            response = await client.post(
-                "/v1/cases", content=body, headers={"Content-Type": "application/zip"}
-            )
+    async with asgi_client(app, timeout_s=300) as client:
+        response = await client.post(
+            "/v1/cases", content=body, headers={"Content-Type": "application/zip"}
+        )
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
     return result

@@ -19,11 +19,11 @@ PATIENT_NAME = "Test^Synthetic"
 PATIENT_ID = "SYNTH-0001"
 
 
-def blob_volume(blob: bool = True) -> np.ndarray:
-    """Four 64 x 64 slices of 30 HU brain; with ``blob``, a 16 x 16 patch of 70 HU blood on slice 2."""
-    hu = np.full((4, 64, 64), 30.0, np.float32)
-    if blob:
-        hu[2, 24:40, 24:40] = 70.0
+def blob_volume(n: int = 4, blob_slice: int | None = 2, background: float = 30.0) -> np.ndarray:
+    """``n`` 64 x 64 slices of ``background`` HU (brain); a 16 x 16 patch of 70 HU blood on ``blob_slice``."""
+    hu = np.full((n, 64, 64), background, np.float32)
+    if blob_slice is not None:
+        hu[blob_slice, 24:40, 24:40] = 70.0
     return hu
 
 

@@ -11,7 +11,6 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from starlette.requests import Request
@@ -21,6 +20,7 @@ from api.app import create_app
 from api.auth import key_digest
 from api.errors import ApiError
 from api.settings import Settings
+from tests.support.asgi_gateway import asgi_client
 from tests.support.dicom_study import study_zip
 from tests.support.fake_engine import FakeEngine
 
@@ -154,19 +154,17 @@ async def test_through_the_app_a_case_waits_for_the_slot_and_is_answered() -> No
     settings = Settings(max_inflight_cases=1, max_waiting_cases=2, model_repository=PAPER_RULE)
     app = create_app(settings, engine=engine)
     data, _ = study_zip(_volume())
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
-            first = asyncio.create_task(client.post("/v1/cases", content=data, headers=ZIP))
-            await asyncio.wait_for(engine.entered.wait(), timeout=30)
-            second = asyncio.create_task(client.post("/v1/cases", content=data, headers=ZIP))
-            while app.state.admission.waiting == 0:
-                await asyncio.sleep(0.01)
-            text = (await client.get("/metrics")).text
-            assert "ich_waiting_cases 1.0" in text and "ich_inflight_cases 1.0" in text
-            # The waiting body still counts against the upload buffer.
-            assert app.state.upload_budget.used == len(data)
-            engine.gate.set()
-            assert (await first).status_code == 200
-            assert (await second).status_code == 200
+    async with asgi_client(app) as client:
+        first = asyncio.create_task(client.post("/v1/cases", content=data, headers=ZIP))
+        await asyncio.wait_for(engine.entered.wait(), timeout=30)
+        second = asyncio.create_task(client.post("/v1/cases", content=data, headers=ZIP))
+        while app.state.admission.waiting == 0:
+            await asyncio.sleep(0.01)
+        text = (await client.get("/metrics")).text
+        assert "ich_waiting_cases 1.0" in text and "ich_inflight_cases 1.0" in text
+        # The waiting body still counts against the upload buffer.
+        assert app.state.upload_budget.used == len(data)
+        engine.gate.set()
+        assert (await first).status_code == 200
+        assert (await second).status_code == 200
     assert app.state.admission.inflight == 0 and app.state.upload_budget.used == 0

@@ -26,7 +26,8 @@ from api.app import create_app
 from api.settings import Settings
 from ich import spec
 from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
-from tests.support.dicom_study import study_zip
+from tests.support.asgi_gateway import asgi_client
+from tests.support.dicom_study import blob_volume, study_zip
 from tests.support.fake_engine import FakeEngine
 
 ZIP = {"content-type": "application/zip"}
@@ -49,13 +50,6 @@ def engine() -> FakeEngine:
 def client(engine: FakeEngine) -> Iterator[TestClient]:
     with make_client(engine) as test_client:
         yield test_client
-
-
-def blob_volume(n: int = 4, blob_slice: int | None = 2, background: float = 30.0) -> np.ndarray:
-    hu = np.full((n, 64, 64), background, np.float32)
-    if blob_slice is not None:
-        hu[blob_slice, 24:40, 24:40] = 70.0
-    return hu
 
 
 def assert_error(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -306,20 +300,18 @@ async def test_over_the_inflight_limit_without_a_line_is_503_busy_while_probes_s
     app = create_app(settings, engine=engine)
     data, _ = study_zip(blob_volume())
     engine.gate = asyncio.Event()
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            first = asyncio.create_task(client.post("/v1/cases", content=data, headers=ZIP))
-            await asyncio.wait_for(engine.entered.wait(), timeout=30)
-            assert (await client.get("/healthz")).status_code == 200
-            second = await client.post("/v1/cases", content=data, headers=ZIP)
-            assert assert_error(second, 503)["code"] == "busy"
-            assert second.headers["retry-after"] == "3"
-            assert "ich_inflight_cases 1.0" in (await client.get("/metrics")).text
-            engine.gate.set()
-            assert (await first).status_code == 200
-            third = await client.post("/v1/cases", content=data, headers=ZIP)
-            assert third.status_code == 200
+    async with asgi_client(app) as client:
+        first = asyncio.create_task(client.post("/v1/cases", content=data, headers=ZIP))
+        await asyncio.wait_for(engine.entered.wait(), timeout=30)
+        assert (await client.get("/healthz")).status_code == 200
+        second = await client.post("/v1/cases", content=data, headers=ZIP)
+        assert assert_error(second, 503)["code"] == "busy"
+        assert second.headers["retry-after"] == "3"
+        assert "ich_inflight_cases 1.0" in (await client.get("/metrics")).text
+        engine.gate.set()
+        assert (await first).status_code == 200
+        third = await client.post("/v1/cases", content=data, headers=ZIP)
+        assert third.status_code == 200
 
 
 def test_include_seg_returns_a_dicom_seg_referencing_the_series(client: TestClient) -> None:

@@ -136,7 +136,7 @@ def test_the_same_idempotency_key_twice_gives_one_job(client: TestClient) -> Non
     assert first.json()["id"] == second.json()["id"]
     assert second.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
     assert len(client.get("/v1/studies").json()["items"]) == 1
-    other, _ = study_zip(blob_volume(blob=False))
+    other, _ = study_zip(blob_volume(blob_slice=None))
     conflict = assert_error(
         client.post("/v1/studies", content=other, headers=key), 409, "idempotency_key_conflict"
     )

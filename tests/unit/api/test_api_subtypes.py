@@ -74,7 +74,7 @@ def test_without_a_subtype_model_subtypes_are_null_and_the_uncertainty_is_the_sp
     assert body["subtypes"] is None and all(s["subtypes"] is None for s in body["slices"])
     assert body["uncertainty"] == pytest.approx(SCALE * FACTORS.std(), abs=1e-5)
     # a negative study: the spread of the five on its top slice (30 HU -> fused 0.2375 everywhere)
-    quiet = _post(_repository(None), blob_volume(blob=False))
+    quiet = _post(_repository(None), blob_volume(blob_slice=None))
     assert quiet["uncertainty"] == pytest.approx(SCALE * 0.25 * FACTORS.std(), abs=1e-5)
     assert quiet["uncertainty"] < body["uncertainty"]
 

@@ -28,6 +28,7 @@ from api.upload import UploadPace
 from ich.ensemble import EnsembleRunner, RunCancelledError, RunControl
 from ich.intake import IntakeLimits, read_study
 from ich_devtools.dicom_writer import dataset_bytes, series_datasets, zip_members
+from tests.support.asgi_gateway import asgi_client
 from tests.support.dicom_study import study_zip
 from tests.support.fake_engine import FakeEngine
 from tests.support.tiny_repository import build_tiny_repository
@@ -77,25 +78,23 @@ async def test_a_stalled_and_a_slow_upload_get_408_and_never_hold_the_only_slot(
     engine = FakeEngine()
     app = _app(engine, max_inflight_cases=1, upload_timeout_s=0.4, upload_min_bytes_per_s=20_000)
     data, _ = study_zip(_volume())
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
-            stalled = asyncio.create_task(client.post("/v1/cases", content=_stall(data[:100]), headers=ZIP))
-            slow = asyncio.create_task(
-                client.post("/v1/cases", content=_trickle(data, 200, 0.05), headers=ZIP)
+    async with asgi_client(app) as client:
+        stalled = asyncio.create_task(client.post("/v1/cases", content=_stall(data[:100]), headers=ZIP))
+        slow = asyncio.create_task(
+            client.post("/v1/cases", content=_trickle(data, 200, 0.05), headers=ZIP)
+        )
+        await asyncio.sleep(0.1)
+        # Both uploads are in progress; the one slot is free for a client that sends its study.
+        normal = await client.post("/v1/cases", content=data, headers=ZIP)
+        assert normal.status_code == 200, normal.text
+        for response in (await stalled, await slow):
+            assert response.status_code == 408, response.text
+            body = response.json()
+            assert (
+                body["code"] == "upload_timeout"
+                and body["request_id"] == response.headers["x-request-id"]
             )
-            await asyncio.sleep(0.1)
-            # Both uploads are in progress; the one slot is free for a client that sends its study.
-            normal = await client.post("/v1/cases", content=data, headers=ZIP)
-            assert normal.status_code == 200, normal.text
-            for response in (await stalled, await slow):
-                assert response.status_code == 408, response.text
-                body = response.json()
-                assert (
-                    body["code"] == "upload_timeout"
-                    and body["request_id"] == response.headers["x-request-id"]
-                )
-            metrics = (await client.get("/metrics")).text
+        metrics = (await client.get("/metrics")).text
     assert len(engine.calls) == 1  # only the normal study reached the engine
     assert 'ich_cases_total{outcome="rejected"} 2.0' in metrics
     assert "ich_inflight_cases 0.0" in metrics
@@ -106,23 +105,21 @@ async def test_a_full_gateway_with_a_full_line_still_refuses_before_reading_the_
     engine.gate = asyncio.Event()
     app = _app(engine, max_inflight_cases=1, max_waiting_cases=0)
     data, _ = study_zip(_volume())
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
-            first = asyncio.create_task(client.post("/v1/cases", content=data, headers=ZIP))
-            await asyncio.wait_for(engine.entered.wait(), timeout=30)
-            pulled: list[int] = []
+    async with asgi_client(app) as client:
+        first = asyncio.create_task(client.post("/v1/cases", content=data, headers=ZIP))
+        await asyncio.wait_for(engine.entered.wait(), timeout=30)
+        pulled: list[int] = []
 
-            async def counted() -> AsyncIterator[bytes]:
-                for start in range(0, len(data), 1024):
-                    pulled.append(start)
-                    yield data[start : start + 1024]
+        async def counted() -> AsyncIterator[bytes]:
+            for start in range(0, len(data), 1024):
+                pulled.append(start)
+                yield data[start : start + 1024]
 
-            second = await client.post("/v1/cases", content=counted(), headers=ZIP)
-            assert second.status_code == 503 and second.json()["code"] == "busy"
-            assert len(pulled) <= 1  # refused on arrival, not after the upload
-            engine.gate.set()
-            assert (await first).status_code == 200
+        second = await client.post("/v1/cases", content=counted(), headers=ZIP)
+        assert second.status_code == 503 and second.json()["code"] == "busy"
+        assert len(pulled) <= 1  # refused on arrival, not after the upload
+        engine.gate.set()
+        assert (await first).status_code == 200
 
 
 def test_the_upload_buffer_bounds_the_bodies_being_received_together() -> None:
