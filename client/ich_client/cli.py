@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from tqdm import tqdm
 
 from ich_client.client import ICHClient
@@ -278,18 +279,27 @@ def _analyze(client: ICHClient, args: argparse.Namespace) -> int:
     return _finish(results, as_json=args.json)
 
 
-def _finish(results: list[CaseResult | None], *, as_json: bool) -> int:
-    """Print ``--json`` output (one study: its result; several: a list aligned with the arguments, null
-    where a study failed; nothing for one failed study) and return the exit status."""
+def _finish(items: Sequence[BaseModel | None], *, as_json: bool, as_list: bool = False) -> int:
+    """Print the ``--json`` output and return the exit status (failed if any item is missing).
+
+    The output is a list aligned with the arguments, null where one failed; a single result stands alone
+    (nothing when it failed) unless ``as_list``.
+    """
     if as_json:
-        payload: Any = (
-            (as_dict(results[0]) if results[0] is not None else None)
-            if len(results) == 1
-            else [as_dict(r) if r is not None else None for r in results]
-        )
-        if len(results) > 1 or payload is not None:
+        payload: Any = [as_dict(item) if item is not None else None for item in items]
+        if len(items) == 1 and not as_list:
+            payload = payload[0]
+        if payload is not None:
             sys.stdout.write(json.dumps(payload, indent=2) + "\n")
-    return EXIT_OK if all(r is not None for r in results) else EXIT_FAILED
+    return EXIT_OK if all(item is not None for item in items) else EXIT_FAILED
+
+
+def _report(job_id: str, exc: ICHError) -> None:
+    """One stderr line for a job the service could not be asked about."""
+    if isinstance(exc, APIStatusError):
+        _err(f"{job_id}: {exc.status_code} {exc.code}: {exc.detail}")
+    else:
+        _err(f"{job_id}: {exc}")
 
 
 def _write_outputs(out: Path, name: str, result: CaseResult) -> None:
@@ -325,9 +335,7 @@ def _submit_all(client: ICHClient, args: argparse.Namespace) -> int:
         if isinstance(job, Job) and not args.json:
             sys.stdout.write(f"{job.id}\n")
             sys.stdout.flush()
-    if args.json:
-        sys.stdout.write(json.dumps([as_dict(j) if j else None for j in jobs], indent=2) + "\n")
-    return EXIT_OK if all(j is not None for j in jobs) else EXIT_FAILED
+    return _finish(jobs, as_json=args.json, as_list=True)
 
 
 def _status(client: ICHClient, args: argparse.Namespace) -> int:
@@ -335,20 +343,14 @@ def _status(client: ICHClient, args: argparse.Namespace) -> int:
     for job_id in args.ids:
         try:
             job = client.get_job(job_id)
-        except APIStatusError as exc:
-            _err(f"{job_id}: {exc.status_code} {exc.code}: {exc.detail}")
-            jobs.append(None)
-            continue
         except ICHError as exc:
-            _err(f"{job_id}: {exc}")
+            _report(job_id, exc)
             jobs.append(None)
             continue
         jobs.append(job)
         if not args.json:
             sys.stdout.write(_job_line(job) + "\n")
-    if args.json:
-        sys.stdout.write(json.dumps([as_dict(j) if j else None for j in jobs], indent=2) + "\n")
-    return EXIT_OK if all(j is not None for j in jobs) else EXIT_FAILED
+    return _finish(jobs, as_json=args.json, as_list=True)
 
 
 def _job_line(job: Job) -> str:
@@ -385,12 +387,8 @@ def _wait(client: ICHClient, args: argparse.Namespace) -> int:
                 _err(f"{job_id}: still {exc.job.status} after {args.wait_timeout:g} s")
                 results.append(None)
                 continue
-            except APIStatusError as exc:
-                _err(f"{job_id}: {exc.status_code} {exc.code}: {exc.detail}")
-                results.append(None)
-                continue
             except ICHError as exc:
-                _err(f"{job_id}: {exc}")
+                _report(job_id, exc)
                 results.append(None)
                 continue
             bar.update(1)

@@ -277,3 +277,23 @@ def test_a_text_file_is_refused_with_what_is_wrong(service: Any, tmp_path: Path,
     assert cli.main(["analyze", str(notes), "--url", "http://ich.test", "--no-progress"]) == 1
     assert "neither a zip archive nor a DICOM file" in capsys.readouterr().err
     assert seen == []
+
+
+def test_status_json_is_a_list_even_for_one_job_with_null_where_one_is_unknown(
+    service: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    known = "3f1c7a52-0000-4000-8000-000000000001"
+    job = {"id": known, "status": "queued", "attempts": 0, "created_at": "2026-12-01T10:00:00+00:00"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == f"/v1/studies/{known}":
+            return httpx.Response(200, json=job)
+        return httpx.Response(404, json={"code": "not_found", "detail": "no such study", "request_id": "r-1"})
+
+    service(handler)
+    assert cli.main(["status", known, "--json", "--url", "http://ich.test"]) == 0
+    assert [j["id"] for j in json.loads(capsys.readouterr().out)] == [known]
+    assert cli.main(["status", known, "unknown-id", "--json", "--url", "http://ich.test"]) == 1
+    captured = capsys.readouterr()
+    assert [j and j["status"] for j in json.loads(captured.out)] == ["queued", None]
+    assert "unknown-id: 404 not_found: no such study" in captured.err
