@@ -38,6 +38,7 @@ from ich.dicom_node import (
 )
 from ich.dicom_node.background import RepeatingTask
 from ich.dicom_outputs import encode
+from ich.jobs import Job, JobStore
 from tests.support.pacs_study import pacs_study
 
 MAX = 16 * 2**20
@@ -332,6 +333,18 @@ def test_destinations_are_parsed_without_repeating_secrets() -> None:
         assert "hunter2" not in str(caught.value)
 
 
+async def delivery_reaches(delivery: ResultsDelivery, store: JobStore, job_id: str, status: str) -> Job:
+    """Run ``delivery`` until the job's delivery is ``status`` (10 s at most); the job then."""
+    delivery.start()
+    try:
+        async with asyncio.timeout(10):
+            while (job := store.get(job_id)) is None or job.delivery is None or job.delivery.status != status:
+                await asyncio.sleep(0.02)
+    finally:
+        await delivery.stop()
+    return job
+
+
 async def test_a_delivery_is_retried_with_backoff_until_it_goes_through(tmp_path: Path) -> None:
     store = open_job_store(Settings(data_dir=tmp_path / "data"))
     job, _ = store.submit(b"zip", origin="dicom", deliver=True)
@@ -345,18 +358,9 @@ async def test_a_delivery_is_retried_with_backoff_until_it_goes_through(tmp_path
         if len(sent) < 3:
             raise DeliveryError("destination_unreachable", "connection refused")
 
-    delivery = ResultsDelivery(store, send, DeliveryConfig(max_attempts=5, backoff_s=0.05, poll_s=0.02))
-    delivery.start()
-    try:
-        async with asyncio.timeout(10):
-            while (
-                (current := store.get(job.id)) is None
-                or current.delivery is None
-                or current.delivery.status != "delivered"
-            ):
-                await asyncio.sleep(0.02)
-    finally:
-        await delivery.stop()
+    config = DeliveryConfig(max_attempts=5, backoff_s=0.05, poll_s=0.02)
+    current = await delivery_reaches(ResultsDelivery(store, send, config), store, job.id, "delivered")
+    assert current.delivery is not None
     assert len(sent) == 3 and sorted(sent[-1]) == [b"SEG", b"SR"]
     assert current.delivery.attempts == 3 and current.delivery.error is None
 
@@ -368,17 +372,8 @@ async def test_a_delivery_is_retried_with_backoff_until_it_goes_through(tmp_path
         raise DeliveryError("destination_refused", "status 0xA700")
 
     failing = ResultsDelivery(store, refuse, DeliveryConfig(max_attempts=2, backoff_s=0.01, poll_s=0.02))
-    failing.start()
-    try:
-        async with asyncio.timeout(10):
-            while (
-                (state := store.get(given_up.id)) is None
-                or state.delivery is None
-                or state.delivery.status != "failed"
-            ):
-                await asyncio.sleep(0.02)
-    finally:
-        await failing.stop()
+    state = await delivery_reaches(failing, store, given_up.id, "failed")
+    assert state.delivery is not None
     assert state.delivery.attempts == 2 and state.delivery.error is not None
     assert state.delivery.error.code == "destination_refused"
     store.engine.dispose()
