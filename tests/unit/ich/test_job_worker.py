@@ -7,6 +7,7 @@ exactly what the gateway hands it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import subprocess
 import sys
@@ -66,6 +67,16 @@ async def always_ready() -> bool:
     return True
 
 
+@contextlib.asynccontextmanager
+async def running(pool: WorkerPool) -> AsyncIterator[None]:
+    """The pool's workers run while the block does; stopped after it, whatever happened."""
+    pool.start()
+    try:
+        yield
+    finally:
+        await pool.stop()
+
+
 def pool_for(store: JobStore, pipeline: Pipeline, **config: Any) -> tuple[WorkerPool, CollectorRegistry]:
     registry = CollectorRegistry()
     ready = config.pop("ready", always_ready)
@@ -78,13 +89,10 @@ async def test_a_job_is_analysed_once_and_its_result_stored(store: JobStore) -> 
     pipeline = Pipeline()
     pool, registry = pool_for(store, pipeline)
     job, _ = await asyncio.to_thread(store.submit, b"abc", options=("seg",))
-    pool.start()
-    try:
+    async with running(pool):
         done = await finished(store, job.id)
         await asyncio.sleep(0.2)  # the gauges refresh
         assert sample(registry, "ich_jobs", status="done") == 1.0
-    finally:
-        await pool.stop()
     assert done.status == "done" and done.result == {"size": 3, "options": ["seg"]} and done.attempts == 1
     assert pipeline.calls == [(b"abc", ("seg",))]
     assert sample(registry, "ich_job_attempts_total", outcome="done") == 1.0
@@ -97,11 +105,8 @@ async def test_a_bad_study_fails_at_once_with_its_reasons(store: JobStore) -> No
     pipeline.failures.append(NoUsableSeriesError("no usable CT series", reasons))
     pool, registry = pool_for(store, pipeline, max_attempts=5)
     job, _ = await asyncio.to_thread(store.submit, b"no ct")
-    pool.start()
-    try:
+    async with running(pool):
         failed = await finished(store, job.id)
-    finally:
-        await pool.stop()
     assert failed.status == "failed" and failed.attempts == 1 and len(pipeline.calls) == 1
     assert failed.error.to_dict() == {
         "code": "no_usable_series",
@@ -116,11 +121,8 @@ async def test_transient_failures_are_retried_with_backoff(store: JobStore) -> N
     pipeline.failures += [TransientJobError("engine down"), TransientJobError("engine down")]
     pool, registry = pool_for(store, pipeline, max_attempts=3)
     job, _ = await asyncio.to_thread(store.submit, b"study")
-    pool.start()
-    try:
+    async with running(pool):
         done = await finished(store, job.id)
-    finally:
-        await pool.stop()
     assert done.status == "done" and done.attempts == 3 and len(pipeline.calls) == 3
     assert sample(registry, "ich_job_attempts_total", outcome="retried") == 2.0
 
@@ -130,14 +132,11 @@ async def test_retries_run_out_and_a_bug_does_not_kill_the_worker(store: JobStor
     pipeline.failures += [TypeError("a bug, mentioning Doe^John"), TypeError("a bug, mentioning Doe^John")]
     pool, _ = pool_for(store, pipeline, max_attempts=2)
     first, _ = await asyncio.to_thread(store.submit, b"first")
-    pool.start()
-    try:
+    async with running(pool):
         failed = await finished(store, first.id)
         second, _ = await asyncio.to_thread(store.submit, b"second")
         pool.wake()
         done = await finished(store, second.id)
-    finally:
-        await pool.stop()
     assert failed.status == "failed" and failed.attempts == 2
     assert failed.error.code == "internal_error" and "Doe^John" not in failed.error.detail
     assert done.status == "done"
@@ -159,16 +158,13 @@ async def test_nothing_is_claimed_while_the_engine_is_not_ready(store: JobStore)
 
     pool, _ = pool_for(store, pipeline, ready=ready)
     job, _ = await asyncio.to_thread(store.submit, b"study")
-    pool.start()
-    try:
+    async with running(pool):
         await asyncio.sleep(0.3)
         waiting = await asyncio.to_thread(store.get, job.id)
         assert waiting is not None and waiting.status == "queued" and waiting.attempts == 0
         assert pipeline.calls == []
         up.set()
         done = await finished(store, job.id)
-    finally:
-        await pool.stop()
     assert done.status == "done" and done.attempts == 1
 
 
@@ -177,16 +173,13 @@ async def test_the_lease_is_renewed_while_a_long_analysis_runs(store: JobStore) 
     pipeline.gate = asyncio.Event()
     pool, _ = pool_for(store, pipeline, lease_s=0.3)
     job, _ = await asyncio.to_thread(store.submit, b"study")
-    pool.start()
-    try:
+    async with running(pool):
         await asyncio.wait_for(pipeline.entered.wait(), 5)
         await asyncio.sleep(1.0)  # more than three leases
         stolen = await asyncio.to_thread(store.claim, "intruder", lease_s=10, max_attempts=5)
         assert stolen is None
         pipeline.gate.set()
         done = await finished(store, job.id)
-    finally:
-        await pool.stop()
     assert done.status == "done" and done.attempts == 1
 
 
@@ -208,15 +201,12 @@ async def test_a_deleted_running_job_is_abandoned(store: JobStore) -> None:
     pipeline.gate = asyncio.Event()
     pool, registry = pool_for(store, pipeline, lease_s=0.3)
     job, _ = await asyncio.to_thread(store.submit, b"study")
-    pool.start()
-    try:
+    async with running(pool):
         await asyncio.wait_for(pipeline.entered.wait(), 5)
         assert await asyncio.to_thread(store.delete, job.id)
         async with asyncio.timeout(5):
             while sample(registry, "ich_job_attempts_total", outcome="lost") < 1:
                 await asyncio.sleep(0.02)
-    finally:
-        await pool.stop()
     assert await asyncio.to_thread(store.get, job.id) is None
 
 
