@@ -12,7 +12,7 @@ import io
 import struct
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pydicom
@@ -156,6 +156,16 @@ def members(data: bytes) -> list[bytes]:
         return sorted(archive.read(name) for name in archive.namelist())
 
 
+def sender_delivers(
+    assembler: StudyAssembler, files: Iterable[bytes], *, origin: str = "dicom", released: bool = True
+) -> None:
+    """One sender (an association, a STOW-RS request) delivers ``files`` and ends, normally or not."""
+    sender = assembler.open_sender(origin)
+    for data in files:
+        assembler.accept(sender, received(data))  # type: ignore[arg-type]
+    assembler.close_sender(sender, released=released)
+
+
 def test_a_study_is_complete_after_the_quiet_period_with_no_sender_open(tmp_path: Path, clock: Clock) -> None:
     assembler = assembler_for(tmp_path, clock)
     study = pacs_study(slices=3)
@@ -187,10 +197,7 @@ def test_a_study_is_complete_after_the_quiet_period_with_no_sender_open(tmp_path
 def test_an_aborted_sender_makes_the_study_incomplete_until_sent_again(tmp_path: Path, clock: Clock) -> None:
     assembler = assembler_for(tmp_path, clock)
     study = pacs_study(slices=4)
-    first = assembler.open_sender("dicom")
-    for data in study.files[:2]:
-        assembler.accept(first, received(data))  # type: ignore[arg-type]
-    assembler.close_sender(first, released=False)
+    sender_delivers(assembler, study.files[:2], released=False)
     clock.now += 11
     (digest,) = assembler.due()
     partial = assembler.assemble(digest)
@@ -198,10 +205,7 @@ def test_an_aborted_sender_makes_the_study_incomplete_until_sent_again(tmp_path:
     assembler.release(digest)  # say queueing failed: still pending, same answer later
 
     clock.now += 1
-    second = assembler.open_sender("dicom")
-    for data in study.files:
-        assembler.accept(second, received(data))  # type: ignore[arg-type]
-    assembler.close_sender(second, released=True)
+    sender_delivers(assembler, study.files)
     clock.now += 11
     complete = assembler.assemble(digest)
     assert complete is not None and complete.error is None and len(complete.instances) == 4
@@ -213,10 +217,8 @@ def test_the_same_instances_give_the_same_key(tmp_path: Path, clock: Clock) -> N
     keys = []
     for name in ("a", "b"):
         assembler = assembler_for(tmp_path / name, clock)
-        sender = assembler.open_sender("dicomweb" if name == "b" else "dicom")
-        for data in reversed(study.files) if name == "b" else study.files:
-            assembler.accept(sender, received(data))  # type: ignore[arg-type]
-        assembler.close_sender(sender, released=True)
+        files = reversed(study.files) if name == "b" else study.files
+        sender_delivers(assembler, files, origin="dicomweb" if name == "b" else "dicom")
         clock.now += 11
         (digest,) = assembler.due()
         completed = assembler.assemble(digest)
@@ -280,10 +282,7 @@ def test_a_restart_takes_up_the_spool_and_an_interrupted_sender_is_incomplete(
 def test_instances_after_the_study_was_taken_stay_for_the_next_job(tmp_path: Path, clock: Clock) -> None:
     assembler = assembler_for(tmp_path, clock)
     study = pacs_study(slices=3)
-    sender = assembler.open_sender("dicom")
-    for data in study.files[:2]:
-        assembler.accept(sender, received(data))  # type: ignore[arg-type]
-    assembler.close_sender(sender, released=True)
+    sender_delivers(assembler, study.files[:2])
     clock.now += 11
     (digest,) = assembler.due()
     completed = assembler.assemble(digest)
@@ -306,10 +305,7 @@ def test_a_study_queued_twice_is_one_job(tmp_path: Path, clock: Clock) -> None:
     study = pacs_study(slices=2)
     ids = []
     for _ in range(2):
-        sender = assembler.open_sender("dicom")
-        for data in study.files:
-            assembler.accept(sender, received(data))  # type: ignore[arg-type]
-        assembler.close_sender(sender, released=True)
+        sender_delivers(assembler, study.files)
         clock.now += 11
         (digest,) = assembler.due()
         completed = assembler.assemble(digest)
