@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 from ich import spec  # noqa: E402
 from ich.scoring import CaseModel  # noqa: E402
 from tests.support.ct_ich_data import synthetic_ct_ich  # noqa: E402
+from tests.support.train_run import TINY_WEIGHT  # noqa: E402
 from training.cli import main  # noqa: E402
 from training.cv import OOF_FILE, fold_split, load_folds, patient_folds  # noqa: E402
 from training.oof_report import _earlier_records, run_records  # noqa: E402
@@ -167,14 +168,7 @@ init = "all"
 {_STEP}
 
 [weight]
-hidden = 4
-opening = 3
-iterations = 2
-batch = 4
-lr = 1e-3
-eval_every = 1
-negatives_per_positive = 1
-slice_bce = 0.5
+{TINY_WEIGHT}
 """
 
 
