@@ -99,7 +99,7 @@ def figures_section(report: Mapping[str, Any], model: CaseModel | None) -> str:
         "",
         "| figure | value |",
         "|---|---|",
-        f"| case AUC, lesion-based calibrated probability | {_f(case['ich_probability']['auc'])}"
+        f"| case AUC, calibrated case probability (`ich_probability`) | {_f(case['ich_probability']['auc'])}"
         f"{_ci(case['ich_probability'])} |",
         f"| case AUC, the paper's maximum slice probability | {_f(case['max_slice_probability']['auc'])}"
         f"{_ci(case['max_slice_probability'])} |",

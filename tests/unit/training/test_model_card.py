@@ -119,7 +119,7 @@ def test_card_carries_the_reports_figures_as_the_report_gives_them(shipped: Reco
     ens = r["models"]["ensemble"]["slice"]
     lines = [
         "## Figures (out of fold: 12 patients, 6 with hemorrhage, 72 slices, 3 folds)",
-        f"| case AUC, lesion-based calibrated probability | {case['ich_probability']['auc']:.3f} "
+        f"| case AUC, calibrated case probability (`ich_probability`) | {case['ich_probability']['auc']:.3f} "
         f"{_ci(case['ich_probability'])} |",
         f"| case AUC, the paper's maximum slice probability | {case['max_slice_probability']['auc']:.3f} "
         f"{_ci(case['max_slice_probability'])} |",
@@ -154,7 +154,7 @@ def test_card_takes_its_figures_from_report_json_not_from_the_records(own: Recor
     report["dice"]["kept_lesions"]["per_patient"] = 0.5556
     (own.cv / "report.json").write_text(json.dumps(report))
     card = render(own.cv, own.repo)
-    assert "| case AUC, lesion-based calibrated probability | 0.877 (95% CI 0.701-0.954) |" in card
+    assert "| case AUC, calibrated case probability (`ich_probability`) | 0.877 (95% CI 0.701-0.954) |" in card
     assert "| case sensitivity at the operating point | 0.78 (7/9; 95% CI 0.40-0.97) |" in card
     assert "| expected calibration error (10 bins) | 0.043 |" in card
     assert "| Brier score | 0.111 |" in card
