@@ -115,8 +115,12 @@ def test_the_model_round_trips_and_names_every_subtype_once() -> None:
         SubtypeFit((0.0,) * F, (0.0,) * F, (0.0,) * F, 0.0, PlattCalibration(1, 0), PlattCalibration(1, 0))
 
 
-def test_the_shipped_case_model_has_no_subtype_part_and_round_trips_unchanged() -> None:
+def test_the_shipped_subtype_part_fits_what_the_record_measured_and_round_trips_unchanged() -> None:
     path = ROOT / "model_repository" / CASE_MODEL_FILENAME
     model = CaseModel.load(path)
-    assert model.subtypes is None
     assert model.to_dict() == json.loads(path.read_text())
+    report = json.loads((ROOT / "training" / "cv" / "default" / "report.json").read_text())
+    measured = {name for name, block in report["subtypes"].items() if block["measured"]}
+    assert model.subtypes is not None
+    assert set(model.subtypes.fits) == measured
+    assert set(model.subtypes.not_measured) == set(SUBTYPES) - measured
