@@ -312,6 +312,23 @@ def _bone_distance(
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class _StudyMaps:
+    """What every lesion of one study is measured against (model grid)."""
+
+    fused: np.ndarray  # [N, S, S]
+    probs: np.ndarray  # [N, 5, S, S]
+    images: np.ndarray  # [N, 4, S, S]
+    opened: np.ndarray  # the fused map after the weight model's opening
+    agree: np.ndarray  # [N, S, S] share of the base models above the mask threshold
+    brain_area: np.ndarray  # [N] stripped-brain pixels per slice
+    largest_brain: int
+    distance: Mapping[int, np.ndarray]  # slice -> distance to bone (mm)
+    depth: Mapping[int, np.ndarray]  # slice -> depth inside the stripped brain (mm)
+    pixel_mm: tuple[float, float]
+    voxel_ml: float
+
+
 def lesion_features(
     labels: np.ndarray,
     count: int,
@@ -332,49 +349,56 @@ def lesion_features(
     """
     if count == 0:
         return []
-    fused = np.asarray(fused, dtype=np.float32)
-    brain_area = (images[:, 3] > 0).reshape(len(images), -1).sum(axis=1)
-    largest_brain = max(int(brain_area.max()), 1)
-    agree = (np.asarray(probs, dtype=np.float32) > spec.MASK_THRESHOLD).mean(axis=1)
     objects = ndimage.find_objects(labels)
     lesion_slices = sorted({z for sl in objects if sl is not None for z in range(sl[0].start, sl[0].stop)})
-    distance = _bone_distance(images, lesion_slices, pixel_mm)
-    depth = brain_depth_maps(images[:, 3] > 0, lesion_slices, pixel_mm)
-    opened = opened_map(fused, opening)
+    fused = np.asarray(fused, dtype=np.float32)
     probs = np.asarray(probs, dtype=np.float32)
-    out = []
-    for label, box in enumerate(objects, start=1):
-        if box is None:
-            continue
-        where = labels[box] == label
-        z0 = box[0].start
-        zs, ys, xs = np.nonzero(where)
-        zs, ys, xs = zs + z0, ys + box[1].start, xs + box[2].start
-        per_slice = np.bincount(zs - z0)
-        peak_slice = z0 + int(np.argmax(per_slice))
-        values = fused[zs, ys, xs]
-        dist = np.array([distance[z][y, x] for z, y, x in zip(zs, ys, xs, strict=True)])
-        out.append(
-            Lesion(
-                label=label,
-                voxels=len(zs),
-                volume_ml=float(len(zs) * voxel_ml),
-                first_slice=int(zs.min()),
-                last_slice=int(zs.max()),
-                peak_slice=peak_slice,
-                peak_probability=float(values.max()),
-                mean_probability=float(values.mean()),
-                bone_distance_mm=float(min(np.median(dist), _MAX_BONE_DISTANCE_MM)),
-                brain_area_fraction=float(brain_area[peak_slice] / largest_brain),
-                inside_brain_fraction=float((images[zs, 3, ys, xs] > 0).mean()),
-                mean_hu=float(images[zs, 1, ys, xs].astype(np.float32).mean() * _BRAIN_WINDOW_HU),
-                agreement=float(agree[zs, ys, xs].mean()),
-                opened_peak=float(opened[zs, ys, xs].max()),
-                model_spread=float(probs[zs, :, ys, xs].max(axis=0).std()),
-                shape=shape_features(zs, ys, xs, peak_slice, distance, depth, images, pixel_mm),
-            )
-        )
-    return out
+    brain_area = (images[:, 3] > 0).reshape(len(images), -1).sum(axis=1)
+    maps = _StudyMaps(
+        fused=fused,
+        probs=probs,
+        images=images,
+        opened=opened_map(fused, opening),
+        agree=(probs > spec.MASK_THRESHOLD).mean(axis=1),
+        brain_area=brain_area,
+        largest_brain=max(int(brain_area.max()), 1),
+        distance=_bone_distance(images, lesion_slices, pixel_mm),
+        depth=brain_depth_maps(images[:, 3] > 0, lesion_slices, pixel_mm),
+        pixel_mm=pixel_mm,
+        voxel_ml=voxel_ml,
+    )
+    return [
+        _describe(label, box, labels, maps) for label, box in enumerate(objects, start=1) if box is not None
+    ]
+
+
+def _describe(label: int, box: tuple[slice, ...], labels: np.ndarray, maps: _StudyMaps) -> Lesion:
+    """One lesion's :class:`Lesion` from its bounding box in the label volume."""
+    z0 = box[0].start
+    zs, ys, xs = np.nonzero(labels[box] == label)
+    zs, ys, xs = zs + z0, ys + box[1].start, xs + box[2].start
+    peak_slice = z0 + int(np.argmax(np.bincount(zs - z0)))
+    values = maps.fused[zs, ys, xs]
+    dist = np.array([maps.distance[z][y, x] for z, y, x in zip(zs, ys, xs, strict=True)])
+    images = maps.images
+    return Lesion(
+        label=label,
+        voxels=len(zs),
+        volume_ml=float(len(zs) * maps.voxel_ml),
+        first_slice=int(zs.min()),
+        last_slice=int(zs.max()),
+        peak_slice=peak_slice,
+        peak_probability=float(values.max()),
+        mean_probability=float(values.mean()),
+        bone_distance_mm=float(min(np.median(dist), _MAX_BONE_DISTANCE_MM)),
+        brain_area_fraction=float(maps.brain_area[peak_slice] / maps.largest_brain),
+        inside_brain_fraction=float((images[zs, 3, ys, xs] > 0).mean()),
+        mean_hu=float(images[zs, 1, ys, xs].astype(np.float32).mean() * _BRAIN_WINDOW_HU),
+        agreement=float(maps.agree[zs, ys, xs].mean()),
+        opened_peak=float(maps.opened[zs, ys, xs].max()),
+        model_spread=float(maps.probs[zs, :, ys, xs].max(axis=0).std()),
+        shape=shape_features(zs, ys, xs, peak_slice, maps.distance, maps.depth, images, maps.pixel_mm),
+    )
 
 
 def model_pixel_mm(
