@@ -154,7 +154,8 @@ def test_card_takes_its_figures_from_report_json_not_from_the_records(own: Recor
     report["dice"]["kept_lesions"]["per_patient"] = 0.5556
     (own.cv / "report.json").write_text(json.dumps(report))
     card = render(own.cv, own.repo)
-    assert "| case AUC, calibrated case probability (`ich_probability`) | 0.877 (95% CI 0.701-0.954) |" in card
+    label = "case AUC, calibrated case probability (`ich_probability`)"
+    assert f"| {label} | 0.877 (95% CI 0.701-0.954) |" in card
     assert "| case sensitivity at the operating point | 0.78 (7/9; 95% CI 0.40-0.97) |" in card
     assert "| expected calibration error (10 bins) | 0.043 |" in card
     assert "| Brier score | 0.111 |" in card
