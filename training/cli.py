@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "compare a reduced-precision repository with the FP32 one on the same patients (AUC, Dice)",
     ),
     "review": ("training.review", "the difficult-case study: select a worklist, score expert reads"),
+    "pack": ("training.data.pack", "a compact copy of a CT-ICH folder (shrunk images) for a GPU machine"),
     "card": ("training.model_card", "write MODEL_CARD.md from the cross-validation record"),
 }
 

@@ -97,8 +97,11 @@ def build_cache(data: Path, size: int, path: Path) -> Cache:
         np.asarray(pids), np.concatenate(subs), np.concatenate(pos), msk.reshape(len(msk), -1).sum(1), vols
     )
     path.parent.mkdir(parents=True, exist_ok=True)
+    # written aside and renamed: processes that share a run folder (training/gpu.sh's parallel folds) either
+    # find the whole cache or none
+    tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(
-        path,
+        tmp,
         images=img,
         masks=msk,
         pids=table.pids,
@@ -107,6 +110,7 @@ def build_cache(data: Path, size: int, path: Path) -> Cache:
         mask_pixels=table.mask_pixels,
         volumes=json.dumps(vols),
     )
+    tmp.replace(path)
     logger.info(
         "cached %d slices of %d patients at %d px in %.0f s", len(img), len(vols), size, time.time() - t0
     )

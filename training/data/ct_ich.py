@@ -16,8 +16,9 @@ Known faults corrected here (both found by comparing the windows where both are 
 Pixel spacing is not stored. We estimate it per patient from the skull: the widest left-right extent of
 the largest bone component (>= 250 HU: the skull, not the head rest) over the patient's slices is taken to
 be 150 mm (adult skulls are 140-160 mm wide), so
-spacing = 150 / width_px, clamped to a plausible 0.15-0.6 mm. Lesion volume in mL = mask pixels * spacing^2
-* 5 mm slice thickness / 1000.
+spacing = 150 / width_px, clamped to a plausible field of view of 97.5-390 mm across the image (0.15-0.6
+mm for CT-ICH's 650 px images; a shrunk copy, :mod:`training.data.pack`, keeps the same bounds in mm).
+Lesion volume in mL = mask pixels * spacing^2 * 5 mm slice thickness / 1000.
 
 Incomplete copies. Public copies of the data set lack some images, so a patient is read slice by slice and
 what could not be read is logged (patient and slice numbers only: they are data-set indices, not patient
@@ -64,6 +65,8 @@ MASK_THRESHOLD: int = 127
 _BONE_SHIFT_PATIENTS: frozenset[str] = frozenset({"081"})
 _BONE_OFFSET_HU: dict[str, float] = {"050": 93.0}
 _BRAIN_MARGIN_HU: float = 60.0
+#: Plausible field of view (mm across the image) that bounds the spacing estimate.
+_FIELD_OF_VIEW_MM: tuple[float, float] = (97.5, 390.0)
 
 
 def recover_hu(brain: np.ndarray, bone: np.ndarray, bone_offset_hu: float = 0.0) -> np.ndarray:
@@ -144,7 +147,8 @@ def estimate_pixel_spacing(hu: np.ndarray) -> float:
         widest = max(widest, int(cols[-1] - cols[0] + 1))
     if widest < 50:
         return SKULL_WIDTH_MM / (0.65 * hu.shape[2])  # no skull found: assume the head fills 65% of the width
-    return float(np.clip(SKULL_WIDTH_MM / widest, 0.15, 0.6))
+    low, high = (mm / hu.shape[2] for mm in _FIELD_OF_VIEW_MM)
+    return float(np.clip(SKULL_WIDTH_MM / widest, low, high))
 
 
 @dataclass(frozen=True)
