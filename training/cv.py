@@ -28,7 +28,7 @@ import torch
 from ich.spec import MODEL_KEYS
 from training.allocator import keep_freed_memory
 from training.config import ConfigError, load_config
-from training.networks import load_checkpoint
+from training.networks import InceptionUNet, load_checkpoint
 from training.seeds import STEP_ORDER
 from training.selections import SliceTable
 from training.train import Cache, build_cache, predict_maps, train_steps, unconfigured_steps
@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/cv-<config run.name>")
     parser.add_argument("--folds", default=None, help="comma-separated fold numbers to run (default: all)")
     parser.add_argument(
-        "--folds-from", type=Path, default=None,
+        "--folds-from",
+        type=Path,
+        default=None,
         help="another run's folds.json: the same patient folds, so two recipes compare patient by patient",
     )
 
@@ -73,16 +75,24 @@ def fold_split(folds: list[list[str]], k: int) -> dict[str, list[str]]:
 
 
 @torch.no_grad()
-def predict_ensemble(run_dir: Path, images: np.ndarray, batch: int, device: str = "cpu") -> dict[str, Any]:
+def predict_ensemble(
+    run_dir: Path, images: np.ndarray, batch: int, device: str = "cpu", flip_tta: bool | None = None
+) -> dict[str, Any]:
     """The trained ensemble of ``run_dir`` on ``images`` [N, 4, S, S], in float32 as exported and served.
 
     Returns ``probs`` [N, 5, S, S] (MODEL_KEYS order), ``fused`` [N, S, S], ``slice_prob`` [N] and
-    ``weights`` [N, 5]; maps are float16 (what a map cache stores), scores float32.
+    ``weights`` [N, 5]; maps are float16 (what a map cache stores), scores float32. ``flip_tta``, when
+    given, overrides the base models' trained setting (bench/flip_tta_oof.py measures what it costs).
     """
+
+    def base_model(key: str) -> torch.nn.Module:
+        model = load_checkpoint(run_dir / key / "best.pt").to(device)
+        if flip_tta is not None and isinstance(model, InceptionUNet):
+            model.flip_tta = flip_tta
+        return model
+
     probs = np.concatenate(
-        [predict_maps(load_checkpoint(run_dir / key / "best.pt").to(device), images, batch, device)
-         for key in MODEL_KEYS],
-        axis=1,
+        [predict_maps(base_model(key), images, batch, device) for key in MODEL_KEYS], axis=1
     )
     weight_model = load_checkpoint(run_dir / "weight" / "best.pt").to(device).eval()
     fused, slice_prob, weights = [], [], []
@@ -155,8 +165,12 @@ def run(args: argparse.Namespace) -> int:
                 continue
             t0 = time.time()
             fold_dir.mkdir(parents=True, exist_ok=True)
-            logger.info("cv: fold %d: %d training, %d held-out patients", k,
-                        len(fold_split(folds, k)["train"]), len(folds[k]))
+            logger.info(
+                "cv: fold %d: %d training, %d held-out patients",
+                k,
+                len(fold_split(folds, k)["train"]),
+                len(folds[k]),
+            )
             train_steps(cfg, cache, fold_split(folds, k), fold_dir, list(STEP_ORDER), device)
             write_oof(fold_dir / OOF_FILE, cache, folds[k], fold_dir, rc.eval_batch, device)
             logger.info("cv: fold %d done in %.1f min", k, (time.time() - t0) / 60)
