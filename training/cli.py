@@ -61,10 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"ich-model {known.command}", description=description)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    from training.config import ConfigError  # pydantic only; every command that reads a config needs it
+
     try:
         return int(module.run(args))
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        # A missing or misplaced input is the user's to fix: say which, without a traceback.
+    except (FileNotFoundError, NotADirectoryError, ConfigError) as exc:
+        # A missing or misplaced input, or a config that does not validate (the message names the file,
+        # table and key), is the user's to fix: say which, without a traceback.
         print(f"ich-model {known.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -38,3 +38,16 @@ def test_a_missing_data_folder_and_a_wrong_layout_get_different_messages(
     assert main([command, "--data", str(tmp_path / "other"), *config]) == 2
     assert "not a CT-ICH folder (no Patients_CT/)" in capsys.readouterr().err
     assert FIXTURE.is_dir()  # the layout the message asks for exists in the fixtures
+
+
+def test_a_run_whose_config_does_not_validate_is_named_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text('[run]\nname = "x"\nbogus = 1\n')
+    code = main(["cv-report", "--run-dir", str(run), "--data", str(FIXTURE), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "ich-model cv-report: error:" in err and "[run] bogus: unknown key" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
