@@ -18,7 +18,7 @@ from ich.scoring import CaseModel  # noqa: E402
 from tests.support.ct_ich_data import synthetic_ct_ich  # noqa: E402
 from tests.support.train_run import TINY_WEIGHT  # noqa: E402
 from training.cli import main  # noqa: E402
-from training.cv import OOF_FILE, fold_split, load_folds, patient_folds  # noqa: E402
+from training.cv import OOF_FILE, fold_split, load_folds, patient_folds, predict_ensemble  # noqa: E402
 from training.oof_report import _earlier_records, run_records  # noqa: E402
 from training.records import TABLES, Records, opened_slice_max  # noqa: E402
 from training.selections import SliceTable  # noqa: E402
@@ -401,3 +401,16 @@ def test_cv_folds_from_another_run_trains_on_those_folds(cv_run: dict[str, Any],
     assert json.loads((run_dir / "folds.json").read_text())["folds"] == swapped
     z = np.load(run_dir / "fold_0" / OOF_FILE)
     assert sorted(set(z["pids"].tolist())) == swapped[0]
+
+
+def test_predict_ensemble_can_override_the_flip_averaging(cv_run: dict[str, Any]) -> None:
+    run_dir: Path = cv_run["run_dir"]
+    fold_dir = run_dir / "fold_0"
+    stored = np.load(fold_dir / OOF_FILE)
+    images = np.load(run_dir / "cache_32.npz")["images"][stored["rows"]]
+    trained = predict_ensemble(fold_dir, images, batch=8)  # the tiny networks train without the flip
+    np.testing.assert_allclose(trained["slice_prob"], stored["slice_prob"], atol=1e-6)
+    off = predict_ensemble(fold_dir, images, batch=8, flip_tta=False)
+    np.testing.assert_array_equal(off["probs"], trained["probs"])
+    on = predict_ensemble(fold_dir, images, batch=8, flip_tta=True)
+    assert not np.array_equal(on["probs"], trained["probs"])  # the mirrored pass changes the maps
