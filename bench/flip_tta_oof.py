@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from ich.scoring import candidate_mask
-from training.cv import OOF_FILE, predict_ensemble
-from training.train import build_cache, val_figures
+from training.cv import OOF_FILE, predict_ensemble, run_cache
+from training.train import val_figures
 
 
 def _figures(cache, rows: np.ndarray, slice_prob: np.ndarray, fused: np.ndarray) -> dict[str, float]:
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--folds", default=None, help="comma-separated (default: every fold with a record)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    cache = build_cache(Path("unused"), args.size, args.run_dir / f"cache_{args.size}.npz")
+    cache = run_cache(args.run_dir, args.size)
     folds = (
         sorted(args.run_dir.glob("fold_*"))
         if args.folds is None

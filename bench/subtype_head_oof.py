@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.cv import OOF_FILE
+from training.cv import OOF_FILE, run_cache
 from training.data.ct_ich import SUBTYPES as CSV_SUBTYPES
 from training.metrics import bootstrap_auc_ci, roc_auc
 from training.networks import InceptionUNet, load_checkpoint
-from training.train import build_cache
 
 #: the report's subtype names, and the CSV column each is read from
 NAMES = {
@@ -66,7 +65,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    cache = build_cache(Path("unused"), args.size, args.run_dir / f"cache_{args.size}.npz")
+    cache = run_cache(args.run_dir, args.size)
     rows, probs = [], []
     for fold in sorted(args.run_dir.glob("fold_*")):
         r = np.load(fold / OOF_FILE)["rows"]

@@ -110,6 +110,14 @@ def predict_ensemble(
     }
 
 
+def run_cache(run_dir: Path, size: int) -> Cache:
+    """The preprocessed cache a cv run left in ``run_dir``, for tools that read a finished run's folds."""
+    path = run_dir / f"cache_{size}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no cache of a cv run at {size} px (run ich-model cv first)")
+    return build_cache(path.parent, size, path)
+
+
 def write_oof(path: Path, cache: Cache, patients: list[str], run_dir: Path, batch: int, device: str) -> None:
     """Predict ``patients`` with the fold's ensemble and store the maps (atomically: the fold's done mark)."""
     rows = np.flatnonzero(np.isin(cache.table.pids, np.asarray(patients)))

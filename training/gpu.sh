@@ -68,15 +68,17 @@ setup_gpu() {
 ich_model() { timeout --signal=INT "$(left)" python3 -m training.cli "$@"; }
 
 cv_step() {
-    local run=runs/cv-gpu config=training/configs/gpu.toml
+    local run=runs/cv-gpu config=training/configs/gpu.toml folds=training/cv/default/folds.json
     mkdir -p "$run"
-    cp training/cv/default/folds.json "$run/folds.json"
-    # one cache for the four processes, built before they start
-    timeout "$(left)" python3 -c "from pathlib import Path; from training.train import build_cache; \
-build_cache(Path('$CARRY/ct-ich'), 256, Path('$run/cache_256.npz'))"
-    local pids=()
-    for k in 0 1 2 3; do
-        ich_model cv --data "$CARRY/ct-ich" --config $config --run-dir $run --folds $k \
+    cp "$folds" "$run/folds.json"
+    # one cache for the fold processes, built before they start, at the config's own size
+    timeout "$(left)" python3 -c "from pathlib import Path; \
+from training.config import load_config; from training.train import build_cache; \
+size = load_config(Path('$config')).run.size; \
+build_cache(Path('$CARRY/ct-ich'), size, Path('$run') / f'cache_{size}.npz')"
+    local pids=() k
+    for k in $(python3 -c "import json; print(*range(len(json.load(open('$folds'))['folds'])))"); do
+        ich_model cv --data "$CARRY/ct-ich" --config $config --run-dir $run --folds "$k" \
             > "$run/fold_$k.out" 2>&1 &
         pids+=($!)
     done

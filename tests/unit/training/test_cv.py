@@ -18,7 +18,14 @@ from ich.scoring import CaseModel  # noqa: E402
 from tests.support.ct_ich_data import synthetic_ct_ich  # noqa: E402
 from tests.support.train_run import TINY_WEIGHT  # noqa: E402
 from training.cli import main  # noqa: E402
-from training.cv import OOF_FILE, fold_split, load_folds, patient_folds, predict_ensemble  # noqa: E402
+from training.cv import (  # noqa: E402
+    OOF_FILE,
+    fold_split,
+    load_folds,
+    patient_folds,
+    predict_ensemble,
+    run_cache,
+)
 from training.oof_report import _earlier_records, run_records  # noqa: E402
 from training.records import TABLES, Records, opened_slice_max  # noqa: E402
 from training.selections import SliceTable  # noqa: E402
@@ -414,3 +421,13 @@ def test_predict_ensemble_can_override_the_flip_averaging(cv_run: dict[str, Any]
     np.testing.assert_array_equal(off["probs"], trained["probs"])
     on = predict_ensemble(fold_dir, images, batch=8, flip_tta=True)
     assert not np.array_equal(on["probs"], trained["probs"])  # the mirrored pass changes the maps
+
+
+def test_run_cache_reads_a_finished_runs_cache_and_names_a_missing_one(
+    cv_run: dict[str, Any], tmp_path: Path
+) -> None:
+    cache = run_cache(cv_run["run_dir"], 32)
+    stored = np.load(cv_run["run_dir"] / "cache_32.npz")
+    np.testing.assert_array_equal(cache.images, stored["images"])
+    with pytest.raises(FileNotFoundError, match=r"cache_32\.npz: no cache of a cv run at 32 px"):
+        run_cache(tmp_path, 32)

@@ -80,7 +80,7 @@ def test_shrunk_mask_survives_jpeg_and_the_readers_threshold(tmp_path: Path) -> 
 
 
 def test_spacing_bounds_follow_the_image_width() -> None:
-    # no skull wider than 50 px nor narrow enough to matter: a 60 px "skull" is 2.5 mm/px, clamped
+    # a 60 px "skull" would mean 2.5 mm a pixel: clamped to the widest field of view, 390 mm across
     for width in (650, 325):
         hu = np.zeros((1, width, width), dtype=np.float32)
         hu[0, 100:110, 10:70] = 1000.0
