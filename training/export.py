@@ -296,35 +296,62 @@ def export_repository(
         net.eval()
     with tempfile.TemporaryDirectory(prefix="ich-export-") as tmp:
         stage = Path(tmp)
-        for key in spec.MODEL_KEYS:
-            name = spec.BASE_MODELS[key]
-            path = repository.model_file(stage, name)
-            report.max_abs_diff[name] = export_base_model(
-                unets[key], path, input_size, opset=opset, tolerance=tolerance, seed=seed
-            )
-            logger.info("exported %s (max |onnx - torch| = %.2e)", name, report.max_abs_diff[name])
-        path = repository.model_file(stage, spec.WEIGHTING_MODEL)
-        report.max_abs_diff[spec.WEIGHTING_MODEL] = export_weighting_model(
-            weight, path, input_size, opset=opset, tolerance=tolerance, seed=seed
-        )
-        repository.write_repository_configs(stage, input_size, max_batch_size=max_batch_size, kind=kind)
-        report.max_abs_diff[spec.PROB_MAX_MODEL] = _export_prob_max(stage, input_size, seed)
-        repository.write_version(stage, version)
-        report.max_abs_diff[spec.ENSEMBLE_MODEL] = _check_end_to_end(
-            stage, unets, weight, input_size, tolerance, seed
-        )
-        logger.info(
-            "ensemble end to end: max |runner - torch| = %.2e", report.max_abs_diff[spec.ENSEMBLE_MODEL]
-        )
-        for src in sorted(p for p in stage.rglob("*") if p.is_file()):
-            rel = src.relative_to(stage)
-            dst = out / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-            if src.name == repository.MODEL_FILENAME:
-                report.file_bytes[rel.parts[0]] = src.stat().st_size
+        _stage_repository(stage, unets, weight, report, opset, tolerance, max_batch_size, kind, seed)
+        _copy_staged(stage, out, report)
     write_manifest(out)  # after the copy: every ONNX file the repository now holds
     return report
+
+
+def _stage_repository(
+    stage: Path,
+    unets: Mapping[str, nn.Module],
+    weight: nn.Module,
+    report: ExportReport,
+    opset: int,
+    tolerance: float,
+    max_batch_size: int,
+    kind: str,
+    seed: int,
+) -> None:
+    """Write every graph and config into ``stage`` and check each one, and the ensemble, against PyTorch."""
+    input_size = report.input_size
+    for key in spec.MODEL_KEYS:
+        name = spec.BASE_MODELS[key]
+        report.max_abs_diff[name] = export_base_model(
+            unets[key],
+            repository.model_file(stage, name),
+            input_size,
+            opset=opset,
+            tolerance=tolerance,
+            seed=seed,
+        )
+        logger.info("exported %s (max |onnx - torch| = %.2e)", name, report.max_abs_diff[name])
+    report.max_abs_diff[spec.WEIGHTING_MODEL] = export_weighting_model(
+        weight,
+        repository.model_file(stage, spec.WEIGHTING_MODEL),
+        input_size,
+        opset=opset,
+        tolerance=tolerance,
+        seed=seed,
+    )
+    repository.write_repository_configs(stage, input_size, max_batch_size=max_batch_size, kind=kind)
+    report.max_abs_diff[spec.PROB_MAX_MODEL] = _export_prob_max(stage, input_size, seed)
+    repository.write_version(stage, report.version)
+    report.max_abs_diff[spec.ENSEMBLE_MODEL] = _check_end_to_end(
+        stage, unets, weight, input_size, tolerance, seed
+    )
+    logger.info("ensemble end to end: max |runner - torch| = %.2e", report.max_abs_diff[spec.ENSEMBLE_MODEL])
+
+
+def _copy_staged(stage: Path, out: Path, report: ExportReport) -> None:
+    """Copy the checked files into ``out`` (other files there are left alone), noting each graph's size."""
+    for src in sorted(p for p in stage.rglob("*") if p.is_file()):
+        rel = src.relative_to(stage)
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        if src.name == repository.MODEL_FILENAME:
+            report.file_bytes[rel.parts[0]] = src.stat().st_size
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -363,6 +390,13 @@ def copy_case_model(source: Path, root: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ich-model export``."""
+    _add_source_arguments(parser)
+    _add_graph_arguments(parser)
+    _add_precision_arguments(parser)
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is exported: the run's checkpoints (or single overrides) and the case model."""
     parser.add_argument(
         "--run",
         type=Path,
@@ -376,6 +410,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STEP=PATH",
         help="override one checkpoint, e.g. all=runs/x/all/best.pt or weight=...; repeatable",
     )
+    parser.add_argument(
+        "--case-model",
+        type=Path,
+        default=DEFAULT_CASE_MODEL,
+        help="case model (lesion model, calibration, operating point) fitted by "
+        "ich-model cv-report, copied into the repository (default: %(default)s; "
+        "'none' for the paper's maximum slice probability)",
+    )
+
+
+def _add_graph_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the repository goes and how its graphs and configs are written and checked."""
     parser.add_argument(
         "--out",
         type=Path,
@@ -399,13 +445,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, default=repository.DEFAULT_MAX_BATCH_SIZE)
     parser.add_argument("--kind", default="KIND_GPU", help="Triton instance kind (default: %(default)s)")
     parser.add_argument(
-        "--case-model",
-        type=Path,
-        default=DEFAULT_CASE_MODEL,
-        help="case model (lesion model, calibration, operating point) fitted by "
-        "ich-model cv-report, copied into the repository (default: %(default)s; "
-        "'none' for the paper's maximum slice probability)",
+        "--rotate-tta-deg",
+        type=float,
+        default=None,
+        help="rotation test-time augmentation of the base models, +- degrees "
+        "(default: [export].rotate_tta_deg of <run>/config.toml, else 0)",
     )
+
+
+def _add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """A reduced-precision variant, from the checkpoints or from an exported repository."""
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -427,13 +476,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="studies whose slices calibrate the INT8 ranges: DICOM zips or folders, or a CT-ICH folder "
         "(default: %(default)s)",
     )
-    parser.add_argument(
-        "--rotate-tta-deg",
-        type=float,
-        default=None,
-        help="rotation test-time augmentation of the base models, +- degrees "
-        "(default: [export].rotate_tta_deg of <run>/config.toml, else 0)",
-    )
 
 
 def _reduce_precision(args: argparse.Namespace, source: Path) -> int:
@@ -454,7 +496,10 @@ def _reduce_precision(args: argparse.Namespace, source: Path) -> int:
         return 1
     logger.info(
         "wrote %s (version %s, base models %s, calibrated on %d slices)",
-        args.out, repository.read_version(args.out), args.precision, len(images),
+        args.out,
+        repository.read_version(args.out),
+        args.precision,
+        len(images),
     )
     return 0
 
@@ -491,14 +536,44 @@ def _rotation_and_size(args: argparse.Namespace) -> tuple[float, int] | None:
     return float(rotate), int(size)
 
 
-def _export_checkpoints(args: argparse.Namespace) -> int:
+def _checkpoint_paths(args: argparse.Namespace) -> dict[str, Path] | None:
+    """The run's checkpoint of every step with the ``--checkpoint`` overrides; None (logged) if one is bad."""
     paths = {step: args.run / step / CHECKPOINT_NAME for step in (*spec.MODEL_KEYS, WEIGHT_STEP)}
     for item in args.checkpoint:
         step, sep, value = item.partition("=")
         if not sep or step not in paths:
             logger.error("--checkpoint expects STEP=PATH with STEP in %s, got %r", ", ".join(paths), item)
-            return 2
+            return None
         paths[step] = Path(value)
+    return paths
+
+
+def _install_case_model(args: argparse.Namespace) -> int:
+    """Copy ``--case-model`` into the repository, or remove the repository's one for the paper's rule."""
+    if args.case_model == DEFAULT_CASE_MODEL and not DEFAULT_CASE_MODEL.is_file():
+        logger.warning(
+            "no %s: the repository decides by the paper's maximum slice probability", DEFAULT_CASE_MODEL
+        )
+    elif str(args.case_model).lower() != "none":
+        try:
+            copy_case_model(args.case_model, args.out)
+        except (OSError, ValueError, KeyError) as exc:
+            logger.error("case model %s: %s", args.case_model, exc)
+            return 1
+        logger.info(
+            "case model %s copied (threshold %.3f)",
+            args.case_model,
+            CaseModel.load(args.case_model).threshold,
+        )
+        return 0
+    (args.out / CASE_MODEL_FILENAME).unlink(missing_ok=True)
+    return 0
+
+
+def _export_checkpoints(args: argparse.Namespace) -> int:
+    paths = _checkpoint_paths(args)
+    if paths is None:
+        return 2
     try:
         loaded = {step: _load(path) for step, path in paths.items()}
     except (FileNotFoundError, KeyError, RuntimeError) as exc:
@@ -532,23 +607,7 @@ def _export_checkpoints(args: argparse.Namespace) -> int:
     for name, diff in report.max_abs_diff.items():
         size = report.file_bytes.get(name)
         logger.info("%-18s max |onnx - torch| %.2e%s", name, diff, f"  {size / 1e6:.2f} MB" if size else "")
-    if args.case_model == DEFAULT_CASE_MODEL and not DEFAULT_CASE_MODEL.is_file():
-        logger.warning(
-            "no %s: the repository decides by the paper's maximum slice probability", DEFAULT_CASE_MODEL
-        )
-        (args.out / CASE_MODEL_FILENAME).unlink(missing_ok=True)
-    elif str(args.case_model).lower() != "none":
-        try:
-            copy_case_model(args.case_model, args.out)
-        except (OSError, ValueError, KeyError) as exc:
-            logger.error("case model %s: %s", args.case_model, exc)
-            return 1
-        logger.info(
-            "case model %s copied (threshold %.3f)",
-            args.case_model,
-            CaseModel.load(args.case_model).threshold,
-        )
-    else:
-        (args.out / CASE_MODEL_FILENAME).unlink(missing_ok=True)
+    if _install_case_model(args) != 0:
+        return 1
     logger.info("wrote %s (version %s, input size %d)", report.root, report.version, report.input_size)
     return 0
