@@ -174,6 +174,35 @@ def phase_hostile(
     print(f"{'':<9} {rss.stop()}", flush=True)
 
 
+def print_outage(load: Load, killed_at: float, ready_at: float) -> None:
+    """What the callers saw between Triton's SIGKILL and its restart, and just after."""
+    after_kill = [a for a in load.answers if a.ended >= killed_at]
+    refused = [a.ended for a in after_kill if a.status == 503]
+    first_ok = next(
+        (
+            a.ended
+            for a in sorted(after_kill, key=lambda a: a.ended)
+            if a.status == 200 and a.ended >= ready_at
+        ),
+        float("nan"),
+    )
+    window = f"{refused[0] - killed_at:.1f} to {max(refused) - killed_at:.1f} s" if refused else "none"
+    print(
+        f"{'':<9} SIGKILL at {killed_at:.1f} s, Triton ready again at {ready_at:.1f} s "
+        f"({ready_at - killed_at:.1f} s down); 503 window after the kill: {window} ({len(refused)} "
+        f"answers); first 200 {first_ok - ready_at:.2f} s after Triton was ready",
+        flush=True,
+    )
+    sent_after = [a for a in load.answers if a.ended - a.seconds >= ready_at]
+    if sent_after:
+        first_sent = min(sent_after, key=lambda a: a.ended - a.seconds)
+        print(
+            f"{'':<9} the first request sent after Triton was ready: {first_sent.status} in "
+            f"{first_sent.seconds:.2f} s (a case's own time is in the first 200's wait above)",
+            flush=True,
+        )
+
+
 def phase_triton(args: argparse.Namespace, workdir: Path, study: bytes) -> None:
     from ich_devtools.triton_local import LocalTriton, TritonStartError
 
@@ -221,31 +250,7 @@ def phase_triton(args: argparse.Namespace, workdir: Path, study: bytes) -> None:
             load.finish(threads)
             elapsed = time.monotonic() - load.started
         print(summary("triton", load, elapsed), flush=True)
-        after_kill = [a for a in load.answers if a.ended >= killed_at]
-        refused = [a.ended for a in after_kill if a.status == 503]
-        first_ok = next(
-            (
-                a.ended
-                for a in sorted(after_kill, key=lambda a: a.ended)
-                if a.status == 200 and a.ended >= ready_at
-            ),
-            float("nan"),
-        )
-        window = f"{refused[0] - killed_at:.1f} to {max(refused) - killed_at:.1f} s" if refused else "none"
-        print(
-            f"{'':<9} SIGKILL at {killed_at:.1f} s, Triton ready again at {ready_at:.1f} s "
-            f"({ready_at - killed_at:.1f} s down); 503 window after the kill: {window} ({len(refused)} "
-            f"answers); first 200 {first_ok - ready_at:.2f} s after Triton was ready",
-            flush=True,
-        )
-        sent_after = [a for a in load.answers if a.ended - a.seconds >= ready_at]
-        if sent_after:
-            first_sent = min(sent_after, key=lambda a: a.ended - a.seconds)
-            print(
-                f"{'':<9} the first request sent after Triton was ready: {first_sent.status} in "
-                f"{first_sent.seconds:.2f} s (a case's own time is in the first 200's wait above)",
-                flush=True,
-            )
+        print_outage(load, killed_at, ready_at)
         print(f"{'':<9} {rss.stop()}", flush=True)
     finally:
         first.stop()

@@ -27,6 +27,7 @@ import torch
 
 from ich.spec import MODEL_KEYS
 from training.allocator import keep_freed_memory
+from training.amp import warn_if_bf16_emulated
 from training.config import ConfigError, load_config
 from training.networks import InceptionUNet, load_checkpoint
 from training.seeds import STEP_ORDER
@@ -166,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         folds = load_folds(folds_path, cache.table, cfg.cv.folds, rc.seed)
         wanted = [int(v) for v in args.folds.split(",")] if args.folds else list(range(len(folds)))
         device = rc.resolved_device()
+        warn_if_bf16_emulated(rc.amp, device)
         for k in wanted:
             fold_dir = run_dir / f"fold_{k}"
             if (fold_dir / OOF_FILE).exists():

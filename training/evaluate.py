@@ -31,6 +31,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -226,6 +227,32 @@ def _cases(args: argparse.Namespace) -> list[str]:
     return cases
 
 
+def _decide(
+    case_model: CaseModel | None, records: Records, threshold: float | None
+) -> tuple[list[ScoredCase], float]:
+    """The case model's decisions and threshold; the paper's maximum-slice rule without a case model."""
+    if case_model is not None:
+        return apply_case_model(case_model, records, threshold), (
+            case_model.threshold if threshold is None else threshold
+        )
+    chosen = 0.5 if threshold is None else threshold
+    return paper_rule(records, chosen), chosen
+
+
+def _log_summary(report: dict[str, Any], skipped: int, out: Path) -> None:
+    op = report["operating_point"]
+    logger.info(
+        "case AUC %s (max slice %s), sensitivity %s, specificity %s, Dice %s; %d skipped -> %s",
+        report["case"]["ich_probability"]["auc"],
+        report["case"]["max_slice_probability"]["auc"],
+        op["sensitivity"]["value"],
+        op["specificity"]["value"],
+        report["dice"]["kept_lesions"]["per_patient"],
+        skipped,
+        out,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate; write the report, its records, the figures and the predictions CSV beside it."""
     from training.oof_report import figures
@@ -245,12 +272,7 @@ def run(args: argparse.Namespace) -> int:
     if not records.cases:
         logger.error("no case of %s could be read", args.data)
         return 1
-    if case_model is not None:
-        scored = apply_case_model(case_model, records, args.threshold)
-        threshold = case_model.threshold if args.threshold is None else args.threshold
-    else:
-        threshold = 0.5 if args.threshold is None else args.threshold
-        scored = paper_rule(records, threshold)
+    scored, threshold = _decide(case_model, records, args.threshold)
     out = Path(args.out)
     extra = out.with_name(out.stem + "_files")
     subtypes = (
@@ -275,15 +297,5 @@ def run(args: argparse.Namespace) -> int:
     report["definitions"] = (__doc__ or "").split("the cross-validation report:")[-1].strip()
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     write_predictions(scored, pred_path)
-    op = report["operating_point"]
-    logger.info(
-        "case AUC %s (max slice %s), sensitivity %s, specificity %s, Dice %s; %d skipped -> %s",
-        report["case"]["ich_probability"]["auc"],
-        report["case"]["max_slice_probability"]["auc"],
-        op["sensitivity"]["value"],
-        op["specificity"]["value"],
-        report["dice"]["kept_lesions"]["per_patient"],
-        len(skipped),
-        out,
-    )
+    _log_summary(report, len(skipped), out)
     return 0

@@ -340,6 +340,32 @@ def uncertainty_figures(
     }
 
 
+def _calibration(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Brier score, expected calibration error and the reliability bins of case probabilities."""
+    return {
+        "brier": _num(brier_score(p, y)),
+        "ece": _num(expected_calibration_error(p, y, bins=10)),
+        "bins": [b.__dict__ for b in reliability_bins(p, y, bins=10)],
+    }
+
+
+def _case_rows(scored: list[ScoredCase], max_slice: np.ndarray) -> list[dict[str, Any]]:
+    """One row per case: its fold, label, both case scores, the decision and the uncertainty."""
+    return [
+        {
+            "case": s.case,
+            "fold": s.fold,
+            "label": s.label,
+            "probability": _num(s.probability),
+            "max_slice_probability": _num(float(m)),
+            "detected": s.detected,
+            "indeterminate": s.indeterminate,
+            "uncertainty": None if s.uncertainty is None else _num(s.uncertainty),
+        }
+        for s, m in zip(scored, max_slice, strict=True)
+    ]
+
+
 def figures(
     records: Records,
     scored: list[ScoredCase],
@@ -369,11 +395,7 @@ def figures(
             "max_slice_probability_at_0.5": operating_point(max_slice, y, 0.5),
         },
         "operating_point": _decision(scored),
-        "calibration": {
-            "brier": _num(brier_score(p, y)),
-            "ece": _num(expected_calibration_error(p, y, bins=10)),
-            "bins": [b.__dict__ for b in reliability_bins(p, y, bins=10)],
-        },
+        "calibration": _calibration(p, y),
         "dice": {
             "kept_lesions": _dice(kept, sl["case"]),
             "candidates": _dice(
@@ -381,23 +403,10 @@ def figures(
             ),
         },
         "models": _base_models(sl, ids, y),
-        "cases": [
-            {
-                "case": s.case,
-                "fold": s.fold,
-                "label": s.label,
-                "probability": _num(s.probability),
-                "max_slice_probability": _num(float(m)),
-                "detected": s.detected,
-                "indeterminate": s.indeterminate,
-            }
-            for s, m in zip(scored, max_slice, strict=True)
-        ],
+        "cases": _case_rows(scored, max_slice),
         "uncertainty": uncertainty_figures(scored, thresholds or [0.5] * len(scored), out),
         "subtypes": None if subtypes is None else subtype_figures(records, *subtypes),
     }
-    for row, s in zip(report["cases"], scored, strict=True):
-        row["uncertainty"] = None if s.uncertainty is None else _num(s.uncertainty)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         reliability_diagram(p, y, out / "reliability.png", title="Case probability: reliability")

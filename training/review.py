@@ -437,19 +437,7 @@ def build_report(
         }
 
     before, after = panel(original), panel(revised)
-    agreement = []
-    for p, v in zip(worklist, verdicts, strict=True):
-        agreement.append(
-            {
-                "case": p.case,
-                "votes_hemorrhage": v.votes_positive,
-                "readers": v.readers,
-                "original_label": v.original_label,
-                "revised_label": v.revised_label,
-                "status": str(v.status),
-                "reasons": list(p.reasons),
-            }
-        )
+    agreement = [_agreement_row(p, v) for p, v in zip(worklist, verdicts, strict=True)]
 
     def listed(status: ConsensusStatus) -> list[dict[str, Any]]:
         return [
@@ -472,13 +460,31 @@ def build_report(
         "ties": listed(ConsensusStatus.TIE),
         "no_majority": listed(ConsensusStatus.NO_MAJORITY),
         "revised": after,
-        "rules": {
-            "consensus_changed": f"at least {majority} of {len(readers)} readers chose the opposite label",
-            "ties": TIE_RULE,
-            "no_majority": NO_MAJORITY_RULE,
-            "model_call": f"probability >= {threshold}",
-            "undefined_rate": "null when its denominator is zero (no positive or no negative cases)",
-        },
+        "rules": _rules(majority, len(readers), threshold),
+    }
+
+
+def _agreement_row(p: Prediction, v: CaseConsensus) -> dict[str, Any]:
+    """One case's votes, labels and consensus status in the report."""
+    return {
+        "case": p.case,
+        "votes_hemorrhage": v.votes_positive,
+        "readers": v.readers,
+        "original_label": v.original_label,
+        "revised_label": v.revised_label,
+        "status": str(v.status),
+        "reasons": list(p.reasons),
+    }
+
+
+def _rules(majority: int, n_readers: int, threshold: float) -> dict[str, str]:
+    """The rule behind each list and call of the report, in words."""
+    return {
+        "consensus_changed": f"at least {majority} of {n_readers} readers chose the opposite label",
+        "ties": TIE_RULE,
+        "no_majority": NO_MAJORITY_RULE,
+        "model_call": f"probability >= {threshold}",
+        "undefined_rate": "null when its denominator is zero (no positive or no negative cases)",
     }
 
 

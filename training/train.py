@@ -32,6 +32,7 @@ from ich.scoring import candidate_mask
 from ich.spec import MODEL_KEYS
 from training import metrics
 from training.allocator import keep_freed_memory
+from training.amp import warn_if_bf16_emulated
 from training.augment import augment_batch, paste_lesions, scanner_augment
 from training.config import (
     ConfigError,
@@ -768,6 +769,7 @@ def _run(args: argparse.Namespace, cfg: TrainingConfig, run_dir: Path, wanted: l
     torch.set_num_threads(rc.threads)
     keep_freed_memory()  # about 20% faster CPU steps, same numbers (see training.allocator)
     device = rc.resolved_device()
+    warn_if_bf16_emulated(rc.amp, device)
     logger.info("train: config %s, run dir %s, size %d, seed %d, device %s",
                 args.config, run_dir, rc.size, rc.seed, device)
     (run_dir / "config.toml").write_bytes(args.config.read_bytes())

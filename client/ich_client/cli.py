@@ -110,7 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ich-client {__version__}")
     _add_connection_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_analyze_command(commands, parent)
+    _add_job_commands(commands, parent)
+    _add_service_commands(commands, parent)
+    return parser
 
+
+def _add_analyze_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    """``analyze``: upload studies and print, or queue, their findings."""
     analyze = commands.add_parser(
         "analyze",
         parents=[parent],
@@ -155,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
         "then `ich status ID` or `ich wait ID`",
     )
 
+
+def _add_job_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    """``status`` and ``wait``: the jobs queued by ``analyze --async``."""
     status = commands.add_parser(
         "status",
         parents=[parent],
@@ -184,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write <id>.json per job (and the previews and SEG queued with --overlays/--seg)",
     )
 
+
+def _add_service_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parent: argparse.ArgumentParser
+) -> None:
+    """``health`` and ``models``: what the service is and whether it is ready."""
     health = commands.add_parser(
         "health", parents=[parent], help="is the service alive and ready", description="GET /healthz, /readyz"
     )
@@ -192,7 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
         "models", parents=[parent], help="what the service runs", description="GET /v1/models"
     )
     models.add_argument("--json", action="store_true", help="print JSON")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -416,29 +434,11 @@ def _analyze_one(
     include: tuple[bool, bool] = (False, False),
     send: Callable[[PackedStudy, Callable[[int, int], None]], Job] | None = None,
 ) -> CaseResult | Job | None:
+    """Zip, upload and analyse (or queue) one study; errors are printed and give None."""
     label = Path(path).name or path
+    bars = {"disable": disable, "leave": False, "position": position, "file": sys.stderr}
     try:
-        zipping: tqdm[Any] | None = None
-
-        def on_file(done: int, total: int) -> None:
-            nonlocal zipping
-            if zipping is None:  # only folders and file lists are zipped: no bar for a ready zip
-                zipping = tqdm(
-                    total=total,
-                    desc=f"zip {label}",
-                    unit="file",
-                    file=sys.stderr,
-                    disable=disable,
-                    leave=False,
-                    position=position,
-                )
-            zipping.update(done - zipping.n)
-
-        try:
-            packed = pack_study(study, on_file=on_file)
-        finally:
-            if zipping is not None:
-                zipping.close()
+        packed = _pack_with_progress(study, label, bars)
         with (
             packed,
             tqdm(
@@ -447,10 +447,7 @@ def _analyze_one(
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
-                file=sys.stderr,
-                disable=disable,
-                leave=False,
-                position=position,
+                **bars,
             ) as upload,
         ):
 
@@ -473,6 +470,23 @@ def _analyze_one(
     except (OSError, ValueError) as exc:
         _err(f"{path}: {exc}")
     return None
+
+
+def _pack_with_progress(study: str | list[str], label: str, bars: dict[str, Any]) -> PackedStudy:
+    """Pack the study, with a bar only when files are zipped (a ready zip is sent as it is)."""
+    zipping: tqdm[Any] | None = None
+
+    def on_file(done: int, total: int) -> None:
+        nonlocal zipping
+        if zipping is None:
+            zipping = tqdm(total=total, desc=f"zip {label}", unit="file", **bars)
+        zipping.update(done - zipping.n)
+
+    try:
+        return pack_study(study, on_file=on_file)
+    finally:
+        if zipping is not None:
+            zipping.close()
 
 
 def _summary(path: str, result: CaseResult, top: int) -> str:

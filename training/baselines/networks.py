@@ -16,7 +16,7 @@ every channel count (1.0: the published network) and ``blocks`` the repeats, for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -221,16 +221,9 @@ def _seq(cin: int, *steps: tuple[int, int | tuple[int, int], int]) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
-def inception_resnet_v2(
-    width: float = 1.0, blocks: Sequence[int] | None = None
-) -> tuple[nn.Module, nn.Linear]:
-    """Inception-ResNet-v2 (Szegedy et al. 2017) in the layout Keras ships, up to its 1536-channel 1x1."""
-
-    def w(n: int) -> int:
-        return _ch(n, width)
-
-    n35, n17, n8 = tuple(blocks or DEFAULT_BLOCKS["inception_resnet_v2"])
-    layers: list[nn.Module] = [
+def _inception_resnet_stem(w: Callable[[int], int]) -> list[nn.Module]:
+    """Inception-ResNet-v2's stem up to mixed_5b (its 320 channels at 1/8 of the input)."""
+    return [
         _seq(IN_CHANNELS, (w(32), 3, 2), (w(32), 3, 1), (w(64), 3, 1)),
         nn.MaxPool2d(3, stride=2, padding=1),
         _seq(w(64), (w(80), 1, 1), (w(192), 3, 1)),
@@ -244,6 +237,18 @@ def inception_resnet_v2(
             ),
         ),
     ]
+
+
+def inception_resnet_v2(
+    width: float = 1.0, blocks: Sequence[int] | None = None
+) -> tuple[nn.Module, nn.Linear]:
+    """Inception-ResNet-v2 (Szegedy et al. 2017) in the layout Keras ships, up to its 1536-channel 1x1."""
+
+    def w(n: int) -> int:
+        return _ch(n, width)
+
+    n35, n17, n8 = tuple(blocks or DEFAULT_BLOCKS["inception_resnet_v2"])
+    layers: list[nn.Module] = _inception_resnet_stem(w)
     c35 = w(96) + w(64) + w(96) + w(64)
     for _ in range(n35):  # Inception-ResNet-A
         branches = _Branches(

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.amp import warn_if_bf16_emulated
 from training.augment import augment_batch, scanner_augment
 from training.baselines.networks import (
     ARCHITECTURES,
@@ -570,6 +571,7 @@ def _train(
         torch.set_num_threads(rc.threads)
         keep_freed_memory()
         device = rc.resolved_device()
+        warn_if_bf16_emulated(rc.amp, device)
         cache = build_cache(args.data, rc.size, run_dir / f"cache_{rc.size}.npz")
         try:
             folds = load_baseline_folds(out, args.folds_from, cache)
