@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import sklearn
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
@@ -131,22 +130,45 @@ def _replicate_aucs(
 ) -> tuple[list[float], int]:
     """The AUC of each replicate that holds both classes, and how many did not.
 
-    The inputs are checked once by the caller, so scikit-learn's checks are skipped for each replicate.
+    A replicate is the multiset of clusters drawn, so its AUC follows from how often each cluster was drawn:
+    the Mann-Whitney form (ties one half) over per-cluster histograms of the positive and negative scores,
+    many replicates per matrix product. Why not ``roc_auc_score`` per replicate: the same numbers (a test
+    compares them) at a small fraction of the time, and a report draws thousands of replicates.
     """
+    clusters = len(rows_of)
+    counts = np.stack([np.bincount(rng.integers(0, clusters, size=clusters), minlength=clusters)
+                       for _ in range(n_boot)]).astype(np.float64)
+    pos_hist, neg_hist = _cluster_histograms(y, s, rows_of)
     aucs: list[float] = []
-    skipped = 0
-    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-        for _ in range(n_boot):
-            drawn = rng.integers(0, len(rows_of), size=len(rows_of))
-            idx = np.concatenate([rows_of[c] for c in drawn])
-            yb = y[idx]
-            if yb.all() or not yb.any():
-                skipped += 1
-                continue
-            aucs.append(float(roc_auc_score(yb, s[idx])))
+    for chunk in np.array_split(counts, max(1, n_boot // _REPLICATES_PER_PRODUCT)):
+        pos, neg = chunk @ pos_hist, chunk @ neg_hist  # [replicates, distinct scores]
+        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+        below = np.cumsum(neg, axis=1) - neg
+        wins = np.sum(pos * (below + 0.5 * neg), axis=1)
+        both = (n_pos > 0) & (n_neg > 0)
+        aucs.extend((wins[both] / (n_pos[both] * n_neg[both])).tolist())
     if not aucs:
         raise ValueError("every bootstrap replicate held one class only")
-    return aucs, skipped
+    return aucs, n_boot - len(aucs)
+
+
+#: Replicates per matrix product in :func:`_replicate_aucs` (bounds its memory on slice-level data).
+_REPLICATES_PER_PRODUCT = 200
+
+
+def _cluster_histograms(
+    y: np.ndarray, s: np.ndarray, rows_of: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """[clusters, distinct scores] counts of each cluster's positive and of its negative rows per score."""
+    _, value = np.unique(s, return_inverse=True)
+    cluster = np.empty(y.size, dtype=np.int64)
+    for c, rows in enumerate(rows_of):
+        cluster[rows] = c
+    shape = (len(rows_of), int(value.max()) + 1)
+    pos_hist, neg_hist = np.zeros(shape), np.zeros(shape)
+    np.add.at(pos_hist, (cluster[y == 1], value[y == 1]), 1.0)
+    np.add.at(neg_hist, (cluster[y == 0], value[y == 0]), 1.0)
+    return pos_hist, neg_hist
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from sklearn.metrics import roc_auc_score
 
 from training import metrics
 
@@ -133,6 +134,28 @@ def test_bootstrap_interval_is_the_percentiles_of_the_replicates_aucs() -> None:
             aucs.append(_pairwise_auc(y[idx], s[idx]))
     ci = metrics.bootstrap_auc_ci(y, s, n_boot=100, seed=5)
     assert ci.replicates == len(aucs)
+    assert (ci.low, ci.high) == pytest.approx(tuple(np.percentile(aucs, [2.5, 97.5])), abs=1e-12)
+
+
+def test_bootstrap_of_uneven_clusters_matches_scikit_learn_replicate_by_replicate() -> None:
+    # Clusters of 1 to 30 rows, tied scores: each replicate's rows rebuilt from the same draws and scored by
+    # roc_auc_score give the same interval and the same count of one-class replicates.
+    rng = np.random.default_rng(9)
+    sizes = rng.integers(1, 31, size=25)
+    groups = np.repeat(np.arange(25), sizes)
+    y = (rng.random(groups.size) < 0.2).astype(int)
+    s = np.round(rng.random(groups.size) + 0.4 * y, 1)
+    rows_of = [np.flatnonzero(groups == c) for c in range(25)]
+    draws = np.random.default_rng(3)
+    aucs, skipped = [], 0
+    for _ in range(300):
+        idx = np.concatenate([rows_of[c] for c in draws.integers(0, 25, size=25)])
+        if y[idx].all() or not y[idx].any():
+            skipped += 1
+        else:
+            aucs.append(roc_auc_score(y[idx], s[idx]))
+    ci = metrics.bootstrap_auc_ci(y, s, groups, n_boot=300, seed=3)
+    assert (ci.replicates, ci.skipped) == (len(aucs), skipped)
     assert (ci.low, ci.high) == pytest.approx(tuple(np.percentile(aucs, [2.5, 97.5])), abs=1e-12)
 
 
