@@ -410,7 +410,7 @@ def pretrain_subtype_classifier(step: BaseStep, model: InceptionUNet) -> None:
         loss.backward()
         copt.step()
         if (it + 1) % 25 == 0:
-            logger.info("step %s: subtype classifier it %d loss %.4f", step.name, it + 1, float(loss))
+            logger.info("step %s: subtype classifier it %d loss %.4f", step.name, it + 1, loss.item())
 
 
 def mine_if_due(step: BaseStep, model: InceptionUNet, it: int, progress: Progress) -> None:
@@ -639,7 +639,7 @@ def validate_weight_model(
     fig = val_figures(sp[:, 0].numpy(), candidate_mask(fused[:, 0].numpy()), cache, data.val_idx)
     logger.info(
         "weight it %d loss %.4f | val slice AUC %.3f case AUC %.3f Dice %.3f | mean weights %s",
-        it + 1, float(loss), fig["slice_auc"], fig["case_auc"], fig["dice"],
+        it + 1, loss.item(), fig["slice_auc"], fig["case_auc"], fig["dice"],
         np.round(w.mean(0).numpy(), 3).tolist(),
     )
     return fig
@@ -675,7 +675,7 @@ def train_weight_step(
         loss = weight_iteration(model, opt, cfg, tensors, seed, it)
         if data.has_val and ((it + 1) % cfg.eval_every == 0 or it == 0):
             fig = validate_weight_model(model, data, cache, loss, it)
-            history.append({"iteration": it + 1, "loss": float(loss), **fig})
+            history.append({"iteration": it + 1, "loss": loss.item(), **fig})
             first = "iteration" not in best
             if first or weight_selection_key(fig, floor) > weight_selection_key(best, floor):
                 best = {"score": criterion(fig), "iteration": it + 1, **fig}
