@@ -107,9 +107,13 @@ def overlay_rgb(
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    """An ``[H, W, 3]`` uint8 image as PNG bytes."""
+    """An ``[H, W, 3]`` uint8 image as PNG bytes.
+
+    zlib level 3 rather than Pillow's 6: on a CT slice with its overlay it encodes in less than half the
+    time for a file no larger (measured on a 512 x 512 slice of the example study), and PNG stays lossless.
+    """
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
 
 

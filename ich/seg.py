@@ -145,7 +145,10 @@ def resize_mask_to_source(
     src_h, src_w = maps.shape[1:]
     zoom = (height / src_h, width / src_w)
     limit = np.float32(threshold)
-    for i in np.flatnonzero(keep):
+    # Linear interpolation never exceeds its inputs' maximum, so a slice with no value above the threshold
+    # comes back empty without being resized (most slices of a study; the resize is the costly part).
+    above = maps.reshape(n, -1).max(axis=1) > limit
+    for i in np.flatnonzero(keep & above):
         # Same grid convention as ich.preprocess.resize_channel (pixel areas aligned, edges repeated).
         resized = ndimage.zoom(maps[i], zoom, order=1, mode="nearest", grid_mode=True)
         if resized.shape != (height, width):  # zoom rounds the output shape; it is exact in practice

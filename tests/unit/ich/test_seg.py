@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import SegmentationStorage
+from scipy import ndimage
 
 from ich import spec
 from ich.seg import build_segmentation, resize_mask_to_source
@@ -111,6 +112,22 @@ def test_resize_never_invents_lesion_on_a_slice_below_threshold() -> None:
     rng = np.random.default_rng(1)
     fused = (rng.random((2, 1, 16, 16)) * 0.5).astype(np.float32)  # all <= 0.5
     assert not resize_mask_to_source(fused, (40, 50)).any()
+
+
+def test_resize_equals_resizing_every_slice_when_slices_below_threshold_are_skipped() -> None:
+    # Slices just below the threshold (0.499), a little above it in four pixels, with a blob: the mask is the
+    # one zooming every slice gives, so skipping the slices with nothing above the threshold changes nothing.
+    rng = np.random.default_rng(2)
+    fused = (rng.random((4, 1, 20, 20)) * 0.499).astype(np.float32)
+    fused[1, 0, 7:9, 11:13] = 0.6
+    fused[2, 0, 3:9, 4:12] = 0.9
+    fused[3] = rng.random((1, 20, 20)).astype(np.float32)
+    out = resize_mask_to_source(fused, (64, 72))
+    every = np.stack(
+        [ndimage.zoom(f[0], (64 / 20, 72 / 20), order=1, mode="nearest", grid_mode=True) for f in fused]
+    )
+    np.testing.assert_array_equal(out, every > spec.MASK_THRESHOLD)
+    assert not out[0].any() and out[1].any() and out[2].any()
 
 
 def test_resize_keep_slices_clears_the_others() -> None:
