@@ -125,6 +125,10 @@ def _cluster_rows(groups: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray
     return [np.flatnonzero(cluster == c) for c in range(int(cluster.max()) + 1)]
 
 
+#: Replicates per matrix product in :func:`_replicate_aucs` (bounds its memory on slice-level data).
+_REPLICATES_PER_PRODUCT = 200
+
+
 def _replicate_aucs(
     y: np.ndarray, s: np.ndarray, rows_of: list[np.ndarray], n_boot: int, rng: np.random.Generator
 ) -> tuple[list[float], int]:
@@ -150,10 +154,6 @@ def _replicate_aucs(
     if not aucs:
         raise ValueError("every bootstrap replicate held one class only")
     return aucs, n_boot - len(aucs)
-
-
-#: Replicates per matrix product in :func:`_replicate_aucs` (bounds its memory on slice-level data).
-_REPLICATES_PER_PRODUCT = 200
 
 
 def _cluster_histograms(
